@@ -1,0 +1,307 @@
+"""The model against the paper: sizes, masks, cache, tying, loading without txkit, and learning."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+from txkit.modeling.modeling_txkit import label_smoothed_nll, sinusoidal_positions
+
+TINY = dict(vocab_size=60, d_model=32, attention_heads=4, ffn_dim=64, encoder_layers=2, decoder_layers=2)
+
+
+def tiny_model(seed: int = 0, **overrides) -> TxkitForConditionalGeneration:
+    torch.manual_seed(seed)
+    return TxkitForConditionalGeneration(TxkitConfig(**{**TINY, "dropout": 0.0, **overrides})).eval()
+
+
+def closed_form_parameters(vocab: int, d: int, d_ff: int, n_enc: int, n_dec: int) -> int:
+    """The paper's model with biases on every linear layer and one shared embedding matrix."""
+    attention = 4 * (d * d + d)  # W^Q, W^K, W^V, W^O with biases
+    ffn = d * d_ff + d_ff + d_ff * d + d
+    layer_norm = 2 * d
+    encoder_layer = attention + ffn + 2 * layer_norm
+    decoder_layer = 2 * attention + ffn + 3 * layer_norm
+    return vocab * d + n_enc * encoder_layer + n_dec * decoder_layer
+
+
+@pytest.mark.parametrize(
+    "preset, d, d_ff, expected",
+    [("transformer-base", 512, 2048, 63_082_496), ("transformer-big", 1024, 4096, 214_245_376)],
+)
+def test_preset_parameter_counts_match_closed_form(preset, d, d_ff, expected):
+    assert closed_form_parameters(37000, d, d_ff, 6, 6) == expected
+    config = TxkitConfig.from_preset(preset, vocab_size=37000)
+    with torch.device("meta"):  # no memory, no init: only shapes
+        model = TxkitForConditionalGeneration(config)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_presets_are_the_papers_table_3():
+    base, big = TxkitConfig.from_preset("transformer-base"), TxkitConfig.from_preset("transformer-big")
+    assert (base.d_model, base.ffn_dim, base.attention_heads, base.encoder_layers, base.dropout) == (512, 2048, 8, 6, 0.1)
+    assert (big.d_model, big.ffn_dim, big.attention_heads, big.decoder_layers, big.dropout) == (1024, 4096, 16, 6, 0.3)
+    assert base.label_smoothing == 0.1 and not base.normalize_before and base.activation_function == "relu"
+    assert TxkitConfig.from_preset("transformer-big", dropout=0.1).dropout == 0.1
+    with pytest.raises(ValueError, match="unknown preset"):
+        TxkitConfig.from_preset("transformer-huge")
+
+
+def test_sinusoidal_table_is_the_papers_interleaved_layout():
+    table = sinusoidal_positions(50, 16)
+    for pos in (0, 1, 7, 49):
+        for i in range(8):
+            angle = pos / 10000 ** (2 * i / 16)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_embedding_input_is_scaled_token_embedding_plus_position():
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7]])
+    got = model.model.encoder.embed(ids)
+    want = model.model.shared.weight[ids] * math.sqrt(32) + sinusoidal_positions(1024, 32)[:3]
+    torch.testing.assert_close(got, want)
+
+
+def test_causality_future_targets_do_not_change_past_logits():
+    model = tiny_model()
+    src = torch.randint(4, 60, (2, 9))
+    tgt = torch.randint(4, 60, (2, 8))
+    changed = tgt.clone()
+    t = 4
+    changed[:, t + 1 :] = torch.randint(4, 60, (2, 8 - t - 1))
+    a = model(input_ids=src, decoder_input_ids=tgt).logits
+    b = model(input_ids=src, decoder_input_ids=changed).logits
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=0)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
+def test_padding_inside_a_batch_changes_nothing():
+    model = tiny_model()
+    short_src, short_tgt = torch.randint(4, 60, (1, 5)), torch.randint(4, 60, (1, 4))
+    long_src, long_tgt = torch.randint(4, 60, (1, 11)), torch.randint(4, 60, (1, 9))
+    pad = model.config.pad_token_id
+    src = torch.full((2, 11), pad)
+    src[0, :5], src[1] = short_src[0], long_src[0]
+    tgt = torch.full((2, 9), pad)
+    tgt[0, :4], tgt[1] = short_tgt[0], long_tgt[0]
+    mask = src.ne(pad).long()
+
+    alone_enc = model.model.encoder(short_src).last_hidden_state
+    batch_enc = model.model.encoder(src, mask).last_hidden_state
+    torch.testing.assert_close(batch_enc[0, :5], alone_enc[0], rtol=0, atol=1e-5)
+
+    alone = model(input_ids=short_src, decoder_input_ids=short_tgt).logits
+    batch = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+    torch.testing.assert_close(batch[0, :4], alone[0], rtol=0, atol=1e-5)
+
+
+def test_incremental_decoding_with_cache_equals_full_forward():
+    model = tiny_model()
+    src = torch.randint(4, 60, (3, 7))
+    tgt = torch.randint(4, 60, (3, 6))
+    full = model(input_ids=src, decoder_input_ids=tgt, use_cache=False).logits
+    encoder_outputs = model.model.encoder(src)
+    out = model(encoder_outputs=encoder_outputs, decoder_input_ids=tgt[:, :1], use_cache=True)
+    steps, cache = [out.logits], out.past_key_values
+    for t in range(1, 6):
+        out = model(encoder_outputs=encoder_outputs, decoder_input_ids=tgt[:, t : t + 1], past_key_values=cache)
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-5)
+    # several new tokens on top of a cache: the causal mask is offset by the cached length
+    out = model(encoder_outputs=encoder_outputs, decoder_input_ids=tgt[:, :2], use_cache=True)
+    out = model(encoder_outputs=encoder_outputs, decoder_input_ids=tgt[:, 2:], past_key_values=out.past_key_values)
+    torch.testing.assert_close(out.logits, full[:, 2:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_generate_same_with_and_without_cache(num_beams):
+    model = tiny_model(init_std=1.0)  # a large init gives peaked, non-degenerate outputs
+    src = torch.randint(4, 60, (4, 8))
+    src[2, 5:] = 0
+    mask = src.ne(0).long()
+    kwargs = dict(input_ids=src, attention_mask=mask, max_new_tokens=12, num_beams=num_beams, do_sample=False)
+    with_cache = model.generate(**kwargs, use_cache=True)
+    without = model.generate(**kwargs, use_cache=False)
+    assert torch.equal(with_cache, without)
+    assert with_cache[:, 0].eq(model.config.pad_token_id).all()  # starts from the padding token
+    assert len(set(map(tuple, with_cache.tolist()))) > 1
+
+
+def test_search_never_produces_padding():
+    model = tiny_model(init_std=1.0)
+    with torch.no_grad():  # make padding the most attractive token if it were allowed
+        model.model.shared.weight[0] = 50.0
+    logits = model(input_ids=torch.randint(4, 60, (2, 5)), decoder_input_ids=torch.zeros(2, 3, dtype=torch.long)).logits
+    assert torch.isinf(logits[..., 0]).all() and (logits[..., 0] < 0).all()
+
+
+def test_three_tied_matrices_are_one_tensor_also_after_save_and_load(tmp_path):
+    model = tiny_model()
+    weight = model.model.shared.weight
+    assert model.model.encoder.embed_tokens.weight is weight
+    assert model.model.decoder.embed_tokens.weight is weight
+    assert model.lm_head.weight is weight
+    model.save_pretrained(tmp_path)
+    loaded = TxkitForConditionalGeneration.from_pretrained(tmp_path)
+    w = loaded.model.shared.weight
+    assert loaded.model.encoder.embed_tokens.weight is w and loaded.lm_head.weight is w
+    assert w.data_ptr() == loaded.model.decoder.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(w, weight, rtol=0, atol=0)
+
+
+def test_separate_vocabularies_tie_only_decoder_input_and_output():
+    model = tiny_model(tgt_vocab_size=45)
+    assert model.model.encoder.embed_tokens.weight.shape == (60, 32)
+    assert model.model.decoder.embed_tokens.weight.shape == (45, 32)
+    assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    assert model.model.encoder.embed_tokens.weight is not model.lm_head.weight
+    logits = model(input_ids=torch.randint(4, 60, (2, 5)), decoder_input_ids=torch.randint(4, 45, (2, 3))).logits
+    assert logits.shape == (2, 3, 45)
+
+
+def test_options_pre_norm_gelu_and_layer_counts():
+    model = tiny_model(normalize_before=True, activation_function="gelu", encoder_layers=3, decoder_layers=1)
+    assert model.model.encoder.layer_norm is not None and model.model.decoder.layer_norm is not None
+    assert len(model.model.encoder.layers) == 3 and len(model.model.decoder.layers) == 1
+    assert tiny_model().model.encoder.layer_norm is None  # post-norm: no final LayerNorm
+    x = torch.randn(2, 3, 32)
+    ffn = model.model.encoder.layers[0].ffn
+    torch.testing.assert_close(ffn(x), ffn.fc2(F.gelu(ffn.fc1(x))))
+
+
+def test_dropout_everywhere_in_training_and_nowhere_in_eval():
+    model = tiny_model(dropout=0.3, attention_dropout=0.1, activation_dropout=0.1)
+    src, tgt = torch.randint(4, 60, (2, 6)), torch.randint(4, 60, (2, 5))
+    model.train()
+    a, b = model(input_ids=src, labels=tgt).loss, model(input_ids=src, labels=tgt).loss
+    assert a.item() != b.item()
+    model.eval()
+    assert model(input_ids=src, labels=tgt).loss.item() == model(input_ids=src, labels=tgt).loss.item()
+
+
+def test_label_smoothed_loss_matches_the_definition():
+    torch.manual_seed(0)
+    vocab, eps, pad = 11, 0.1, 0
+    logits = torch.randn(2, 5, vocab)
+    logits[..., pad] = float("-inf")
+    labels = torch.randint(1, vocab, (2, 5))
+    labels[1, 3:] = -100
+    loss, nll, n = label_smoothed_nll(logits, labels, eps, pad)
+    # reference: cross-entropy against (1 - eps) one-hot + eps uniform over the V - 1 non-padding tokens
+    keep = labels.ne(-100)
+    logp = torch.log_softmax(logits[keep], -1)[:, 1:]  # drop the padding column
+    target = torch.full_like(logp, eps / (vocab - 1))
+    target[torch.arange(len(logp)), labels[keep] - 1] += 1 - eps
+    assert n.item() == 8
+    torch.testing.assert_close(loss, -(target * logp).sum())
+    torch.testing.assert_close(nll, -logp[torch.arange(len(logp)), labels[keep] - 1].sum())
+
+
+def test_loss_normalised_by_num_items_in_batch():
+    model = tiny_model()
+    src, tgt = torch.randint(4, 60, (2, 6)), torch.randint(4, 60, (2, 5))
+    mean = model(input_ids=src, labels=tgt).loss
+    summed = model(input_ids=src, labels=tgt, num_items_in_batch=1).loss
+    torch.testing.assert_close(summed, mean * 10)
+
+
+def test_padding_embedding_stays_zero_through_training():
+    model = tiny_model()
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.98), eps=1e-9)
+    for _ in range(3):
+        src, tgt = torch.randint(4, 60, (4, 6)), torch.randint(4, 60, (4, 5))
+        tgt[0, 3:] = 0
+        model(input_ids=src, attention_mask=src.ne(0).long(), labels=tgt).loss.backward()
+        assert model.model.shared.weight.grad[0].abs().sum() == 0
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model.model.shared.weight[0].abs().sum() == 0
+
+
+def test_loads_through_auto_classes_without_txkit(tmp_path):
+    model = tiny_model(init_std=1.0)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "txkit"
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"].endswith("TxkitForConditionalGeneration")
+    assert (tmp_path / "modeling_txkit.py").exists() and (tmp_path / "configuration_txkit.py").exists()
+    src = torch.randint(4, 60, (2, 7))
+    torch.save({"src": src}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model(input_ids=src, decoder_input_ids=src[:, :4]).logits
+        expected_gen = model.generate(input_ids=src, max_new_tokens=6, num_beams=2)
+    torch.save({"logits": expected, "generated": expected_gen}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["txkit"] = None  # `import txkit` raises ImportError from here on
+        try:
+            import txkit
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("txkit importable")
+        import torch
+        from transformers import AutoModelForSeq2SeqLM
+        m = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
+        src = torch.load({str(tmp_path / "inputs.pt")!r})["src"]
+        want = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            got = m(input_ids=src, decoder_input_ids=src[:, :4]).logits
+            gen = m.generate(input_ids=src, max_new_tokens=6, num_beams=2)
+        assert torch.equal(got, want["logits"]), (got - want["logits"]).abs().max()
+        assert torch.equal(gen, want["generated"])
+        print("OK")
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("task", ["copy", "reverse"])
+def test_small_model_learns_to_copy_and_reverse(task):
+    torch.manual_seed(1)
+    config = TxkitConfig(
+        vocab_size=16, d_model=64, attention_heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2,
+        dropout=0.0, label_smoothing=0.0,
+    )
+    model = TxkitForConditionalGeneration(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    eos = config.eos_token_id
+
+    def batch(n):
+        body = torch.randint(4, 16, (n, 6))
+        target = body if task == "copy" else body.flip(1)
+        close = torch.full((n, 1), eos)
+        return torch.cat([body, close], 1), torch.cat([target, close], 1)
+
+    model.train()
+    recent = []
+    for _ in range(800):  # usually learned in 300-400 steps; stop as soon as it is
+        src, tgt = batch(64)
+        loss = model(input_ids=src, labels=tgt).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        recent = (recent + [loss.item()])[-10:]
+        if len(recent) == 10 and sum(recent) / 10 < 0.01:
+            break
+    assert sum(recent) / 10 < 0.02
+    model.eval()
+    src, tgt = batch(32)
+    out = model.generate(input_ids=src, max_new_tokens=8, num_beams=1, do_sample=False)
+    assert torch.equal(out[:, 1:8], tgt)  # after the start token: the sequence and </s>

@@ -1,0 +1,434 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017) as a transformers model.
+
+Self-contained: imports only torch, transformers and its sibling configuration file, because
+`save_pretrained` copies both files next to every saved model and users load it with
+`AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True)` without txkit installed.
+
+Shapes in comments: B batch, S source length, T target length, D d_model, H heads, Dh = D / H,
+V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+try:  # transformers >= 5: init helpers that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover
+    init = nn.init
+
+from .configuration_txkit import TxkitConfig
+
+
+def sinusoidal_positions(num_positions: int, d_model: int) -> torch.Tensor:
+    """The paper's table: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same), interleaved."""
+    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (P, 1)
+    inv_freq = torch.pow(10000.0, -torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (D/2,)
+    angles = position * inv_freq  # (P, D/2)
+    table = torch.zeros(num_positions, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
+    return table.float()
+
+
+def label_smoothed_nll(
+    logits: torch.Tensor, labels: torch.Tensor, epsilon: float, pad_token_id: int, ignore_index: int = -100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy over the non-padding targets.
+
+    The smoothed target puts 1 - eps on the reference token and eps spread uniformly over the V - 1
+    non-padding tokens (the padding token can never be predicted, its logit is -inf). Computed from the
+    log-sum-exp and a gather, so no (N, V) log-probability tensor is materialised next to the logits.
+
+    Args:
+        logits: (..., V) with logits[..., pad] = -inf.
+        labels: (...) target ids; `ignore_index` and the padding id are skipped.
+    Returns:
+        (smoothed loss sum, nll sum, number of target tokens), all scalars.
+    """
+    vocab = logits.size(-1)
+    logits = logits.reshape(-1, vocab)
+    labels = labels.reshape(-1)
+    keep = labels.ne(ignore_index) & labels.ne(pad_token_id)
+    logits = logits[keep].float()  # (N, V)
+    labels = labels[keep]
+    lse = torch.logsumexp(logits, dim=-1)  # (N,)
+    nll = lse - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # -log p(reference)
+    if epsilon > 0:
+        # mean over the non-pad classes of -log p = lse - mean(non-pad logits); views skip the -inf column
+        nonpad_sum = logits[:, :pad_token_id].sum(-1) + logits[:, pad_token_id + 1 :].sum(-1)
+        smooth = lse - nonpad_sum / (vocab - 1)
+        loss = (1.0 - epsilon) * nll + epsilon * smooth
+    else:
+        loss = nll
+    return loss.sum(), nll.sum(), keep.sum()
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder input = <start> followed by the labels minus their last token (-100 becomes padding)."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill_(shifted.eq(-100), pad_token_id)
+
+
+class TxkitAttention(nn.Module):
+    """Multi-head scaled dot-product attention through torch's fused `scaled_dot_product_attention`."""
+
+    def __init__(self, config: TxkitConfig, layer_idx: int | None = None, is_cross_attention: bool = False):
+        super().__init__()
+        d = config.d_model
+        self.num_heads = config.attention_heads
+        self.head_dim = d // config.attention_heads
+        self.dropout = config.attention_dropout
+        self.layer_idx = layer_idx
+        self.is_cross_attention = is_cross_attention
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.out_proj = nn.Linear(d, d)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, Tq, D)
+        key_value_states: torch.Tensor | None = None,  # (B, S, D) for cross-attention
+        attention_mask: torch.Tensor | None = None,  # bool, broadcastable to (B, H, Tq, Tk); True = attend
+        is_causal: bool = False,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        q = self._heads(self.q_proj(hidden_states))  # (B, H, Tq, Dh)
+        if self.is_cross_attention:
+            cache = past_key_values.cross_attention_cache if past_key_values is not None else None
+            if cache is not None and past_key_values.is_updated.get(self.layer_idx):
+                # encoder keys/values were projected once at the first step and are reused since
+                k, v = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            else:
+                k = self._heads(self.k_proj(key_value_states))  # (B, H, S, Dh)
+                v = self._heads(self.v_proj(key_value_states))
+                if cache is not None:
+                    k, v = cache.update(k, v, self.layer_idx)
+                    past_key_values.is_updated[self.layer_idx] = True
+        else:
+            k = self._heads(self.k_proj(hidden_states))  # (B, H, Tq, Dh)
+            v = self._heads(self.v_proj(hidden_states))
+            if past_key_values is not None:
+                # decoder self-attention: append this step's keys/values to the cache
+                k, v = past_key_values.self_attention_cache.update(k, v, self.layer_idx)  # (B, H, Tk, Dh)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attention_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attention_mask is None,
+        )  # (B, H, Tq, Dh)
+        out = out.transpose(1, 2).reshape(hidden_states.shape)  # (B, Tq, D)
+        return self.out_proj(out)
+
+
+class TxkitFeedForward(nn.Module):
+    """FFN(x) = act(x W1 + b1) W2 + b2, the same at every position."""
+
+    def __init__(self, config: TxkitConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.activation = F.relu if config.activation_function == "relu" else F.gelu
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activation(self.fc1(x))  # (B, L, d_ff)
+        x = F.dropout(x, p=self.activation_dropout, training=self.training)
+        return self.fc2(x)
+
+
+class TxkitEncoderLayer(nn.Module):
+    def __init__(self, config: TxkitConfig):
+        super().__init__()
+        self.self_attn = TxkitAttention(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = TxkitFeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.dropout = config.dropout
+        self.normalize_before = config.normalize_before
+
+    def _sublayer(self, x, norm, fn):
+        # post-norm (paper): LayerNorm(x + Dropout(f(x))); pre-norm: x + Dropout(f(LayerNorm(x)))
+        if self.normalize_before:
+            return x + F.dropout(fn(norm(x)), p=self.dropout, training=self.training)
+        return norm(x + F.dropout(fn(x), p=self.dropout, training=self.training))
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self._sublayer(x, self.self_attn_layer_norm, lambda h: self.self_attn(h, attention_mask=attention_mask))
+        return self._sublayer(x, self.final_layer_norm, self.ffn)
+
+
+class TxkitDecoderLayer(TxkitEncoderLayer):
+    def __init__(self, config: TxkitConfig, layer_idx: int):
+        super().__init__(config)
+        self.self_attn = TxkitAttention(config, layer_idx=layer_idx)
+        self.encoder_attn = TxkitAttention(config, layer_idx=layer_idx, is_cross_attention=True)
+        self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+    def forward(self, x, self_mask, is_causal, encoder_hidden_states, encoder_mask, past_key_values=None):
+        x = self._sublayer(
+            x,
+            self.self_attn_layer_norm,
+            lambda h: self.self_attn(h, attention_mask=self_mask, is_causal=is_causal, past_key_values=past_key_values),
+        )
+        x = self._sublayer(
+            x,
+            self.encoder_attn_layer_norm,
+            lambda h: self.encoder_attn(
+                h, key_value_states=encoder_hidden_states, attention_mask=encoder_mask, past_key_values=past_key_values
+            ),
+        )
+        return self._sublayer(x, self.final_layer_norm, self.ffn)
+
+
+class TxkitPreTrainedModel(PreTrainedModel):
+    config_class = TxkitConfig
+    config: TxkitConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+    _no_split_modules = ["TxkitEncoderLayer", "TxkitDecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()  # the decoder's start vector is zero
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, _TxkitStack):
+            # Non-persistent buffer: v5 builds models on the meta device, so rebuild it here.
+            module.positions = sinusoidal_positions(self.config.max_position_embeddings, self.config.d_model).to(
+                module.positions.device
+            )
+
+
+class _TxkitStack(nn.Module):
+    """What encoder and decoder share: scaled token embeddings + sinusoidal positions + dropout."""
+
+    def __init__(self, config: TxkitConfig, embed_tokens: nn.Embedding, num_layers: int):
+        super().__init__()
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.dropout = config.dropout
+        self.max_positions = config.max_position_embeddings
+        self.register_buffer(
+            "positions", sinusoidal_positions(config.max_position_embeddings, config.d_model), persistent=False
+        )
+        # pre-norm needs a LayerNorm on the stack's output; the paper's post-norm has none
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.normalize_before else None
+
+    def embed(self, input_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        length = input_ids.size(1)
+        if offset + length > self.max_positions:
+            raise ValueError(
+                f"sequence of {offset + length} tokens is longer than max_position_embeddings={self.max_positions}"
+            )
+        x = self.embed_tokens(input_ids) * self.embed_scale  # (B, L, D)
+        x = x + self.positions[offset : offset + length].to(x.dtype)
+        return F.dropout(x, p=self.dropout, training=self.training)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(x) if self.layer_norm is not None else x
+
+
+class TxkitEncoder(_TxkitStack):
+    def __init__(self, config: TxkitConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, config.encoder_layers)
+        self.layers = nn.ModuleList([TxkitEncoderLayer(config) for _ in range(config.encoder_layers)])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> BaseModelOutput:
+        x = self.embed(input_ids)  # (B, S, D)
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return BaseModelOutput(last_hidden_state=self.finish(x))
+
+
+class TxkitDecoder(_TxkitStack):
+    def __init__(self, config: TxkitConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, config.decoder_layers)
+        self.layers = nn.ModuleList([TxkitDecoderLayer(config, i) for i in range(config.decoder_layers)])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        encoder_hidden_states: torch.Tensor,  # (B, S, D)
+        encoder_attention_mask: torch.Tensor | None = None,  # (B, S)
+        past_key_values: EncoderDecoderCache | None = None,
+    ) -> torch.Tensor:
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        x = self.embed(input_ids, offset=past)  # (B, T, D)
+        steps = input_ids.size(1)
+        # Causal mask. No padding mask on the target side: padding only ever follows the real tokens,
+        # so causality already keeps it out of every real position.
+        self_mask, is_causal = None, False
+        if steps > 1 and past == 0:
+            is_causal = True
+        elif steps > 1:  # several new tokens on top of a cache: position i sees the past and new tokens <= i
+            self_mask = torch.ones(steps, past + steps, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        enc_mask = None if encoder_attention_mask is None else encoder_attention_mask.bool()[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, self_mask, is_causal, encoder_hidden_states, enc_mask, past_key_values)
+        return self.finish(x)
+
+
+class TxkitModel(TxkitPreTrainedModel):
+    """Encoder and decoder with their embeddings (no output projection)."""
+
+    def __init__(self, config: TxkitConfig):
+        super().__init__(config)
+        pad = config.pad_token_id
+        if config.shared_vocab:
+            # one matrix for source embeddings, target embeddings and (in the LM head) the output projection
+            self.shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
+            src_embed = tgt_embed = self.shared
+        else:
+            src_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
+            tgt_embed = nn.Embedding(config.tgt_vocab_size, config.d_model, padding_idx=pad)
+        self.encoder = TxkitEncoder(config, src_embed)
+        self.decoder = TxkitDecoder(config, tgt_embed)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.encoder.embed_tokens = value
+        if self.config.shared_vocab:
+            self.shared = self.decoder.embed_tokens = value
+
+    def get_encoder(self):
+        return self.encoder
+
+    def get_decoder(self):
+        return self.decoder
+
+
+class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
+    """The Transformer with its (tied) output projection, the label-smoothed loss and `generate`.
+
+    The padding token is the decoder's start token; its embedding row is zero and stays zero: its
+    gradient is masked in the embedding lookup (`padding_idx`) and, through the tied output projection,
+    by setting its logit to -inf, which also keeps search from ever producing it.
+    """
+
+    def __init__(self, config: TxkitConfig):
+        super().__init__(config)
+        self.model = TxkitModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.target_vocab_size, bias=False)
+        if config.shared_vocab:
+            self._tied_weights_keys = {
+                "lm_head.weight": "model.shared.weight",
+                "model.encoder.embed_tokens.weight": "model.shared.weight",
+                "model.decoder.embed_tokens.weight": "model.shared.weight",
+            }
+        else:
+            self._tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
+        self.post_init()
+
+    def get_encoder(self):
+        return self.model.encoder
+
+    def get_decoder(self):
+        return self.model.decoder
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., V) logits with the padding logit at -inf."""
+        logits = self.lm_head(hidden_states)
+        logits[..., self.config.pad_token_id] = float("-inf")
+        return logits
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (B, S)
+        attention_mask: torch.Tensor | None = None,  # (B, S), 1 = real token
+        decoder_input_ids: torch.LongTensor | None = None,  # (B, T)
+        decoder_attention_mask: torch.Tensor | None = None,  # unused: the decoder needs only its causal mask
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        labels: torch.LongTensor | None = None,  # (B, T), -100 or padding = ignored
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        """With `labels`, the loss is the label-smoothed cross-entropy summed over target tokens and divided
+        by `num_items_in_batch` when given (the step's token count across processes and accumulation
+        steps, as the transformers Trainer passes it), else by this batch's target tokens."""
+        if encoder_outputs is None:
+            encoder_outputs = self.model.encoder(input_ids, attention_mask)
+        elif isinstance(encoder_outputs, (tuple, list)):
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        if labels is not None:
+            use_cache = False
+            if decoder_input_ids is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if not use_cache:
+            past_key_values = None
+        if decoder_input_ids is None:
+            start = self.config.decoder_start_token_id
+            decoder_input_ids = torch.full((encoder_outputs.last_hidden_state.size(0), 1), start, device=self.device)
+
+        hidden = self.model.decoder(
+            decoder_input_ids,
+            encoder_outputs.last_hidden_state,
+            attention_mask,
+            past_key_values=past_key_values,
+        )  # (B, T, D)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.output_logits(hidden)  # (B, T, V)
+
+        loss = None
+        if labels is not None:
+            loss_sum, _, n_tokens = label_smoothed_nll(
+                logits, labels, self.config.label_smoothing, self.config.pad_token_id
+            )
+            denominator = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
+            loss = loss_sum / denominator
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+        )

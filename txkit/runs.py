@@ -1,0 +1,86 @@
+"""The layout of a run directory, shared by training, decoding, averaging and sharing.
+
+    RUN_DIR/
+      recipe.yaml                 the resolved recipe (every key, after overrides)
+      log.jsonl                   every logged value, one JSON object per line
+      tensorboard/                accelerate's TensorBoard tracker
+      checkpoints/
+        checkpoint-00001000/      a `save_pretrained` model folder (+ tokenizer, generation config)
+          training_state/         optimizer, scheduler, RNG states, sampler position (resuming only)
+        checkpoint-00002000.tmp/  being written; renamed when complete, never read
+      best/                       model folder of the best validation checkpoint
+      model/                      the shareable final model (averaged), written by `txkit run`
+
+Light module: no torch import.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from txkit.errors import TxkitError
+
+CHECKPOINTS = "checkpoints"
+TRAINING_STATE = "training_state"
+BEST = "best"
+FINAL_MODEL = "model"
+RECIPE_FILE = "recipe.yaml"
+LOG_FILE = "log.jsonl"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (folders still being written end in .tmp and are skipped)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found) if (p / "config.json").exists()]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    m = _CHECKPOINT_RE.match(Path(path).name)
+    if not m:
+        raise TxkitError(f"{path}: not a checkpoint folder (expected checkpoint-NNNNNNNN)")
+    return int(m.group(1))
+
+
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / CHECKPOINTS).is_dir() or (p / RECIPE_FILE).is_file()
+
+
+def resolve_model(path_or_id: str | Path) -> str:
+    """What a command that takes MODEL loads: a model folder as is; a run directory's final model, else its
+    best checkpoint, else its latest; anything else that looks like `user/name` is a Hub id."""
+    p = Path(path_or_id)
+    if p.exists():
+        if is_model_dir(p):
+            return str(p)
+        if is_run_dir(p):
+            for candidate in (p / FINAL_MODEL, p / BEST):
+                if is_model_dir(candidate):
+                    return str(candidate)
+            latest = latest_checkpoint(p)
+            if latest is not None:
+                return str(latest)
+            raise TxkitError(f"{p}: run directory has no complete checkpoint yet")
+        raise TxkitError(f"{p}: not a model folder (no config.json) nor a run directory")
+    text = str(path_or_id)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
+        return text  # a Hub id
+    raise TxkitError(f"{path_or_id}: no such model folder, run directory or Hub id")
