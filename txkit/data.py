@@ -1,0 +1,670 @@
+"""Parallel corpora: text -> `datasets.Dataset` -> token ids (filtered, cached) -> token-bucketed batches.
+
+    load_parallel(spec, "en", "de")        a Dataset with string columns `src`, `tgt`
+    tokenize_dataset(ds, src_tok, tgt_tok)  (Dataset with int columns `input_ids`, `labels`, FilterReport)
+    TokenizedPairs(ds)                      the ids in memory (flat arrays), fast to fetch and collate
+    TokenBatchSampler(...)                  lists of indices: at most `max_tokens` tokens a batch, padding
+                                            counted; shuffled per epoch; sharded; resumable
+
+Both loading and tokenizing go through the `datasets` cache: a second run over the same files with
+the same tokenizer reads the Arrow files written by the first instead of doing the work again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from txkit.errors import TxkitError
+
+CORPUS_FORMATS = ".tsv, .jsonl, .parquet, a prefix DIR/NAME for DIR/NAME.<src> + DIR/NAME.<tgt>, or hub:OWNER/NAME"
+ERRORS = ("strict", "replace")
+_READER_VERSION = "1"  # bump when a reader changes what it yields, to invalidate cached datasets
+_TOKENIZE_VERSION = "1"  # same for the tokenization step
+
+# --------------------------------------------------------------------------------------------------
+# Plain text
+# --------------------------------------------------------------------------------------------------
+
+# File signatures of formats that are not text, so that `train.en.gz` fails with a clear message.
+_SIGNATURES = [
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"PK\x03\x04", "zip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PAR1", "Parquet"),
+    (b"ARROW1", "Arrow"),
+]
+
+
+def check_text_file(path: str | Path) -> Path:
+    """`path` as a Path, after checking that it exists and is not a compressed or binary file."""
+    path = Path(path)
+    if not path.exists():
+        raise TxkitError(f"{path}: no such file")
+    if path.is_dir():
+        raise TxkitError(f"{path}: is a directory, not a text file")
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            raise TxkitError(f"{path}: unknown format (a {kind} file); expected plain UTF-8 text, one sentence per line")
+    if b"\x00" in head:
+        raise TxkitError(f"{path}: unknown format (binary data); expected plain UTF-8 text, one sentence per line")
+    return path
+
+
+def iter_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
+    """The lines of a UTF-8 file without their line ending, streamed.
+
+    Lines end at "\\n" only (not at the other characters `str.splitlines` splits on, which would
+    misalign a parallel corpus). errors="strict" raises a TxkitError naming the file and line of
+    the first invalid byte; "replace" substitutes U+FFFD and goes on.
+    """
+    if errors not in ERRORS:
+        raise TxkitError(f"unknown errors mode {errors!r} (choose strict or replace)")
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8", errors)
+            except UnicodeDecodeError:
+                raise TxkitError(f"{path} line {number}: not valid UTF-8 (use --errors replace to go on)") from None
+            if number == 1 and line.startswith("\ufeff"):  # a byte-order mark
+                line = line[1:]
+            yield line.rstrip("\r\n")
+
+
+def count_lines(path: str | Path) -> int:
+    """Number of lines (a last line without "\\n" counts), by a fast binary pass."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading parallel corpora
+# --------------------------------------------------------------------------------------------------
+
+
+def load_parallel(
+    spec: str | Path,
+    src_lang: str,
+    tgt_lang: str,
+    *,
+    errors: str = "strict",
+    hub_config: str | None = None,
+    split: str = "train",
+    cache_dir: str | Path | None = None,
+):
+    """Load a parallel corpus as a `datasets.Dataset` with string columns `src` and `tgt`.
+
+    `spec` is one of:
+      - a prefix `DIR/train`: the line-aligned files `DIR/train.<src_lang>` and `DIR/train.<tgt_lang>`;
+      - a `.tsv` file: source TAB target per line; a first line naming the columns
+        (`en<TAB>de` or `src<TAB>tgt`) is a header;
+      - a `.jsonl` or `.parquet` file with a `translation` column of {lang: text} objects,
+        columns named by language, or `src`/`tgt` columns;
+      - `hub:OWNER/NAME`, a Hub dataset with a translation column (`hub:wmt/wmt14`,
+        hub_config="de-en"), `split` choosing the split.
+    Text is stripped of surrounding whitespace; empty pairs are kept here and counted by
+    `tokenize_dataset`. The result is cached under `cache_dir` (default: the `datasets` cache),
+    keyed on the files' paths, sizes and modification times.
+    """
+    spec_str = str(spec)
+    if spec_str.startswith("hub:"):
+        return _load_hub(spec_str[4:], src_lang, tgt_lang, hub_config, split, cache_dir)
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    langs = (src_lang, tgt_lang)
+    if suffix == ".tsv":
+        path = check_text_file(path)
+        return _from_generator(_generate_tsv, dict(path=str(path), langs=langs, errors=errors), [path], cache_dir)
+    if suffix == ".jsonl":
+        path = check_text_file(path)
+        return _from_generator(_generate_jsonl, dict(path=str(path), langs=langs, errors=errors), [path], cache_dir)
+    if suffix == ".parquet":
+        if not path.is_file():
+            raise TxkitError(f"{path}: no such file")
+        return _load_parquet(path, src_lang, tgt_lang, cache_dir)
+
+    src_path, tgt_path = Path(f"{spec}.{src_lang}"), Path(f"{spec}.{tgt_lang}")
+    if not (src_path.exists() and tgt_path.exists()):
+        if path.is_file():
+            raise TxkitError(f"{path}: unknown corpus format (expected {CORPUS_FORMATS})")
+        if path.is_dir():
+            raise TxkitError(f"{path}: is a directory; give a prefix such as {path}/train for {path}/train.{src_lang}")
+        missing = src_path if not src_path.exists() else tgt_path
+        raise TxkitError(f"{missing}: no such file")
+    check_text_file(src_path)
+    check_text_file(tgt_path)
+    n_src, n_tgt = count_lines(src_path), count_lines(tgt_path)
+    if n_src != n_tgt:
+        raise TxkitError(f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt} lines; parallel files must align")
+    kwargs = dict(src_path=str(src_path), tgt_path=str(tgt_path), errors=errors)
+    return _from_generator(_generate_text_pairs, kwargs, [src_path, tgt_path], cache_dir)
+
+
+def _from_generator(generator, gen_kwargs: dict, files: list[Path], cache_dir):
+    """`Dataset.from_generator`, cached on the files' identity, with our TxkitErrors unwrapped."""
+    from datasets import Dataset, Features, Value
+    from datasets.exceptions import DatasetGenerationError
+
+    stamps = []
+    for f in files:
+        st = f.stat()
+        stamps.append(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    key = json.dumps([generator.__name__, _READER_VERSION, stamps, gen_kwargs], sort_keys=True, default=str)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
+    try:
+        return Dataset.from_generator(
+            generator,
+            features=Features({"src": Value("string"), "tgt": Value("string")}),
+            gen_kwargs=gen_kwargs,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            fingerprint=fingerprint,
+        )
+    except DatasetGenerationError as exc:
+        # datasets wraps errors raised inside the generator; a user error keeps its own message.
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and not isinstance(cause, TxkitError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+    except ValueError:
+        # datasets cannot make a dataset of zero rows ("corresponds to no data")
+        if not _yields_nothing(generator, gen_kwargs):
+            raise
+        raise TxkitError(f"{' and '.join(map(str, files))}: no sentence pairs (the corpus is empty)") from None
+
+
+def _yields_nothing(generator, gen_kwargs: dict) -> bool:
+    return next(iter(generator(**gen_kwargs)), None) is None
+
+
+def _generate_text_pairs(src_path: str, tgt_path: str, errors: str):
+    for src, tgt in zip(iter_lines(src_path, errors), iter_lines(tgt_path, errors)):
+        yield {"src": src.strip(), "tgt": tgt.strip()}
+
+
+def _generate_tsv(path: str, langs: tuple[str, str], errors: str):
+    order = (0, 1)
+    for number, line in enumerate(iter_lines(path, errors), start=1):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise TxkitError(f"{path} line {number}: expected 2 tab-separated columns (source, target), found {len(fields)}")
+        if number == 1:
+            header = [f.strip() for f in fields]
+            if header in (list(langs), ["src", "tgt"]):
+                continue
+            if header == list(reversed(langs)):
+                order = (1, 0)
+                continue
+        yield {"src": fields[order[0]].strip(), "tgt": fields[order[1]].strip()}
+
+
+def _generate_jsonl(path: str, langs: tuple[str, str], errors: str):
+    src_lang, tgt_lang = langs
+    for number, line in enumerate(iter_lines(path, errors), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TxkitError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+        pair = obj.get("translation", obj) if isinstance(obj, dict) else None
+        for keys in ((src_lang, tgt_lang), ("src", "tgt")):
+            if isinstance(pair, dict) and all(isinstance(pair.get(k), str) for k in keys):
+                yield {"src": pair[keys[0]].strip(), "tgt": pair[keys[1]].strip()}
+                break
+        else:
+            raise TxkitError(
+                f"{path} line {number}: no {src_lang}/{tgt_lang} text (expected a 'translation' object, "
+                f"'{src_lang}' and '{tgt_lang}' keys, or 'src' and 'tgt' keys)"
+            )
+
+
+def _load_parquet(path: Path, src_lang: str, tgt_lang: str, cache_dir):
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(cache_dir) if cache_dir else None)
+    except Exception as exc:  # pyarrow's many error types for a damaged file
+        raise TxkitError(f"{path}: cannot read as Parquet ({_first_line(exc)})") from None
+    return _select_pair_columns(ds, src_lang, tgt_lang, str(path))
+
+
+def _load_hub(hub_id: str, src_lang: str, tgt_lang: str, hub_config, split: str, cache_dir):
+    """A Hub dataset such as `wmt/wmt14` (config `de-en`), reduced to `src`/`tgt` columns."""
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(hub_id, hub_config, split=split, cache_dir=str(cache_dir) if cache_dir else None)
+    except Exception as exc:  # offline, unknown id, unknown config or split: all user errors here
+        where = f"hub:{hub_id}" + (f" (config {hub_config})" if hub_config else "") + f" split {split}"
+        raise TxkitError(f"{where}: cannot load ({_first_line(exc)})") from None
+    return _select_pair_columns(ds, src_lang, tgt_lang, f"hub:{hub_id}")
+
+
+def _select_pair_columns(ds, src_lang: str, tgt_lang: str, name: str):
+    """Rename a translation column, language columns or src/tgt columns to `src`/`tgt` (no copy)."""
+    columns = ds.column_names
+    if "translation" in columns:
+        flat = ds.select_columns(["translation"]).flatten()  # columns translation.en, translation.de
+        s, t = f"translation.{src_lang}", f"translation.{tgt_lang}"
+        if s not in flat.column_names or t not in flat.column_names:
+            found = ", ".join(c.split(".", 1)[1] for c in flat.column_names)
+            raise TxkitError(f"{name}: the translation column has languages {found}, not {src_lang} and {tgt_lang}")
+        return flat.select_columns([s, t]).rename_columns({s: "src", t: "tgt"})
+    for s, t in ((src_lang, tgt_lang), ("src", "tgt")):
+        if s in columns and t in columns:
+            ds = ds.select_columns([s, t])
+            return ds if (s, t) == ("src", "tgt") else ds.rename_columns({s: "src", t: "tgt"})
+    raise TxkitError(
+        f"{name}: no parallel text columns (expected 'translation', '{src_lang}' and '{tgt_lang}', or 'src' "
+        f"and 'tgt'; found {', '.join(columns)})"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizing and filtering
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterReport:
+    """How many pairs each filter removed (each pair is counted by the first filter that drops it)."""
+
+    total: int
+    empty: int = 0
+    too_long: int = 0
+    bad_ratio: int = 0
+    duplicates: int = 0
+    max_len: int = 0
+    max_ratio: float = 0.0
+    dedup: bool = False
+
+    @property
+    def kept(self) -> int:
+        return self.total - self.empty - self.too_long - self.bad_ratio - self.duplicates
+
+    def __str__(self) -> str:
+        parts = [
+            f"{self.empty} empty",
+            f"{self.too_long} longer than {self.max_len} tokens",
+            f"{self.bad_ratio} with length ratio above {self.max_ratio:g}",
+        ]
+        if self.dedup:
+            parts.append(f"{self.duplicates} duplicates")
+        return f"{self.total} pairs: {', '.join(parts)} removed; {self.kept} kept"
+
+
+def _encode_batch(batch: dict, src_tok, tgt_tok) -> dict:
+    """Map function: texts -> ids, each followed by </s> (the tokenizers' post-processor adds it)."""
+    src = [(text or "").strip() for text in batch["src"]]
+    tgt = [(text or "").strip() for text in batch["tgt"]]
+    return {
+        "input_ids": [e.ids for e in src_tok.encode_batch_fast(src)],
+        "labels": [e.ids for e in tgt_tok.encode_batch_fast(tgt)],
+    }
+
+
+def _tokenizer_hash(tok) -> str:
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+def tokenize_dataset(
+    ds,
+    src_tok,
+    tgt_tok=None,
+    *,
+    num_proc: int = 1,
+    max_len: int = 256,
+    max_ratio: float = 9.0,
+    dedup: bool = False,
+    name: str = "the corpus",
+):
+    """Tokenize a `src`/`tgt` dataset and filter it; returns (dataset, FilterReport).
+
+    The result has int32 list columns `input_ids` (source subwords + </s>) and `labels` (target
+    subwords + </s>). Tokenizing runs as `Dataset.map(batched=True, num_proc=...)` under a
+    fingerprint made of the data's fingerprint and the tokenizers' contents, so a second call with
+    the same data, tokenizers and `num_proc` reads the cached Arrow file instead of tokenizing again.
+    (Filtering is recomputed each time from the cached lengths: numpy, a fraction of a second.)
+
+    Filters, in order (as Moses clean-corpus-n and fairseq do):
+      empty      a side with no subword;
+      too long   a side longer than `max_len` tokens, </s> included;
+      ratio      longer side / shorter side (subwords, </s> excluded) above `max_ratio`;
+      duplicate  (with `dedup`) a (src, tgt) pair seen earlier in the corpus.
+    A corpus with nothing left is a TxkitError, never a training run of zero steps.
+    """
+    from datasets import Features, List, Value
+
+    tgt_tok = tgt_tok if tgt_tok is not None else src_tok
+    missing = {"src", "tgt"} - set(ds.column_names)
+    if missing:
+        raise TxkitError(f"{name}: missing column(s) {', '.join(sorted(missing))}")
+    key = "|".join([_TOKENIZE_VERSION, ds._fingerprint, _tokenizer_hash(src_tok), _tokenizer_hash(tgt_tok)])
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:32]
+    ids = List(Value("int32"))
+    tokenized = ds.map(
+        _encode_batch,
+        batched=True,
+        batch_size=1000,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=ds.column_names,
+        fn_kwargs=dict(src_tok=src_tok.backend_tokenizer, tgt_tok=tgt_tok.backend_tokenizer),
+        features=Features({"input_ids": ids, "labels": ids}),
+        new_fingerprint=fingerprint,
+        desc="tokenizing",
+    )
+
+    src_len, tgt_len = column_lengths(tokenized, "input_ids"), column_lengths(tokenized, "labels")
+    src_words, tgt_words = src_len - 1, tgt_len - 1  # without </s>
+    empty = (src_words <= 0) | (tgt_words <= 0)
+    too_long = ~empty & ((src_len > max_len) | (tgt_len > max_len))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.maximum(src_words, tgt_words) / np.minimum(src_words, tgt_words)
+    bad_ratio = ~empty & ~too_long & (ratio > max_ratio)
+    keep = ~(empty | too_long | bad_ratio)
+    duplicates = np.zeros_like(keep)
+    if dedup:
+        duplicates = keep & ~_first_occurrences(ds)
+        keep &= ~duplicates
+
+    counts = [int(mask.sum()) for mask in (empty, too_long, bad_ratio, duplicates)]
+    report = FilterReport(len(tokenized), *counts, max_len=max_len, max_ratio=max_ratio, dedup=dedup)
+    if report.kept == 0:
+        raise TxkitError(f"{name} is empty after filtering ({report})")
+    if report.kept < report.total:
+        tokenized = tokenized.select(np.flatnonzero(keep))
+    return tokenized, report
+
+
+def _first_occurrences(ds) -> np.ndarray:
+    """Boolean mask: True at the first occurrence of each exact (src, tgt) pair (Arrow group-by)."""
+    import pyarrow as pa
+
+    table = ds.with_format("arrow")[:]
+    table = pa.table({"s": table["src"], "t": table["tgt"], "i": pa.array(np.arange(len(ds)))})
+    first = table.group_by(["s", "t"], use_threads=False).aggregate([("i", "min")])["i_min"]
+    mask = np.zeros(len(ds), dtype=bool)
+    mask[first.to_numpy()] = True
+    return mask
+
+
+def column_lengths(ds, column: str) -> np.ndarray:
+    """Lengths of a list column, read from Arrow without building Python lists: int64 (N,)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(ds.with_format("arrow")[column]).to_numpy().astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------------
+
+
+def _round_up(n, multiple: int):
+    return -(-n // multiple) * multiple
+
+
+def _pad(seqs: Sequence, value: int, multiple: int) -> np.ndarray:
+    """Right-pad sequences into an int64 (B, L) array, L = longest rounded up to `multiple`."""
+    width = _round_up(max(len(s) for s in seqs), multiple)
+    out = np.full((len(seqs), width), value, dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        out[row, : len(seq)] = seq
+    return out
+
+
+def _collate(src: Sequence, tgt: Sequence, pad_id: int, pad_to_multiple_of: int) -> dict:
+    import torch
+
+    input_ids = _pad(src, pad_id, pad_to_multiple_of)  # (B, S)
+    labels = _pad(tgt, -100, pad_to_multiple_of)  # (B, T); -100 is ignored by the loss
+    src_lengths = np.array([len(s) for s in src])
+    attention_mask = np.arange(input_ids.shape[1])[None, :] < src_lengths[:, None]  # (B, S)
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask.astype(np.int64)),
+        "labels": torch.from_numpy(labels),
+        # Counts for loss normalisation and throughput; pop them before calling the model.
+        "num_src_tokens": int(src_lengths.sum()),
+        "num_tgt_tokens": int(sum(len(t) for t in tgt)),
+    }
+
+
+def collate(examples: Sequence[dict], pad_id: int, pad_to_multiple_of: int = 8) -> dict:
+    """Pad examples ({"input_ids": [...], "labels": [...]}) into a batch of torch tensors.
+
+    Returns `input_ids` (B, S) and `attention_mask` (B, S) padded with `pad_id`/0, `labels` (B, T)
+    padded with -100, S and T rounded up to `pad_to_multiple_of`; plus the ints `num_src_tokens`
+    and `num_tgt_tokens` (non-padding tokens, </s> included).
+    """
+    return _collate([ex["input_ids"] for ex in examples], [ex["labels"] for ex in examples], pad_id, pad_to_multiple_of)
+
+
+class TokenizedPairs:
+    """The ids of a tokenized corpus in memory as flat int32 arrays plus offsets (CSR layout).
+
+    Fetching a batch is a few numpy slices instead of an Arrow lookup per example; a WMT-sized
+    corpus (4.5M pairs, ~30 tokens a side) takes about 1 GB.
+    """
+
+    def __init__(self, ds):
+        import pyarrow.compute as pc
+
+        def flat(column: str) -> tuple[np.ndarray, np.ndarray]:
+            array = ds.with_format("arrow")[column]
+            values = pc.list_flatten(array).to_numpy().astype(np.int32)
+            offsets = np.zeros(len(ds) + 1, dtype=np.int64)
+            np.cumsum(pc.list_value_length(array).to_numpy(), out=offsets[1:])
+            return values, offsets
+
+        self.src_values, self.src_offsets = flat("input_ids")
+        self.tgt_values, self.tgt_offsets = flat("labels")
+        self.src_lengths = np.diff(self.src_offsets)  # (N,)
+        self.tgt_lengths = np.diff(self.tgt_offsets)  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.src_lengths)
+
+    def _src(self, i: int) -> np.ndarray:
+        return self.src_values[self.src_offsets[i] : self.src_offsets[i + 1]]
+
+    def _tgt(self, i: int) -> np.ndarray:
+        return self.tgt_values[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self._src(i).tolist(), "labels": self._tgt(i).tolist()}
+
+    def collate(self, indices: Sequence[int], pad_id: int, pad_to_multiple_of: int = 8) -> dict:
+        """`collate` of the pairs at `indices`, without building Python lists."""
+        return _collate([self._src(i) for i in indices], [self._tgt(i) for i in indices], pad_id, pad_to_multiple_of)
+
+
+class TokenBatchSampler:
+    """Batches of pair indices holding at most `max_tokens` tokens each, padding counted.
+
+    Tokens of a batch: B pairs padded to S source and T target positions (S, T rounded up to
+    `pad_to_multiple_of`, as `collate` pads) count B * max(S, T) — the larger of the two padded
+    tensors, as in fairseq. So `collate`'s `input_ids` and `labels` never exceed `max_tokens`.
+
+    Per epoch: pairs are sorted by max(source, target) padded length, ties broken by a random
+    permutation seeded by (seed, epoch); consecutive pairs are packed greedily; the batch order is
+    shuffled with the same seed. Batch boundaries depend on the lengths only, so every epoch has
+    the same number of batches, while the pairs inside them and their order change. With
+    shuffle=False pairs are in exact length order, shortest batches first, the same every epoch.
+
+    Sharding (`num_shards` processes, this one `shard_index`): shard r takes batches r, r+S, ...
+    To give every shard the same number of batches, the largest batches are split in two until
+    the count divides evenly, so every pair is still seen exactly once per epoch and the shards
+    together are the whole epoch. Only when there are fewer pairs than that needs are batches
+    repeated (from the start of the epoch's order). All processes compute the same batches.
+
+    State: (epoch, position), position = batches of this shard handed out in this epoch.
+    Iterating resumes from the position; finishing an epoch moves to (epoch + 1, 0).
+    `set_epoch(e)` jumps to epoch e (position 0) unless already in it, so calling it after
+    `load_state_dict` keeps the restored position. Behind a DataLoader with workers the sampler
+    runs ahead of the batches consumed: save the position from the training loop in that case.
+    """
+
+    def __init__(
+        self,
+        src_lengths: Sequence[int],
+        tgt_lengths: Sequence[int],
+        max_tokens: int,
+        seed: int = 0,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        shuffle: bool = True,
+        pad_to_multiple_of: int = 8,
+        max_sentences: int | None = None,
+    ):
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
+        src = np.asarray(src_lengths, dtype=np.int64)
+        tgt = np.asarray(tgt_lengths, dtype=np.int64)
+        if src.shape != tgt.shape or src.ndim != 1:
+            raise ValueError("src_lengths and tgt_lengths must be 1-D and of equal length")
+        if len(src) == 0:
+            raise TxkitError("no pairs to batch: the corpus is empty")
+        self.longer = np.maximum(src, tgt)  # (N,)
+        self.src_lengths = src
+        # Width of each pair in a batch: its longer side, padded as collate pads.
+        self.widths = _round_up(self.longer, pad_to_multiple_of)  # (N,)
+        longest = int(self.widths.max())
+        if longest > max_tokens:
+            raise TxkitError(
+                f"max_tokens {max_tokens} is smaller than the longest pair ({longest} tokens after padding); "
+                "raise max_tokens or filter with a lower max_len"
+            )
+        self.max_tokens = max_tokens
+        self.max_sentences = max_sentences
+        self.seed = seed
+        self.num_shards = num_shards
+        self.shard_index = shard_index
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0
+        self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this shard's batches)
+
+    # -- building ----------------------------------------------------------------------------------
+
+    def _pack(self, order: np.ndarray) -> list[tuple[int, int]]:
+        """Greedy packing of the pairs in `order` (sorted by width): (start, end) ranges.
+
+        A batch that starts at `start` may grow to element j while (j - start + 1) * width[j] <=
+        max_tokens (width is non-decreasing, so width[j] is the batch's width). Runs of equal width
+        are taken in one jump, so this loops once per batch, not once per pair.
+        """
+        widths = self.widths[order]
+        run_end = np.searchsorted(widths, widths, side="right")  # end of each element's equal-width run
+        cap_sentences = self.max_sentences or len(order)
+        ranges, n, i = [], len(order), 0
+        while i < n:
+            start = i
+            while i < n:
+                size = min(self.max_tokens // int(widths[i]), cap_sentences)  # batch size allowed at this width
+                end = min(start + size, int(run_end[i]))
+                if end <= i:
+                    break
+                full = end < run_end[i]
+                i = end
+                if full:
+                    break
+            ranges.append((start, i))
+        return ranges
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """All batches of an epoch (every shard's), in the order shards take them."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.widths)
+        if self.shuffle:
+            perm = rng.permutation(n)
+            order = perm[np.argsort(self.widths[perm], kind="stable")]  # by width, random ties
+        else:  # exact length order (longer side, then source), e.g. for decoding
+            order = np.lexsort((self.src_lengths, self.longer))
+        ranges = self._pack(order)
+        ranges = self._even_out(ranges)
+        if self.shuffle:
+            ranges = [ranges[i] for i in rng.permutation(len(ranges))]
+        batches = [order[a:b].tolist() for a, b in ranges]
+        short = -len(batches) % self.num_shards  # > 0 only when no batch can be split further
+        return batches + [batches[k % len(batches)] for k in range(short)]
+
+    def _even_out(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Split the largest batches in two until the batch count is a multiple of num_shards."""
+        need = -len(ranges) % self.num_shards
+        if need == 0:
+            return ranges
+        by_size = sorted(range(len(ranges)), key=lambda k: (-(ranges[k][1] - ranges[k][0]), k))
+        split = {k for k in by_size[:need] if ranges[k][1] - ranges[k][0] >= 2}
+        out = []
+        for k, (a, b) in enumerate(ranges):
+            if k in split:
+                mid = (a + b) // 2
+                out += [(a, mid), (mid, b)]
+            else:
+                out.append((a, b))
+        if len(split) == need:
+            return out
+        return self._even_out(out) if any(b - a >= 2 for a, b in out) else out
+
+    def _shard_batches(self) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            batches = self._epoch_batches(self.epoch)
+            self._cache = (self.epoch, batches[self.shard_index :: self.num_shards])
+        return self._cache[1]
+
+    # -- iterating and resuming --------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Batches per shard per epoch (the same for every shard and every epoch)."""
+        return len(self._shard_batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._shard_batches()
+        while self.position < len(batches):
+            batch = batches[self.position]
+            self.position += 1  # counted as handed out before the caller sees it
+            yield batch
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to `epoch`, from its start; a no-op when already in it (keeps a restored position)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_shards": self.num_shards}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore (epoch, position). With a different number of shards the position is rescaled
+        to the same share of the epoch (the batches then differ from an uninterrupted run)."""
+        if state.get("seed", self.seed) != self.seed:
+            warnings.warn(f"restoring a sampler saved with seed {state['seed']} into one with seed {self.seed}")
+        self.epoch = int(state["epoch"])
+        position = int(state["position"])
+        saved_shards = int(state.get("num_shards", self.num_shards))
+        if saved_shards != self.num_shards:
+            position = math.floor(position * saved_shards / self.num_shards)
+            warnings.warn(f"resuming on {self.num_shards} shards from a run on {saved_shards}: position rescaled")
+        self.position = position
