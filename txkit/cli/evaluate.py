@@ -1,0 +1,125 @@
+"""`txkit eval`: score translations with BLEU, chrF(++) and TER (sacreBLEU via `evaluate`).
+
+    txkit eval --hyp HYP --ref REF [--ref REF2 ...]      score an existing output
+    txkit eval MODEL --src SRC --ref REF                  translate SRC, then score
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from txkit.errors import TxkitError
+
+
+def eval_command(
+    model: Optional[str] = typer.Argument(
+        None, help="Model directory (or Hub id) to translate --src with; leave out to score --hyp."
+    ),
+    hyp: Optional[str] = typer.Option(None, "--hyp", "-H", help="Hypothesis file, one segment per line."),
+    ref: Optional[List[str]] = typer.Option(
+        None, "--ref", "-r", help="Reference file, aligned with the hypotheses; repeat for more references."
+    ),
+    src: Optional[str] = typer.Option(None, "--src", help="Source file to translate with MODEL."),
+    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, ter."),
+    lowercase: bool = typer.Option(
+        False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is always case-insensitive)."
+    ),
+    tokenize: str = typer.Option("13a", "--tokenize", "-tok", help="BLEU tokenizer: 13a, intl, none, zh, char."),
+    chrf_word_order: int = typer.Option(0, "--chrf-word-order", help="chrF word n-gram order: 0 chrF, 2 chrF++."),
+    chrfpp: bool = typer.Option(False, "--chrfpp", help="Score chrF++ (same as --chrf-word-order 2)."),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", help="Bootstrap samples for the 95% confidence intervals (0: none)."
+    ),
+    baseline: Optional[str] = typer.Option(
+        None, "--baseline", help="A second hypothesis file: paired bootstrap test against it, with its p-value."
+    ),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the full report as JSON to this file."),
+    seed: int = typer.Option(12345, "--seed", help="Seed of the bootstrap resampling (sacreBLEU's default)."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="MODEL form: beam size for decoding."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="MODEL form: tokens per decoding batch."),
+    hyp_out: Optional[str] = typer.Option(None, "--hyp-out", help="MODEL form: also save the translations here."),
+):
+    """Score translations against references: BLEU, chrF(++), TER with sacreBLEU signatures and 95% CIs."""
+    from txkit import evaluation
+
+    metric_names = [name.strip() for name in metrics.split(",") if name.strip()]
+    if chrfpp:
+        chrf_word_order = 2
+    ref_paths = list(ref or [])
+    if not ref_paths:
+        raise TxkitError("give at least one reference with --ref")
+    if hyp is not None and (model is not None or src is not None):
+        raise TxkitError("give either --hyp, or MODEL with --src, not both")
+    if hyp is None and (model is None or src is None):
+        raise TxkitError("give --hyp HYP to score a file, or MODEL --src SRC to translate and score")
+    if hyp is not None and (beam_size is not None or max_tokens is not None or hyp_out is not None):
+        raise TxkitError("--beam-size, --max-tokens and --hyp-out only apply to the MODEL form")
+    if bootstrap < 0:
+        raise TxkitError(f"--bootstrap must be 0 or more, got {bootstrap}")
+    if json_out is not None and not Path(json_out).resolve().parent.is_dir():
+        raise TxkitError(f"--json {json_out}: the folder does not exist")
+
+    # Read and check every file before the slow parts (loading metrics, translating).
+    refs = [evaluation.read_lines(path, "reference") for path in ref_paths]
+    named_refs = list(zip(ref_paths, refs))
+    evaluation.check_same_length(*named_refs)
+    if hyp is not None:
+        hyps = evaluation.read_lines(hyp, "hypothesis")
+        evaluation.check_same_length((hyp, hyps), *named_refs)
+        system = {"path": hyp, "lines": len(hyps)}
+    else:
+        sources = evaluation.read_lines(src, "source")
+        evaluation.check_same_length((src, sources), *named_refs)
+        hyps = _translate(model, sources, beam_size=beam_size, max_tokens=max_tokens)
+        if hyp_out is not None:
+            _write_lines(hyp_out, hyps)
+        system = {"model": model, "source": src, "path": hyp_out, "lines": len(hyps)}
+    baseline_hyps, baseline_info = None, None
+    if baseline is not None:
+        baseline_hyps = evaluation.read_lines(baseline, "baseline hypothesis")
+        evaluation.check_same_length((baseline, baseline_hyps), *named_refs)
+        baseline_info = {"path": baseline, "lines": len(baseline_hyps)}
+
+    report = evaluation.build_report(
+        hyps,
+        refs,
+        system=system,
+        references=[{"path": path, "lines": len(lines)} for path, lines in named_refs],
+        baseline_hyps=baseline_hyps,
+        baseline=baseline_info,
+        metrics=metric_names,
+        lowercase=lowercase,
+        tokenize=tokenize,
+        chrf_word_order=chrf_word_order,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+    if json_out is not None:
+        evaluation.write_report(json_out, report)
+    typer.echo(evaluation.format_table(report))
+
+
+def _translate(model: str, sources: list[str], **decode_opts) -> list[str]:
+    try:
+        from txkit.decoding import translate_lines
+    except ImportError as exc:
+        raise TxkitError(f"cannot translate with {model}: txkit.decoding is not available ({exc})") from None
+    hyps = translate_lines(model, sources, **{k: v for k, v in decode_opts.items() if v is not None})
+    if len(hyps) != len(sources):
+        raise TxkitError(f"{model} returned {len(hyps)} translations for {len(sources)} source lines")
+    return hyps
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+    except OSError as exc:
+        raise TxkitError(f"cannot write --hyp-out {path}: {exc.strerror}") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
