@@ -1,0 +1,304 @@
+"""txkit.training on the CPU: a small recipe trains on a slice of Multi30k, checkpoints, validates,
+resumes exactly after an interruption (a debugging stop and a real SIGKILL); schedules; errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from txkit import runs
+from txkit.averaging import load_weights
+from txkit.checkpointing import read_log
+from txkit.cli import main
+from txkit.errors import TxkitError
+from txkit.recipe import load_recipe
+from txkit.schedule import build_optimizer, build_scheduler, learning_rate, training_flops
+from txkit.training import Trainer, train
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "tests" / "recipes" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def data_env(shared_data):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TXKIT_DATA", str(shared_data))
+        yield shared_data
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_env, tmp_path_factory):
+    """The test recipe as written: 20 updates, builds its tokenizer, validates and saves every 10."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    result = train(load_recipe(RECIPE), run_dir)
+    return run_dir, result
+
+
+def _resume_overrides(tokenizer: Path) -> list[str]:
+    # dropout stays on (0.1): exact resumption needs the dropout RNG restored
+    return [f"tokenizer.path={tokenizer}", "train.max_steps=12", "train.save_every_steps=4", "train.keep_last=0",
+            "train.eval_every_steps=0", "train.log_every_steps=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference_run(trained_run, tmp_path_factory):
+    """An uninterrupted 12-update run, the yardstick of the resume tests."""
+    tokenizer = trained_run[0] / "tokenizer"
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    train(load_recipe(RECIPE, _resume_overrides(tokenizer)), run_dir)
+    return run_dir, tokenizer
+
+
+def _final_weights(run_dir: Path, step: int = 12) -> dict:
+    return load_weights(run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step))
+
+
+def _assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs by {(a[name] - b[name]).abs().max().item()}"
+
+
+def _train_records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_log(run_dir / runs.LOG_FILE) if "train/loss" in r}
+
+
+# ----------------------------------------------------------------------------- a whole run
+
+
+def test_small_recipe_trains_checkpoints_and_validates(trained_run):
+    run_dir, result = trained_run
+    assert result.step == 20 and result.stop_reason == "max_steps"
+    records = read_log(run_dir / runs.LOG_FILE)
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 4  # log_every_steps 5
+    assert losses[-1] < losses[0] - 0.5, losses  # the loss falls
+    for r in records:
+        if "train/loss" in r:
+            assert r["train/src_tok_per_s"] > 0 and r["train/tgt_tok_per_s"] > 0 and r["train/lr"] > 0
+    validations = [r for r in records if "val/loss" in r]
+    assert [r["step"] for r in validations] == [10, 20]
+    assert validations[-1]["val/loss"] < validations[0]["val/loss"]
+    for r in validations:
+        assert 0 <= r["val/bleu"] <= 100 and r["val/ppl"] == pytest.approx(math.exp(r["val/nll_loss"]))
+
+    # keep_last 2 keeps both; a checkpoint is a full model folder plus the training state
+    checkpoints = runs.list_checkpoints(run_dir)
+    assert [c.name for c in checkpoints] == ["checkpoint-00000010", "checkpoint-00000020"]
+    last = checkpoints[-1]
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json"):
+        assert (last / name).is_file(), name
+    state = last / runs.TRAINING_STATE
+    for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json", "rank-00000.pt"):
+        assert (state / name).is_file(), name
+    assert json.loads((state / "trainer_state.json").read_text())["step"] == 20
+    generation = json.loads((last / "generation_config.json").read_text())
+    assert generation["num_beams"] == 2 and generation["decoder_start_token_id"] == 0
+    assert not list((run_dir / runs.CHECKPOINTS).glob("*.tmp"))
+
+    # the tokenizer the recipe names did not exist: it was built first, in the run directory
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    assert not list(run_dir.glob("tokenizer.*"))  # no temporary folders left
+    # the best checkpoint by BLEU, the resolved recipe, TensorBoard
+    assert runs.is_model_dir(run_dir / runs.BEST) and result.best_dir == run_dir / runs.BEST
+    assert load_recipe(run_dir / runs.RECIPE_FILE) == load_recipe(RECIPE)
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_checkpoint_translates_like_txkit_translate(trained_run):
+    from txkit.decoding import translate_lines
+
+    run_dir, _ = trained_run
+    out = translate_lines(runs.latest_checkpoint(run_dir), ["A man rides a bike.", ""], beam_size=2, max_len_b=10)
+    assert len(out) == 2 and out[1] == ""
+
+
+def test_existing_run_needs_resume(trained_run):
+    run_dir, _ = trained_run
+    with pytest.raises(TxkitError, match="--resume"):
+        train(load_recipe(RECIPE), run_dir)
+
+
+# ----------------------------------------------------------------------------- exact resumption
+
+
+def test_stop_and_resume_gives_the_uninterrupted_run(reference_run, tmp_path):
+    reference, tokenizer = reference_run
+    run_dir = tmp_path / "run"
+    # stop after update 6; the last checkpoint is at 4, so updates 5 and 6 are done twice
+    first = train(load_recipe(RECIPE, _resume_overrides(tokenizer) + ["train.stop_after_steps=6"]), run_dir)
+    assert first.stop_reason == "stop_after_steps" and runs.latest_checkpoint(run_dir).name == "checkpoint-00000004"
+    assert max(_train_records(run_dir)) == 6
+    second = train(load_recipe(RECIPE, _resume_overrides(tokenizer)), run_dir, resume=True)
+    assert second.step == 12
+    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    # the log reads as one run: same steps, same losses and learning rates
+    mine, theirs = _train_records(run_dir), _train_records(reference)
+    assert sorted(mine) == list(range(1, 13))
+    for step in mine:
+        assert mine[step]["train/loss"] == theirs[step]["train/loss"], step
+        assert mine[step]["train/lr"] == theirs[step]["train/lr"], step
+
+
+def test_killed_run_resumes_to_the_same_weights(reference_run, tmp_path):
+    reference, tokenizer = reference_run
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "txkit", "train", str(RECIPE), "-o", str(run_dir)]
+    for item in _resume_overrides(tokenizer):
+        command += ["--set", item]
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(4)
+    deadline = time.monotonic() + 300
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert still_running, f"the run ended before it could be killed: {err.decode()[-2000:]}"
+    latest = runs.latest_checkpoint(run_dir)
+    assert latest is not None and runs.checkpoint_step(latest) < 12
+    assert (latest / runs.TRAINING_STATE / "trainer_state.json").is_file()  # complete, never half-written
+
+    result = train(load_recipe(RECIPE, _resume_overrides(tokenizer)), run_dir, resume=True)
+    assert result.step == 12
+    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    assert not list((run_dir / runs.CHECKPOINTS).glob("*.tmp"))
+
+
+def test_early_stopping_after_patience_validations(trained_run, tmp_path):
+    tokenizer = trained_run[0] / "tokenizer"
+    # a learning rate too small to change any translation: BLEU stays put, so no validation after the
+    # first improves on it, and the run stops after `patience` of them
+    overrides = [f"tokenizer.path={tokenizer}", "train.lr=1e-9", "train.eval_every_steps=1", "train.patience=2",
+                 "train.save_every_steps=0", "data.valid_max_sentences=10"]  # fmt: skip
+    result = train(load_recipe(RECIPE, overrides), tmp_path / "run")
+    assert result.stop_reason == "early_stopping" and result.step == 3
+    best = json.loads((tmp_path / "run" / runs.BEST / "val_metrics.json").read_text())
+    assert best["step"] == 1 and best["val/bleu"] == result.best_score
+    assert runs.latest_checkpoint(tmp_path / "run").name == "checkpoint-00000003"  # the final state is saved
+
+
+# ----------------------------------------------------------------------------- a non-finite step
+
+
+def test_nan_step_is_skipped_and_counted(trained_run, tmp_path, capfd):
+    tokenizer = trained_run[0] / "tokenizer"
+    trainer = Trainer(load_recipe(RECIPE, [f"tokenizer.path={tokenizer}", "model.dropout=0"]), tmp_path / "run")
+    try:
+        batches = list(trainer.sampler)[:2]
+        assert trainer.train_step([batches[0]])
+        weight = trainer.unwrapped.model.shared.weight
+        before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
+        saved = weight.data[5, 0].item()
+        weight.data[5, 0] = float("nan")  # every logit row now contains a NaN: the loss is NaN
+        assert not trainer.train_step([batches[1]])
+        err = capfd.readouterr().err
+        assert "step 2: loss nan" in err and "input_ids (" in err and "skipped" in err
+        assert trainer.counters["skipped_steps"] == 1 and trainer.step == 1
+        weight.data[5, 0] = saved
+        for name, param in trainer.unwrapped.named_parameters():  # nothing was applied
+            assert torch.equal(param, before[name]), name
+        assert trainer.train_step([batches[1]]) and trainer.step == 2  # and training goes on
+    finally:
+        trainer.close()
+
+
+# ----------------------------------------------------------------------------- schedule and FLOPs
+
+
+def test_noam_schedule_gives_the_papers_values():
+    # lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), d_model 512, warmup 4000
+    assert learning_rate(1) == pytest.approx(512**-0.5 * 4000**-1.5)
+    assert learning_rate(1000) == pytest.approx(1.746928e-4, rel=1e-6)
+    assert learning_rate(4000) == pytest.approx(6.987712e-4, rel=1e-6)  # the peak
+    assert learning_rate(16000) == pytest.approx(3.493856e-4, rel=1e-6)
+    assert learning_rate(100000) == pytest.approx(1.397542e-4, rel=1e-6)
+    assert learning_rate(4000, d_model=1024) == pytest.approx(4.941059e-4, rel=1e-6)
+    # noam is inverse_sqrt with peak d^-0.5 * warmup^-0.5
+    peak = 512**-0.5 * 4000**-0.5
+    for step in (1, 100, 3999, 4000, 4001, 50000):
+        assert learning_rate(step, "inverse_sqrt", lr=peak) == pytest.approx(learning_rate(step))
+
+
+def test_decay_schedules_reach_min_lr():
+    kw = dict(warmup_steps=10, lr=1e-3, min_lr=1e-5, max_steps=110)
+    for name in ("linear", "cosine"):
+        assert learning_rate(5, name, **kw) == pytest.approx(5e-4)
+        assert learning_rate(10, name, **kw) == pytest.approx(1e-3)
+        assert learning_rate(60, name, **kw) == pytest.approx((1e-3 + 1e-5) / 2)
+        assert learning_rate(110, name, **kw) == pytest.approx(1e-5)
+        assert learning_rate(500, name, **kw) == pytest.approx(1e-5)
+
+
+def test_scheduler_gives_the_first_update_lr_of_step_one():
+    model = torch.nn.Linear(4, 4)
+    train_section = load_recipe(None).train
+    optimizer = build_optimizer(model, train_section)
+    scheduler = build_scheduler(optimizer, train_section, d_model=512)
+    seen = []
+    for _ in range(3):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([learning_rate(1), learning_rate(2), learning_rate(3)])
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
+
+
+def test_training_flops_is_six_times_parameters_per_token():
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+
+    config = TxkitConfig(vocab_size=500, d_model=32, attention_heads=4, ffn_dim=64, encoder_layers=2, decoder_layers=3)
+    params = sum(p.numel() for p in TxkitForConditionalGeneration(config).parameters())
+    # one source and one target token: every parameter is used once per token pair, attention is one pair
+    attention = 12 * 32 * (2 + 3 + 3)
+    assert training_flops(config, [1], [1]) == 6 * params + attention
+
+
+# ----------------------------------------------------------------------------- one-line errors
+
+
+def _cli_error(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *map(str, args)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_recipe_key_is_one_line(capsys, tmp_path, data_env):
+    err = _cli_error(capsys, RECIPE, "--set", "train.max_stpes=3", "-o", tmp_path / "run")
+    assert err == "error: --set: unknown key 'train.max_stpes' (did you mean 'train.max_steps'?)"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  warmup: 400\n")
+    err = _cli_error(capsys, bad, "-o", tmp_path / "run")
+    assert err == f"error: {bad}: unknown key 'train.warmup' (did you mean 'train.warmup_steps'?)"
+
+
+def test_missing_data_file_is_one_line(capsys, tmp_path, data_env):
+    err = _cli_error(capsys, RECIPE, "--set", "data.train=multi30k/trian", "-o", tmp_path / "run")
+    assert err.startswith("error: data.train: data file not found: ")
+    assert str(data_env / "multi30k" / "trian.en") in err and "TXKIT_DATA" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_output_dir_is_one_line(capsys, tmp_path, data_env):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    err = _cli_error(capsys, RECIPE, "-o", blocker / "run")
+    assert err.startswith(f"error: cannot write to output directory {blocker / 'run'}: ")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        err = _cli_error(capsys, RECIPE, "-o", locked / "run")
+        assert "Permission denied" in err

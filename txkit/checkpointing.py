@@ -1,0 +1,285 @@
+"""Checkpoints of a training run: written atomically, pruned to the last K, enough to resume exactly.
+
+A checkpoint is a `save_pretrained` model folder (safetensors weights, config, generation config,
+tokenizer, modeling code), so any checkpoint can be translated with, averaged or shared as it is, plus
+
+    training_state/
+      trainer_state.json   step, epoch, counters, best validation score, patience, wall time
+      optimizer.pt         Adam's moments (identical on every process under data parallelism)
+      scheduler.pt         the learning-rate schedule's position
+      scaler.pt            fp16 only: the loss scale
+      rank-00000.pt        per process: RNG states (python, numpy, torch, CUDA) and the batch sampler's
+                           (epoch, position); each process draws its own dropout masks and reads its own shard
+
+It is written to `checkpoint-NNNNNNNN.tmp/` and renamed when every process has written its part, so a
+crash (or a kill) at any moment leaves the previous checkpoints intact and never a half-written latest one.
+`RUN/best` is replaced the same way. All processes must see the run directory (a shared filesystem
+when training on several machines).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from txkit import runs
+from txkit.averaging import recover_dir, replace_dir
+from txkit.errors import TxkitError
+
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.pt"
+SCALER = "scaler.pt"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+
+def prepare_run_dir(output_dir: str | os.PathLike) -> Path:
+    """Create the run directory (and its checkpoints folder) or fail with one line saying why."""
+    run_dir = Path(output_dir)
+    try:
+        (run_dir / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise TxkitError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from None
+    return run_dir
+
+
+def write_recipe(run_dir: Path, recipe) -> None:
+    """RUN/recipe.yaml: the resolved recipe (every key, after overrides), with where and how it ran."""
+    program = "txkit" if sys.argv[0].endswith(("__main__.py", "txkit")) else sys.argv[0]
+    header = (
+        f"Resolved recipe of this run, written by txkit train on {datetime.datetime.now():%Y-%m-%d %H:%M:%S}\n"
+        f"from {recipe.source}; data paths relative to TXKIT_DATA={os.environ.get('TXKIT_DATA', './data')}\n"
+        f"command: {' '.join([program, *sys.argv[1:]])}"
+    )
+    write_text_atomic(run_dir / runs.RECIPE_FILE, recipe.to_yaml(header=header))
+
+
+# ----------------------------------------------------------------------------- random number generators
+
+
+def capture_rng() -> dict:
+    """The states of every random number generator training draws from (dropout, shuffling)."""
+    state = {
+        "python": random.getstate(),
+        # numpy's state as plain lists so that torch.load(weights_only=True) can read it back
+        "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a whole text file under a temporary name, then rename it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model_folder(folder: Path, model, src_tok, tgt_tok) -> None:
+    """A standard model folder: weights (safetensors), config, generation config, code, tokenizer(s)."""
+    from txkit.tokenization import save_tokenizers
+
+    model.save_pretrained(folder)
+    save_tokenizers(src_tok, tgt_tok, folder)
+
+
+def save_checkpoint(
+    accelerator,
+    run_dir: Path,
+    step: int,
+    model,
+    tokenizers: tuple,
+    optimizer,
+    scheduler,
+    trainer_state: dict,
+    rank_state: dict,
+    keep_last: int = 0,
+) -> Path:
+    """Write RUN/checkpoints/checkpoint-{step}; every process calls this (each writes its rank file).
+
+    Args:
+        model: the unwrapped model.
+        trainer_state: JSON-able counters, written by the main process.
+        rank_state: this process's sampler state; its RNG states are added here.
+    """
+    final = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step)
+    tmp = final.with_name(final.name + ".tmp")
+    state_dir = tmp / runs.TRAINING_STATE
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        state_dir.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save({**rank_state, "rng": capture_rng()}, state_dir / rank_file(accelerator.process_index))
+    if accelerator.is_main_process:
+        save_model_folder(tmp, model, *tokenizers)
+        torch.save(optimizer.state_dict(), state_dir / OPTIMIZER)
+        torch.save(scheduler.state_dict(), state_dir / SCHEDULER)
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), state_dir / SCALER)
+        state = {**trainer_state, "step": step, "world_size": accelerator.num_processes}
+        (state_dir / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    accelerator.wait_for_everyone()  # every rank file is on disk before the folder gets its final name
+    if accelerator.is_main_process:
+        replace_dir(tmp, final)
+        prune_checkpoints(run_dir, keep_last)
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all); returns what was deleted."""
+    if keep_last <= 0:
+        return []
+    old = runs.list_checkpoints(run_dir)[:-keep_last]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove what a crash left behind: unfinished `*.tmp` checkpoints; restore `best` if a swap was cut."""
+    folder = run_dir / runs.CHECKPOINTS
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.endswith((".tmp", ".old")) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+    recover_dir(run_dir / runs.BEST)
+    stale = run_dir / (runs.BEST + ".tmp")
+    if stale.exists():
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_best(run_dir: Path, model, tokenizers: tuple, metrics: dict) -> Path:
+    """Replace RUN/best with the current model (main process only); `best/val_metrics.json` says why."""
+    final = run_dir / runs.BEST
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model_folder(tmp, model, *tokenizers)
+    (tmp / "val_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    replace_dir(tmp, final)
+    return final
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def find_resume_checkpoint(run_dir: Path, resume: bool | str | os.PathLike | None) -> Path | None:
+    """The checkpoint to resume from: None/False = none; True = the latest complete one in the run (None
+    when there is none yet, so a relaunched job starts fresh); a path = that checkpoint."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        return runs.latest_checkpoint(run_dir)
+    path = Path(resume)
+    if not (path / runs.TRAINING_STATE / TRAINER_STATE).is_file():
+        raise TxkitError(f"{path}: not a complete training checkpoint (no {runs.TRAINING_STATE}/{TRAINER_STATE})")
+    return path
+
+
+def load_trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / runs.TRAINING_STATE / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+def load_rank_state(checkpoint: Path, rank: int) -> dict | None:
+    """This process's RNG and sampler state, or None when the checkpoint was written by fewer processes."""
+    path = checkpoint / runs.TRAINING_STATE / rank_file(rank)
+    return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def load_optimizer_states(checkpoint: Path, optimizer, scheduler, scaler, device) -> None:
+    state_dir = checkpoint / runs.TRAINING_STATE
+    optimizer.load_state_dict(torch.load(state_dir / OPTIMIZER, map_location=device, weights_only=True))
+    scheduler.load_state_dict(torch.load(state_dir / SCHEDULER, weights_only=True))
+    if scaler is not None and (state_dir / SCALER).is_file():
+        scaler.load_state_dict(torch.load(state_dir / SCALER, weights_only=True))
+
+
+# ----------------------------------------------------------------------------- the JSONL log
+
+
+class RunLog:
+    """RUN/log.jsonl: one JSON object per logged step, {"step": N, "train/loss": ..., ...}."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """On resume from `step`: drop the lines a killed run logged after its last checkpoint, so that the
+        log reads as one uninterrupted run (the resumed run logs those steps again, with the same values)."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        write_text_atomic(self.path, "".join(kept))
+
+    def has_train_record(self, step: int) -> bool:
+        """Whether the log holds training values logged at `step` (a run's last, partial interval)."""
+        if not (self.enabled and self.path.is_file()):
+            return False
+        return any(r.get("step") == step and "train/loss" in r for r in read_log(self.path))
+
+    def start_fresh(self) -> None:
+        if self.enabled and self.path.exists():
+            self.path.unlink()
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _json_number(v) for k, v in values.items()}}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _json_number(v):
+    if isinstance(v, float) and not np.isfinite(v):
+        return str(v)  # JSON has no NaN / Infinity
+    return v
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a run's log.jsonl."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

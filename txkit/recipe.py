@@ -1,0 +1,503 @@
+"""Recipes: one YAML file per experiment, read into typed dataclasses, with command-line overrides; and the
+recipe's inputs made real (its corpora loaded, its tokenizer built).
+
+A recipe has five sections, `model`, `tokenizer`, `data`, `train` and `eval`. Every key has a default
+(the paper's value where the paper gives one) and a help text, both declared below; a recipe only
+writes what differs. `txkit train RECIPE --set train.max_steps=300` overrides any key. A key that does
+not exist is an error naming the closest valid one, so a typo never silently falls back to a default.
+
+Paths:
+    * data paths (`data.train`, `data.valid`, `eval.test`, `tokenizer.files`) that are relative resolve
+      against the environment variable TXKIT_DATA (default `./data`), so one recipe runs on any machine;
+    * `tokenizer.path`, when relative, resolves against the run directory.
+
+Light at import time (yaml and the standard library); torch, datasets and tokenizers load only in the
+functions that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from txkit.errors import TxkitError
+
+DATA_ENV = "TXKIT_DATA"
+DEFAULT_DATA_DIR = "./data"
+
+
+def _key(default, help: str, **kw):
+    """A recipe key: its default and the one-line help shown in the documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelSection:
+    """The architecture: a preset of TxkitConfig, with any of its fields overridden (null = the preset's)."""
+
+    preset: str = _key("transformer-base", "transformer-base | transformer-big | transformer-small | transformer-tiny")
+    d_model: int | None = _key(None, "model width d_model")
+    encoder_layers: int | None = _key(None, "encoder layers N")
+    decoder_layers: int | None = _key(None, "decoder layers N")
+    attention_heads: int | None = _key(None, "attention heads h")
+    ffn_dim: int | None = _key(None, "feed-forward inner size d_ff")
+    dropout: float | None = _key(None, "residual / embedding dropout P_drop")
+    attention_dropout: float | None = _key(None, "dropout on attention probabilities (paper: 0)")
+    activation_dropout: float | None = _key(None, "dropout after the FFN activation (paper: 0)")
+    activation_function: Literal["relu", "gelu"] | None = _key(None, "FFN activation (paper: relu)")
+    normalize_before: bool | None = _key(None, "pre-norm residual blocks (paper: false, post-norm)")
+    label_smoothing: float | None = _key(None, "eps_ls of the training loss (paper: 0.1)")
+    max_position_embeddings: int | None = _key(None, "longest sequence the sinusoidal table covers")
+
+    def config_overrides(self) -> dict:
+        """The TxkitConfig fields this section sets (everything but the preset, None = keep the preset's)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "preset" and getattr(self, f.name) is not None}
+
+
+@dataclass
+class TokenizerSection:
+    """The subword vocabulary; built from the training data before training when `path` does not exist."""
+
+    path: str = _key("tokenizer", "tokenizer folder; relative = inside the run directory; built if missing")
+    vocab_size: int = _key(37000, "vocabulary size to build (paper en-de: ~37000 shared BPE)")
+    model: Literal["bpe", "unigram"] = _key("bpe", "subword model to build")
+    joint: bool = _key(True, "one vocabulary shared by source and target (paper: true)")
+    min_frequency: int = _key(2, "BPE: minimum pair frequency for a merge")
+    files: list[str] = _key([], "text files to learn it from; empty = both sides of data.train (max_sentences of it)")
+
+
+@dataclass
+class DataSection:
+    """Corpora and filtering. Corpus specs are relative to $TXKIT_DATA unless absolute."""
+
+    train: str = _key(
+        "multi30k/train", "training corpus: prefix DIR/NAME (files NAME.SRC, NAME.TGT), .tsv, .jsonl, .parquet, hub:ID"
+    )
+    valid: str = _key("multi30k/val", "validation corpus (same form); empty = no validation")
+    src_lang: str = _key("en", "source language code (the file suffix)")
+    tgt_lang: str = _key("de", "target language code (the file suffix)")
+    max_len: int = _key(256, "drop training pairs with more subword tokens than this on either side")
+    max_ratio: float = _key(9.0, "drop training pairs whose length ratio exceeds this (Moses: 9); 0 = keep all")
+    dedup: bool = _key(False, "drop repeated training pairs")
+    num_proc: int = _key(1, "processes for tokenizing the corpus")
+    hub_config: str = _key("", "config of `hub:OWNER/NAME` corpora, e.g. de-en for hub:wmt/wmt14")
+    max_sentences: int = _key(0, "use only the first N training pairs; 0 = all")
+    valid_max_sentences: int = _key(0, "use only the first N validation pairs (loss and BLEU); 0 = all")
+
+
+@dataclass
+class TrainSection:
+    """Optimisation, checkpoints, validation and logging. The defaults are the paper's base model."""
+
+    max_steps: int = _key(100000, "number of parameter updates (paper base: 100k, big: 300k)")
+    max_epochs: int = _key(0, "stop after this many passes over the data; 0 = no limit")
+    max_tokens: int = _key(4096, "tokens per batch per process (max of source and target, padding included)")
+    accumulation: int = _key(1, "batches accumulated per update (fairseq's update_freq)")
+    lr_schedule: Literal["noam", "inverse_sqrt", "linear", "cosine"] = _key(
+        "noam", "noam = the paper's d_model^-0.5*min(step^-0.5, step*warmup^-1.5); others warm up to `lr`"
+    )
+    warmup_steps: int = _key(4000, "linear warmup steps (paper: 4000)")
+    lr: float = _key(5e-4, "peak learning rate of inverse_sqrt, linear and cosine")
+    lr_scale: float = _key(1.0, "noam only: multiplier on the paper's formula")
+    min_lr: float = _key(0.0, "linear and cosine: the learning rate reached at max_steps")
+    adam_betas: tuple[float, float] = _key((0.9, 0.98), "Adam beta1, beta2 (paper: 0.9, 0.98)")
+    adam_eps: float = _key(1e-9, "Adam epsilon (paper: 1e-9)")
+    weight_decay: float = _key(0.0, "decoupled weight decay (AdamW); 0 = plain Adam as in the paper")
+    clip_norm: float = _key(0.0, "clip the gradient norm to this; 0 = no clipping")
+    mixed_precision: Literal["no", "bf16", "fp16"] = _key("no", "bf16, or fp16 with dynamic loss scaling")
+    save_every_steps: int = _key(0, "write a checkpoint every N updates; 0 = off")
+    save_every_minutes: float = _key(10.0, "write a checkpoint every N minutes (paper: 10); 0 = off")
+    keep_last: int = _key(5, "keep only the last K checkpoints; 0 = keep all")
+    eval_every_steps: int = _key(1000, "validate every N updates (and at the end); 0 = only at the end")
+    best_metric: Literal["bleu", "loss", "ppl"] = _key("bleu", "validation metric that picks RUN/best")
+    patience: int = _key(0, "stop after N validations without a better best_metric; 0 = never")
+    seed: int = _key(1, "seed of initialisation, dropout and batch order")
+    log_every_steps: int = _key(100, "log training loss, learning rate and throughput every N updates")
+    stop_after_steps: int = _key(0, "debugging: stop after N updates as if interrupted (no final save); 0 = off")
+
+
+@dataclass
+class EvalSection:
+    """Decoding for validation BLEU and for `txkit run`'s test sets: the paper's beam search by default."""
+
+    beam_size: int = _key(4, "beam size (paper: 4)")
+    length_penalty: float = _key(0.6, "GNMT length penalty alpha (paper: 0.6)")
+    max_len_a: float = _key(1.0, "output length limit a * source length + b (paper: a=1)")
+    max_len_b: int = _key(50, "output length limit a * source length + b (paper: b=50)")
+    lp_form: Literal["gnmt", "hf"] = _key("gnmt", "length penalty form: gnmt (5+|Y|)^a/6^a (paper) or hf |Y|^a")
+    max_tokens: int = _key(4096, "decoding batch budget in source tokens, padding included")
+    lowercase: bool = _key(False, "case-insensitive BLEU")
+    tokenize: str = _key("13a", "sacreBLEU tokenizer for BLEU: 13a, intl, none, zh, char")
+    average_last: int = _key(5, "checkpoints averaged into the final model (paper base: 5, big: 20)")
+    test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "tokenizer": TokenizerSection,
+    "data": DataSection,
+    "train": TrainSection,
+    "eval": EvalSection,
+}
+
+# Names that scripts rely on; renaming one is a breaking change (tests/test_recipe.py pins them).
+STABLE_KEYS = ("train.max_steps", "train.max_tokens", "train.save_every_steps", "train.eval_every_steps", "train.seed")
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: one attribute per section."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    source: str = field(default="recipe", compare=False, repr=False)  # the file it was read from
+
+    def to_dict(self) -> dict:
+        """Every key of every section, tuples as lists (YAML-friendly)."""
+        out = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out[name] = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+        return out
+
+    def to_yaml(self, header: str = "") -> str:
+        """The resolved recipe as YAML; `load_recipe` reads it back to an equal Recipe."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
+        if header:
+            text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+        return text
+
+    def flat(self) -> dict:
+        """{"section.key": value} for every key."""
+        return {f"{section}.{k}": v for section, keys in self.to_dict().items() for k, v in keys.items()}
+
+    def get(self, key: str) -> Any:
+        section, name = key.split(".", 1)
+        return getattr(getattr(self, section), name)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+# ----------------------------------------------------------------------------- keys and values
+
+
+def all_keys() -> list[str]:
+    """Every valid `section.key`."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def describe_keys() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every key, for documentation and `txkit train --help`."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{section}.{f.name}", _type_name(hints[f.name]), _plain(default), f.metadata["help"]))
+    return rows
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, tuple):
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _unknown(source: str, what: str, name: str, choices: list[str]) -> TxkitError:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(choices)})" if len(choices) <= 6 else ""
+    return TxkitError(f"{source}: unknown {what} '{name}'{hint}")
+
+
+def _convert(value: Any, tp, key: str, source: str, raw: str | None = None) -> Any:
+    """Check `value` against the dataclass type `tp` and convert it (int -> float, list -> tuple, ...).
+
+    `raw` is the text of a command-line override: strings are taken verbatim from it, so that
+    `--set data.src_lang=no` stays "no" instead of YAML's boolean false.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def bad(expected: str) -> TxkitError:
+        return TxkitError(f"{source}: {key} must be {expected}, not {value!r}")
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, source, raw)
+    if origin is Literal:
+        text = raw if raw is not None else value
+        if text not in args:
+            choices = [str(a) for a in args]
+            close = difflib.get_close_matches(str(text), choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise TxkitError(f"{source}: {key} must be one of {', '.join(choices)}, not {text!r}{hint}")
+        return text
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):  # "1e5" or "100_000"
+            try:
+                number = float(value.replace("_", ""))
+                if number.is_integer():
+                    return int(number)
+            except ValueError:
+                pass
+        raise bad("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad("a number")
+    if tp is str:
+        if raw is not None:
+            return raw
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string (quote it)")
+    if origin is list:
+        if raw is not None and not raw.lstrip().startswith("["):
+            value = [raw] if raw else []  # --set eval.test=multi30k/test2016
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise bad("a list")
+        return [_convert(v, args[0], key, source) for v in value]
+    if origin is tuple:
+        if isinstance(value, str) and raw is not None:  # --set train.adam_betas=0.9,0.98
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad(f"a list of {len(args)} values")
+        return tuple(_convert(v, a, key, source) for v, a in zip(value, args))
+    raise TypeError(f"recipe key {key} has an unsupported type {tp}")  # a bug in this file
+
+
+def _set(recipe: Recipe, key: str, value: Any, source: str, raw: str | None = None) -> None:
+    if "." not in key:
+        raise _unknown(source, "key", key, all_keys())
+    if key not in all_keys():
+        raise _unknown(source, "key", key, all_keys())
+    section_name, name = key.split(".", 1)
+    section = getattr(recipe, section_name)
+    hints = typing.get_type_hints(type(section))
+    setattr(section, name, _convert(value, hints[name], key, source, raw))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read a recipe file (None = all defaults) and apply `section.key=value` overrides in order.
+
+    Raises:
+        TxkitError: a missing or malformed file, an unknown section or key (naming the closest valid
+            one), a value of the wrong type, or an inconsistent combination.
+    """
+    recipe = Recipe()
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        recipe.source = source
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TxkitError(f"recipe not found: {path}") from None
+        except (IsADirectoryError, UnicodeDecodeError, OSError) as exc:
+            raise TxkitError(f"cannot read recipe {path}: {exc}") from None
+        try:
+            tree = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise TxkitError(f"{path}:{where}: not valid YAML: {problem}") from None
+        tree = {} if tree is None else tree
+        if not isinstance(tree, dict):
+            raise TxkitError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
+        for section_name, body in tree.items():
+            if section_name not in SECTIONS:
+                raise _unknown(source, "section", str(section_name), list(SECTIONS))
+            if body is None:
+                continue
+            if not isinstance(body, dict):
+                raise TxkitError(f"{path}: section '{section_name}' must be a mapping of keys to values")
+            for name, value in body.items():
+                _set(recipe, f"{section_name}.{name}", value, source)
+    for item in overrides:
+        if "=" not in item:
+            raise TxkitError(f"--set {item}: expected section.key=value, e.g. train.max_steps=300")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set(recipe, key, value, "--set", raw=raw)
+    validate(recipe)
+    return recipe
+
+
+def validate(recipe: Recipe) -> None:
+    """Checks across keys that no single type can express."""
+    from_where = recipe.source
+    t = recipe.train
+
+    def need(ok: bool, message: str):
+        if not ok:
+            raise TxkitError(f"{from_where}: {message}")
+
+    for key in ("max_steps", "max_tokens", "accumulation"):
+        need(getattr(t, key) >= 1, f"train.{key} must be at least 1")
+    for key in ("max_epochs", "warmup_steps", "save_every_steps", "keep_last", "eval_every_steps", "patience",
+                "stop_after_steps", "log_every_steps"):
+        need(getattr(t, key) >= 0, f"train.{key} must not be negative")
+    need(t.lr_schedule == "noam" or t.lr > 0, "train.lr must be positive")
+    need(t.warmup_steps > 0 or t.lr_schedule != "noam", "train.warmup_steps must be positive for the noam schedule")
+    need(all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas must lie in [0, 1)")
+    need(t.keep_last == 0 or t.keep_last >= recipe.eval.average_last,
+         f"train.keep_last ({t.keep_last}) must be at least eval.average_last ({recipe.eval.average_last}) "
+         "so the checkpoints to average are kept")
+    need(recipe.eval.beam_size >= 1, "eval.beam_size must be at least 1")
+    need(recipe.data.src_lang != recipe.data.tgt_lang or recipe.data.src_lang == "",
+         "data.src_lang and data.tgt_lang must differ")
+    need(bool(recipe.data.train), "data.train is required")
+    need(recipe.tokenizer.vocab_size >= 16, "tokenizer.vocab_size is too small")
+    from txkit.modeling.configuration_txkit import PRESETS  # light: the presets are a dict
+
+    need(recipe.model.preset in PRESETS,
+         f"model.preset must be one of {', '.join(PRESETS)}, not {recipe.model.preset!r}")
+    for key in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+        value = getattr(recipe.model, key)
+        need(value is None or 0 <= value < 1, f"model.{key} must lie in [0, 1)")
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def data_root() -> Path:
+    """$TXKIT_DATA, or ./data when unset."""
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path | str:
+    """An absolute path as is; a relative one under $TXKIT_DATA (`~` expanded); `hub:` specs unchanged."""
+    if str(path).startswith("hub:"):
+        return str(path)
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else data_root() / p
+
+
+def resolve_tokenizer_path(recipe: Recipe, run_dir: str | os.PathLike) -> Path:
+    """tokenizer.path: absolute as is, relative inside the run directory."""
+    p = Path(os.path.expanduser(recipe.tokenizer.path))
+    return p if p.is_absolute() else Path(run_dir) / p
+
+
+def corpus_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
+    """The files a local corpus spec reads (a prefix: PREFIX.SRC and PREFIX.TGT); [] for `hub:` specs."""
+    path = resolve_data_path(spec)
+    if isinstance(path, str):  # hub:
+        return []
+    if path.suffix.lower() in (".tsv", ".jsonl", ".parquet"):
+        return [path]
+    return [Path(f"{path}.{src_lang}"), Path(f"{path}.{tgt_lang}")]
+
+
+def check_data_files(recipe: Recipe) -> None:
+    """Every local file of data.train and data.valid exists: checked before anything is built or loaded."""
+    d = recipe.data
+    for key, spec in (("data.train", d.train), ("data.valid", d.valid)):
+        for f in corpus_files(spec, d.src_lang, d.tgt_lang) if spec else []:
+            if not f.is_file():
+                root = os.environ.get(DATA_ENV) or f"{DEFAULT_DATA_DIR} ({DATA_ENV} unset)"
+                raise TxkitError(f"{key}: data file not found: {f} (relative paths resolve against {DATA_ENV}={root})")
+
+
+# ----------------------------------------------------------------------------- the recipe's corpora and tokenizer
+
+
+def load_corpus(recipe: Recipe, spec: str, split: str = "train"):
+    """A corpus the recipe names (data.train, data.valid, an eval.test entry) as a `src`/`tgt` Dataset."""
+    from txkit.data import load_parallel
+
+    d = recipe.data
+    return load_parallel(resolve_data_path(spec), d.src_lang, d.tgt_lang, hub_config=d.hub_config or None, split=split)
+
+
+def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
+    """Build the tokenizer the recipe describes at `path` (under a temporary name, renamed when complete).
+
+    It learns from `tokenizer.files`, by default both sides of data.train; a corpus that is not a pair of
+    text files (.tsv, .jsonl, .parquet, hub:), or its first `data.max_sentences` pairs, is written out as
+    text first.
+    """
+    import shutil
+
+    from txkit.tokenization import build_tokenizer
+
+    t, d = recipe.tokenizer, recipe.data
+    tmp = path.with_name(path.name + ".tmp")
+    text_dir = path.with_name(path.name + ".text")
+    for stale in (tmp, text_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    files = [resolve_data_path(f) for f in t.files]
+    if not files:
+        files = corpus_files(d.train, d.src_lang, d.tgt_lang)
+        if len(files) != 2 or d.max_sentences:
+            ds = load_corpus(recipe, d.train, "train")
+            if d.max_sentences:
+                ds = ds.select(range(min(d.max_sentences, len(ds))))
+            text_dir.mkdir(parents=True)
+            files = [text_dir / f"train.{d.src_lang}", text_dir / f"train.{d.tgt_lang}"]
+            for column, file in zip(("src", "tgt"), files):
+                file.write_text("".join(line.replace("\n", " ") + "\n" for line in ds[column]), encoding="utf-8")
+    for f in files:
+        if not Path(f).is_file():
+            raise TxkitError(f"tokenizer.files: file not found: {f}")
+    build_tokenizer(
+        files, tmp, vocab_size=t.vocab_size, model=t.model, joint=t.joint, src_lang=d.src_lang,
+        min_frequency=t.min_frequency, show_progress=False, stats=False,
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.rmdir()  # an empty folder
+    os.replace(tmp, path)
+    shutil.rmtree(text_dir, ignore_errors=True)

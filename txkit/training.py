@@ -1,0 +1,604 @@
+"""The training loop: one recipe in, a run directory of checkpoints, logs and the best model out.
+
+Runs through `accelerate`, so the same code trains on one CPU, one GPU, several GPUs or several machines,
+started as `txkit train ...`, `accelerate launch -m txkit train ...` or `torchrun ... -m txkit train ...`.
+
+One update ("step") = `train.accumulation` batches on each of the W processes. Each process reads its own
+shard of the epoch's batches (`TokenBatchSampler(num_shards=W, shard_index=rank)`; shard r takes batches
+r, r+W, ...), so W processes with accumulation A see exactly the batches one process with accumulation
+W*A sees, and reach the same weights (tests/test_distributed.py).
+
+The loss of a step is the label-smoothed cross-entropy summed over every target token of the step, on
+all processes and all accumulated batches, divided by the number N of those tokens, not a mean of
+per-batch means: results do not depend on how a step is cut into batches. See `Trainer.train_step`.
+
+Mid-training failures: a step whose loss (or, without fp16, gradient norm) is NaN or infinite is not
+applied; it is reported with its step and batch shapes, counted in `train/skipped_steps`, and training
+goes on (10 such steps in a row stop the run). fp16 overflow steps are skipped by the loss scaler, as
+usual, and counted in `train/overflow_steps`. Running out of GPU memory is an error naming the step and
+the batch shape (not a skip: one process skipping a batch would leave the others waiting for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from txkit import runs
+from txkit.errors import TxkitError
+from txkit.recipe import Recipe, build_recipe_tokenizer, check_data_files, load_corpus, resolve_tokenizer_path
+from txkit.schedule import peak_flops, training_flops
+
+MAX_NONFINITE_IN_A_ROW = 10
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did."""
+
+    run_dir: Path
+    step: int  # updates applied in total (including before a resume)
+    stop_reason: str  # max_steps | max_epochs | early_stopping | stop_after_steps
+    last_checkpoint: Path | None = None
+    best_dir: Path | None = None
+    best_score: float | None = None
+    val: dict = field(default_factory=dict)  # the last validation's metrics
+    skipped_steps: int = 0
+
+
+def train(recipe: Recipe, output_dir: str | os.PathLike, resume: bool | str | os.PathLike | None = None) -> TrainResult:
+    """Train a model as `recipe` says, in the run directory `output_dir`.
+
+    Args:
+        resume: True = continue from the latest complete checkpoint of `output_dir` (start fresh when there
+            is none); a checkpoint path = continue from it; None/False = a new run (an error when
+            `output_dir` already has checkpoints, so nothing is overwritten by mistake).
+    """
+    trainer = Trainer(recipe, output_dir, resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Holds one run's pieces (accelerator, data, model, optimizer, schedule, sampler) and trains.
+
+    `train()` is the entry point; the class is public so that tests can drive single steps.
+    """
+
+    def __init__(self, recipe: Recipe, output_dir: str | os.PathLike, resume=None):
+        import torch
+
+        from txkit import checkpointing as ckpt
+
+        self.recipe = recipe
+        t = recipe.train
+        check_data_files(recipe)
+        self.run_dir = ckpt.prepare_run_dir(output_dir)
+        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise TxkitError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU")
+        self.accelerator = self._make_accelerator()
+        acc = self.accelerator
+        self.resume_from = ckpt.find_resume_checkpoint(self.run_dir, resume)
+        if self.resume_from is None and runs.list_checkpoints(self.run_dir):
+            latest = runs.latest_checkpoint(self.run_dir)
+            raise TxkitError(
+                f"{self.run_dir} already holds checkpoints (latest: {latest.name}); pass --resume to continue "
+                "that run or choose another --output-dir"
+            )
+        if acc.is_main_process:
+            ckpt.clean_partial(self.run_dir)
+            ckpt.write_recipe(self.run_dir, recipe)
+        self.log = ckpt.RunLog(self.run_dir / runs.LOG_FILE, enabled=acc.is_main_process)
+
+        self._setup_tokenizer()
+        self._setup_data()
+        self._setup_model()
+        # TensorBoard's hparams take numbers, strings and booleans only
+        hparams = {k.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in recipe.flat().items()}  # fmt: skip
+        acc.init_trackers("tensorboard", config=hparams)
+        self._setup_state()  # last: it restores the random number generators when resuming
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _make_accelerator(self):
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        # Without CUDA, a plain Accelerator() under torchrun forms no process group (every process would
+        # train alone on its shard); cpu=True makes it a gloo group, so data parallelism is real.
+        return Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=self.recipe.train.mixed_precision,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
+        )
+
+    def _setup_tokenizer(self) -> None:
+        """Load the recipe's tokenizer; the main process builds it first when it does not exist."""
+        from txkit.tokenization import load_tokenizers
+
+        path = resolve_tokenizer_path(self.recipe, self.run_dir)
+        if self.accelerator.is_main_process and not (path / "tokenizer.json").is_file():
+            if path.exists() and any(path.iterdir()):
+                raise TxkitError(f"tokenizer.path {path}: exists but is not a tokenizer folder (no tokenizer.json)")
+            t = self.recipe.tokenizer
+            self._info(f"building the tokenizer in {path} ({t.model}, {t.vocab_size} tokens)")
+            build_recipe_tokenizer(self.recipe, path)
+        self.accelerator.wait_for_everyone()
+        self.tokenizer_dir = path
+        self.src_tok, self.tgt_tok = load_tokenizers(path)
+
+    def _setup_data(self) -> None:
+        from txkit.data import TokenBatchSampler, TokenizedPairs, tokenize_dataset
+
+        r, acc = self.recipe, self.accelerator
+        d = r.data
+        with acc.main_process_first():  # one process fills the datasets cache, the others read it
+            train_ds = load_corpus(r, d.train, "train")
+            if d.max_sentences:
+                train_ds = train_ds.select(range(min(d.max_sentences, len(train_ds))))
+            train_ids, report = tokenize_dataset(
+                train_ds, self.src_tok, self.tgt_tok, num_proc=d.num_proc, max_len=d.max_len,
+                max_ratio=d.max_ratio or math.inf, dedup=d.dedup, name=f"data.train {d.train}",
+            )  # fmt: skip
+            self.valid_src, self.valid_refs, valid_ids = [], [], None
+            if d.valid:
+                valid_ds = load_corpus(r, d.valid, "validation")
+                if d.valid_max_sentences:
+                    valid_ds = valid_ds.select(range(min(d.valid_max_sentences, len(valid_ds))))
+                self.valid_src, self.valid_refs = valid_ds["src"], valid_ds["tgt"]
+                positions = r.model.max_position_embeddings or 1024
+                valid_ids, _ = tokenize_dataset(
+                    valid_ds, self.src_tok, self.tgt_tok, max_len=positions, max_ratio=math.inf,
+                    name=f"data.valid {d.valid}",
+                )
+        self._info(f"data.train: {report}")
+        self.pairs = TokenizedPairs(train_ids)
+        self.sampler = TokenBatchSampler(
+            self.pairs.src_lengths, self.pairs.tgt_lengths, r.train.max_tokens, seed=r.train.seed,
+            num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True,
+        )  # fmt: skip
+        self.valid_pairs = self.valid_batches = None
+        if valid_ids is not None:
+            self.valid_pairs = TokenizedPairs(valid_ids)
+            longest = int(max(self.valid_pairs.src_lengths.max(), self.valid_pairs.tgt_lengths.max()))
+            valid_sampler = TokenBatchSampler(
+                self.valid_pairs.src_lengths, self.valid_pairs.tgt_lengths, max(r.train.max_tokens, longest + 8),
+                num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=False,
+            )  # fmt: skip
+            self.valid_batches = list(valid_sampler)
+
+    def _setup_model(self) -> None:
+        import torch
+        from transformers import GenerationConfig
+
+        from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+        from txkit.schedule import build_optimizer, build_scheduler
+        from txkit.tokenization import config_kwargs_from_tokenizer
+
+        r, acc = self.recipe, self.accelerator
+        config = TxkitConfig.from_preset(
+            r.model.preset, **config_kwargs_from_tokenizer(self.src_tok, self.tgt_tok), **r.model.config_overrides()
+        )
+        if r.data.max_len > config.max_position_embeddings:
+            raise TxkitError(
+                f"data.max_len ({r.data.max_len}) exceeds model.max_position_embeddings "
+                f"({config.max_position_embeddings})"
+            )
+        if self.resume_from is not None:
+            model = TxkitForConditionalGeneration.from_pretrained(self.resume_from, dtype=torch.float32)
+            _check_same_architecture(model.config, config, self.resume_from)
+        else:
+            torch.manual_seed(r.train.seed)  # the same initial weights on every process
+            model = TxkitForConditionalGeneration(config)
+        e = r.eval
+        # For users of `model.generate`: the paper's beam and alpha. (transformers' length penalty is
+        # score/|Y|^alpha, not the GNMT form txkit's own search applies with eval.lp_form=gnmt.)
+        model.generation_config = GenerationConfig(
+            num_beams=e.beam_size, length_penalty=e.length_penalty,
+            max_length=min(config.max_position_embeddings, r.data.max_len + e.max_len_b),
+            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+            decoder_start_token_id=config.decoder_start_token_id,
+        )  # fmt: skip
+        self.config = config
+        optimizer = build_optimizer(model, r.train)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        # Not prepared: accelerate's scheduler wrapper would step once per process. Stepped here only after
+        # an update was applied.
+        self.scheduler = build_scheduler(self.optimizer.optimizer, r.train, config.d_model)
+        self.unwrapped = acc.unwrap_model(self.model)
+        self.n_params = sum(p.numel() for p in self.unwrapped.parameters())
+
+    def _setup_state(self) -> None:
+        import numpy as np
+        import torch
+
+        from txkit import checkpointing as ckpt
+
+        acc, t = self.accelerator, self.recipe.train
+        self.step = 0
+        self.counters = dict(skipped_steps=0, overflow_steps=0, tokens_src=0, tokens_tgt=0, train_seconds=0.0)
+        self.best = dict(score=None, step=None, bad_evals=0)
+        self.interval = _new_interval()
+        self.nonfinite_in_a_row = 0
+        # Dropout masks differ between processes (each sees other data); derived from (seed, rank).
+        seed = int(np.random.SeedSequence([t.seed, acc.process_index]).generate_state(1)[0])
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        if self.resume_from is None:
+            self.log.start_fresh()
+            return
+        state = ckpt.load_trainer_state(self.resume_from)
+        self.step = int(state["step"])
+        self.counters.update(state["counters"])
+        self.best.update(state["best"])
+        self.interval.update(state.get("interval", {}))
+        ckpt.load_optimizer_states(self.resume_from, self.optimizer, self.scheduler, acc.scaler, acc.device)
+        if state["world_size"] != acc.num_processes:
+            self._info(
+                f"warning: resuming a run of {state['world_size']} processes on {acc.num_processes}: "
+                "the batches (and so the weights) will differ from an uninterrupted run"
+            )
+        rank_state = ckpt.load_rank_state(self.resume_from, acc.process_index)
+        if rank_state is None:
+            rank_state = ckpt.load_rank_state(self.resume_from, 0)
+            rank_state.pop("rng")  # keep this process's own seed
+        else:
+            ckpt.restore_rng(rank_state["rng"])  # last: nothing may draw random numbers after this
+        self.sampler.load_state_dict(rank_state["sampler"])
+        self.log.truncate_after(self.step)
+        if self.log.has_train_record(self.step):  # a finished run logged its last partial interval already
+            self.interval = _new_interval()
+        self._info(f"resumed from {self.resume_from} at step {self.step}")
+
+    # -- one update --------------------------------------------------------------------------------
+
+    def _forward_sums(self, batch):
+        """Forward one batch: (smoothed loss sum, nll sum) over its target tokens; the model as prepared."""
+        from txkit.modeling.modeling_txkit import label_smoothed_nll, shift_tokens_right
+
+        cfg = self.config
+        labels = batch["labels"].to(self.accelerator.device)
+        decoder_input_ids = shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id)
+        out = self.model(
+            input_ids=batch["input_ids"].to(self.accelerator.device),
+            attention_mask=batch["attention_mask"].to(self.accelerator.device),
+            decoder_input_ids=decoder_input_ids,
+            use_cache=False,
+        )
+        loss_sum, nll_sum, _ = label_smoothed_nll(out.logits, labels, cfg.label_smoothing, cfg.pad_token_id)
+        return loss_sum, nll_sum
+
+    def train_step(self, micro_batches: list[list[int]]) -> bool:
+        """One update from this process's `micro_batches` (lists of pair indices); False when skipped.
+
+        Loss normalisation. Let N be the target tokens of the whole step (all W processes, all A batches)
+        and l_pb the summed token losses of batch b on process p. The step's loss is L = sum_pb l_pb / N,
+        so dL/dθ = sum_pb dl_pb/dθ / N. Each process backpropagates sum_b l_pb * W / N; DDP averages the
+        gradients over processes (divides their sum by W), which gives exactly dL/dθ. N is all-reduced
+        before the first backward; `no_sync` keeps DDP from all-reducing all but the last batch.
+        """
+        import torch
+
+        acc, t = self.accelerator, self.recipe.train
+        batches = [self.pairs.collate(idx, self.config.pad_token_id) for idx in micro_batches]
+        flops = 0.0
+        if self.mfu_peak:
+            lengths = [(self.pairs.src_lengths[i], self.pairs.tgt_lengths[i]) for i in micro_batches]
+            flops = sum(training_flops(self.config, src, tgt) for src, tgt in lengths)
+        counts = torch.tensor(
+            [sum(b["num_tgt_tokens"] for b in batches), sum(b["num_src_tokens"] for b in batches), flops],
+            dtype=torch.float64, device=acc.device,
+        )  # fmt: skip
+        n_tgt, n_src, flops = acc.reduce(counts, reduction="sum").tolist()  # the whole step's, all processes
+        scale = acc.num_processes / max(n_tgt, 1.0)
+        sums = torch.zeros(2, dtype=torch.float64, device=acc.device)  # smoothed loss, nll
+        started = time.perf_counter()
+        self.model.train()
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            try:
+                with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                    loss_sum, nll_sum = self._forward_sums(batch)
+                    acc.backward(loss_sum * scale)
+            except torch.OutOfMemoryError:
+                raise TxkitError(
+                    f"step {self.step + 1}: out of GPU memory on a batch of shape {_shapes(batch)} "
+                    f"(train.max_tokens={t.max_tokens}); lower train.max_tokens and raise train.accumulation "
+                    "to keep the tokens per step"
+                ) from None
+            sums += torch.stack([loss_sum.detach(), nll_sum.detach()]).double()
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.clip_norm if t.clip_norm > 0 else math.inf)
+        loss_total, nll_total = acc.reduce(sums, reduction="sum").tolist()
+        grad_norm = float(grad_norm)
+        fp16 = t.mixed_precision == "fp16"
+        if not math.isfinite(loss_total) or (not fp16 and not math.isfinite(grad_norm)):
+            return self._skip_nonfinite(loss_total, grad_norm, batches)
+        self.nonfinite_in_a_row = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        if acc.optimizer_step_was_skipped:  # fp16 overflow: the scaler lowered the loss scale
+            self.counters["overflow_steps"] += 1
+            return False
+        self.scheduler.step()
+        self.step += 1
+        added = dict(loss=loss_total, nll=nll_total, tgt=n_tgt, src=n_src, steps=1, seconds=elapsed, flops=flops)
+        for key, value in added.items():
+            self.interval[key] += value
+        self.interval.update(grad_norm=grad_norm, lr=lr)
+        self.counters["tokens_src"] += int(n_src)
+        self.counters["tokens_tgt"] += int(n_tgt)
+        self.counters["train_seconds"] += elapsed
+        return True
+
+    def _skip_nonfinite(self, loss_total: float, grad_norm: float, batches) -> bool:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.counters["skipped_steps"] += 1
+        self.nonfinite_in_a_row += 1
+        what = f"loss {loss_total}" if not math.isfinite(loss_total) else f"gradient norm {grad_norm}"
+        shapes = "; ".join(_shapes(b) for b in batches)
+        print(
+            f"warning: step {self.step + 1}: {what} on process {self.accelerator.process_index}'s batches "
+            f"[{shapes}]; update skipped ({self.counters['skipped_steps']} skipped so far)",
+            file=sys.stderr,
+        )
+        if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise TxkitError(
+                f"step {self.step + 1}: {MAX_NONFINITE_IN_A_ROW} updates in a row had a non-finite {what.split()[0]}; "
+                "training diverged (lower train.lr, set train.clip_norm, or use bf16 instead of fp16)"
+            )
+        return False
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _batch_stream(self):
+        """This process's batches, epoch after epoch (from the sampler's restored position)."""
+        max_epochs = self.recipe.train.max_epochs
+        while not max_epochs or self.sampler.epoch < max_epochs:
+            yield from self.sampler
+
+    def fit(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        acc, t = self.accelerator, self.recipe.train
+        stream = self._batch_stream()
+        result = TrainResult(run_dir=self.run_dir, step=self.step, stop_reason="max_steps")
+        last_save = time.monotonic()
+        saved_at = evaluated_at = self.step if self.resume_from is not None else -1
+        self.bar = tqdm(
+            total=t.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+            disable=not acc.is_main_process, file=sys.stderr,
+        )  # fmt: skip
+        while self.step < t.max_steps:
+            micro = list(itertools.islice(stream, t.accumulation))
+            if not micro:
+                result.stop_reason = "max_epochs"
+                break
+            if not self.train_step(micro):
+                continue
+            self.bar.update(1)
+            if t.log_every_steps and self.step % t.log_every_steps == 0:
+                self._log_train()
+            if t.eval_every_steps and self.step % t.eval_every_steps == 0 and self.valid_batches is not None:
+                result.val = self.validate()
+                evaluated_at = self.step
+            if (t.save_every_steps and self.step % t.save_every_steps == 0) or self._time_to_save(last_save):
+                result.last_checkpoint = self.save()
+                saved_at, last_save = self.step, time.monotonic()
+            if t.patience and self.best["bad_evals"] >= t.patience:
+                result.stop_reason = "early_stopping"
+                self._info(f"early stopping at step {self.step}: val/{t.best_metric} did not improve in "
+                           f"{t.patience} validations")  # fmt: skip
+                break
+            if t.stop_after_steps and self.step >= t.stop_after_steps:
+                result.stop_reason = "stop_after_steps"  # as if killed here: no final validation or save
+                break
+        if result.stop_reason != "stop_after_steps":
+            if self.interval["steps"]:
+                self._log_train()
+            if evaluated_at != self.step and self.valid_batches is not None:
+                result.val = self.validate()
+            if saved_at != self.step:
+                result.last_checkpoint = self.save()
+        self.bar.close()
+        result.step = self.step
+        result.skipped_steps = self.counters["skipped_steps"]
+        result.best_score = self.best["score"]
+        if (self.run_dir / runs.BEST).is_dir():
+            result.best_dir = self.run_dir / runs.BEST
+        if result.last_checkpoint is None:
+            result.last_checkpoint = runs.latest_checkpoint(self.run_dir)
+        return result
+
+    def _time_to_save(self, last_save: float) -> bool:
+        """Every process must take the same decision: the main process's clock decides."""
+        minutes = self.recipe.train.save_every_minutes
+        if not minutes:
+            return False
+        due = (time.monotonic() - last_save) >= 60 * minutes
+        if self.accelerator.num_processes > 1:
+            import torch
+            from accelerate.utils import broadcast
+
+            flag = torch.tensor([float(due)], device=self.accelerator.device)
+            due = bool(broadcast(flag, from_process=0).item())
+        return due
+
+    # -- logging, validation, checkpoints ----------------------------------------------------------
+
+    @property
+    def mfu_peak(self) -> float | None:
+        if not hasattr(self, "_mfu_peak"):
+            import torch
+
+            self._mfu_peak = None
+            if self.accelerator.device.type == "cuda":
+                name = torch.cuda.get_device_name(self.accelerator.device)
+                peak = peak_flops(name, self.recipe.train.mixed_precision)
+                self._mfu_peak = peak * self.accelerator.num_processes if peak else None
+        return self._mfu_peak
+
+    def _record(self, values: dict) -> None:
+        """Every logged value goes to RUN/log.jsonl and TensorBoard."""
+        self.log.write(self.step, values)
+        self.accelerator.log(values, step=self.step)
+
+    def _log_train(self) -> None:
+        iv = self.interval
+        if not iv["steps"]:
+            return
+        seconds = max(iv["seconds"], 1e-9)
+        values = {
+            "train/loss": iv["loss"] / iv["tgt"],
+            "train/nll_loss": iv["nll"] / iv["tgt"],
+            "train/ppl": math.exp(min(iv["nll"] / iv["tgt"], 50.0)),
+            "train/lr": iv["lr"],
+            "train/grad_norm": iv["grad_norm"],
+            "train/src_tok_per_s": iv["src"] / seconds,
+            "train/tgt_tok_per_s": iv["tgt"] / seconds,
+            "train/tgt_tok_per_step": iv["tgt"] / iv["steps"],
+            "train/epoch": self.sampler.epoch + self.sampler.position / max(len(self.sampler), 1),
+            "train/skipped_steps": self.counters["skipped_steps"],
+            "train/overflow_steps": self.counters["overflow_steps"],
+        }
+        if self.mfu_peak:
+            values["train/mfu"] = iv["flops"] / seconds / self.mfu_peak
+        self._record(values)
+        self.bar.set_postfix(
+            loss=f"{values['train/loss']:.3f}", lr=f"{iv['lr']:.2e}", tok_s=f"{values['train/tgt_tok_per_s']:.0f}",
+            refresh=False,
+        )  # fmt: skip
+        self.interval = _new_interval()
+
+    def validate(self) -> dict:
+        """Loss and perplexity on the validation set, and BLEU of its translations decoded as `txkit
+        translate` decodes (Translator + DecodeOptions from the recipe's eval section)."""
+        import torch
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        from txkit.decoding import DecodeOptions, Translator
+        from txkit.evaluation import score
+
+        acc, r = self.accelerator, self.recipe
+        sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # smoothed loss, nll, tokens
+        self.model.eval()
+        with torch.no_grad():
+            for idx in self.valid_batches:
+                batch = self.valid_pairs.collate(idx, self.config.pad_token_id)
+                loss_sum, nll_sum = self._forward_sums(batch)
+                sums += torch.stack([loss_sum.double(), nll_sum.double(), sums.new_tensor(batch["num_tgt_tokens"])])
+        loss, nll, tokens = acc.reduce(sums, reduction="sum").tolist()
+        metrics = {"val/loss": loss / tokens, "val/nll_loss": nll / tokens, "val/ppl": math.exp(min(nll / tokens, 50))}
+        e = r.eval
+        options = DecodeOptions(
+            beam_size=e.beam_size, length_penalty=e.length_penalty, lp_form=e.lp_form,
+            max_len_a=e.max_len_a, max_len_b=e.max_len_b, max_tokens=e.max_tokens,
+        )  # fmt: skip
+        translator = Translator(self.unwrapped, self.src_tok, self.tgt_tok, options)
+        started = time.perf_counter()
+        with acc.split_between_processes(list(self.valid_src)) as part, acc.autocast():
+            hyps = translator.translate(part)
+        hyps = gather_object(hyps)
+        bleu = [None]
+        if acc.is_main_process and hyps:
+            bleu[0] = score(hyps, [list(self.valid_refs)], metrics=("bleu",), lowercase=e.lowercase,
+                            tokenize=e.tokenize, bootstrap=0)["bleu"]["score"]  # fmt: skip
+        if acc.num_processes > 1:
+            broadcast_object_list(bleu, from_process=0)
+        if bleu[0] is not None:
+            metrics["val/bleu"] = bleu[0]
+        metrics["val/decode_seconds"] = time.perf_counter() - started
+        self.model.train()
+        self._update_best(metrics)
+        metrics["val/best"] = self.best["score"]
+        self._record(metrics)
+        shown = ", ".join(f"{k[4:]} {metrics[k]:.3f}" for k in ("val/loss", "val/ppl", "val/bleu") if k in metrics)
+        self._info(f"step {self.step}: validation {shown}")
+        return metrics
+
+    def _update_best(self, metrics: dict) -> None:
+        """Keep RUN/best at the best validation score so far; count validations without progress."""
+        from txkit.checkpointing import save_best
+
+        name = self.recipe.train.best_metric
+        value = metrics.get(f"val/{name}")
+        if value is None:  # BLEU without a decoded sentence: fall back to the loss
+            name, value = "loss", metrics["val/loss"]
+        higher_is_better = name == "bleu"
+        best = self.best["score"]
+        if best is None or (value > best if higher_is_better else value < best):
+            self.best.update(score=value, step=self.step, bad_evals=0)
+            if self.accelerator.is_main_process:
+                save_best(self.run_dir, self.unwrapped, (self.src_tok, self.tgt_tok), {"step": self.step, **metrics})
+        else:
+            self.best["bad_evals"] += 1
+
+    def save(self) -> Path:
+        from txkit.checkpointing import save_checkpoint
+
+        trainer_state = {
+            "counters": self.counters,
+            "best": self.best,
+            "interval": self.interval,
+            "epoch": self.sampler.epoch,
+            "accumulation": self.recipe.train.accumulation,
+        }
+        path = save_checkpoint(
+            self.accelerator, self.run_dir, self.step, self.unwrapped, (self.src_tok, self.tgt_tok), self.optimizer,
+            self.scheduler, trainer_state, {"sampler": self.sampler.state_dict()},
+            keep_last=self.recipe.train.keep_last,
+        )  # fmt: skip
+        self._info(f"step {self.step}: saved {path}")
+        return path
+
+    def _info(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            bar = getattr(self, "bar", None)
+            if bar is not None and not bar.disable:
+                bar.write(message, file=sys.stderr)
+            else:
+                print(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self.accelerator.end_training()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _new_interval() -> dict:
+    return dict(loss=0.0, nll=0.0, tgt=0.0, src=0.0, steps=0, seconds=0.0, flops=0.0, grad_norm=0.0, lr=0.0)
+
+
+def _shapes(batch: dict) -> str:
+    return f"input_ids {tuple(batch['input_ids'].shape)}, labels {tuple(batch['labels'].shape)}"
+
+
+_ARCHITECTURE_KEYS = ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim", "vocab_size",
+                      "tgt_vocab_size", "normalize_before", "activation_function")  # fmt: skip
+
+
+def _check_same_architecture(saved, wanted, checkpoint: Path) -> None:
+    for key in _ARCHITECTURE_KEYS:
+        if getattr(saved, key) != getattr(wanted, key):
+            raise TxkitError(
+                f"{checkpoint}: has {key}={getattr(saved, key)} but the recipe gives {getattr(wanted, key)}; "
+                "resume with the recipe the run was started with"
+            )
