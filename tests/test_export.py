@@ -1,0 +1,288 @@
+"""The Marian export: same logits and translations as txkit, refusals, and CTranslate2 for real.
+
+The model under test is a small Transformer trained for a few hundred updates on Multi30k en-de (a
+random model repeats one token, which would hide search differences). `small_trained_model` is shared
+with tests/test_hub.py through a folder in pytest's session temp dir, so it is trained once per session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from txkit.errors import TxkitError
+from txkit.export import export_marian, marian_blockers, marian_feature_order, pad_last_order
+from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+from txkit.modeling.modeling_txkit import sinusoidal_positions
+
+SMALL = dict(
+    d_model=64, attention_heads=4, ffn_dim=256, encoder_layers=2, decoder_layers=2, max_position_embeddings=128
+)
+TRAIN_PAIRS = 6000
+TRAIN_STEPS = 200
+N_TEST = 300  # Multi30k test2016 sentences translated by txkit and CTranslate2
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared model (also imported by test_hub.py)
+# --------------------------------------------------------------------------------------------------
+
+
+def train_small_model(out_dir: Path, data: Path, steps: int = TRAIN_STEPS) -> Path:
+    """A joint BPE vocabulary (1000) and a 2+2-layer d_model 64 Transformer trained on Multi30k en-de."""
+    from txkit.tokenization import build_tokenizer, load_tokenizer
+
+    m30k = data / "multi30k"
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tokenizer([m30k / "train.en", m30k / "train.de"], tmp, vocab_size=1000, show_progress=False, stats=False)
+    tok = load_tokenizer(tmp)
+    src = m30k.joinpath("train.en").read_text(encoding="utf-8").splitlines()[:TRAIN_PAIRS]
+    tgt = m30k.joinpath("train.de").read_text(encoding="utf-8").splitlines()[:TRAIN_PAIRS]
+    src_ids, tgt_ids = tok(src)["input_ids"], tok(tgt)["input_ids"]
+
+    torch.manual_seed(0)
+    config = TxkitConfig(vocab_size=len(tok), dropout=0.0, **SMALL)
+    model = TxkitForConditionalGeneration(config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    batches = [order[i : i + 32] for i in range(0, len(order), 32)]  # ~450 source tokens each
+    rng = random.Random(0)
+
+    def pad(seqs, value):
+        longest = max(map(len, seqs))
+        return torch.tensor([s + [value] * (longest - len(s)) for s in seqs])
+
+    with one_thread():
+        for _ in range(steps):
+            batch = rng.choice(batches)
+            x = pad([src_ids[i] for i in batch], config.pad_token_id)
+            y = pad([tgt_ids[i] for i in batch], -100)
+            loss = model(input_ids=x, attention_mask=x.ne(config.pad_token_id), labels=y).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval().save_pretrained(tmp)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Matrices of a d_model-64 model are too small for a second thread to pay off, and on a busy machine
+    the waiting of a second thread costs several times the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_trained_model(tmp_path_factory, shared_data) -> Path:
+    folder = tmp_path_factory.getbasetemp() / "small-trained-model"
+    if not (folder / "model.safetensors").is_file():
+        train_small_model(folder, shared_data)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def marian_dir(small_trained_model, tmp_path_factory) -> Path:
+    return export_marian(small_trained_model, tmp_path_factory.mktemp("export") / "marian")
+
+
+@pytest.fixture(scope="module")
+def test_sentences(shared_data) -> list[str]:
+    return (shared_data / "multi30k" / "test2016.en").read_text(encoding="utf-8").splitlines()[:N_TEST]
+
+
+def _txkit_hypotheses(model_dir: Path, lines: list[str], beam_size: int, max_len: int) -> list[list[int]]:
+    """txkit's own search (transformers' length-penalty form, a fixed length limit): token ids per line."""
+    from txkit.decoding import DecodeOptions, Translator, load_model
+
+    model, src_tok, tgt_tok = load_model(model_dir, device="cpu", dtype="fp32")
+    options = DecodeOptions(beam_size=beam_size, length_penalty=0.6, lp_form="hf", max_len_a=0.0, max_len_b=max_len)
+    return [hyps[0].tokens for hyps in Translator(model, src_tok, tgt_tok, options).translate_hypotheses(lines)]
+
+
+def _old_ids(new_ids: list[int], order: list[int]) -> list[int]:
+    return [order[i] for i in new_ids]
+
+
+# --------------------------------------------------------------------------------------------------
+# The re-orderings
+# --------------------------------------------------------------------------------------------------
+
+
+def test_feature_order_turns_the_papers_table_into_marians():
+    from transformers.models.marian.modeling_marian import MarianSinusoidalPositionalEmbedding
+
+    marian = MarianSinusoidalPositionalEmbedding(40, 16).create_weight()
+    paper = sinusoidal_positions(40, 16)
+    torch.testing.assert_close(paper[:, marian_feature_order(16)], marian, atol=1e-6, rtol=0)
+
+
+def test_pad_moves_last_and_the_rest_keeps_its_order():
+    assert pad_last_order(6, 0) == [1, 2, 3, 4, 5, 0]
+    assert pad_last_order(6, 5) == list(range(6))
+
+
+# --------------------------------------------------------------------------------------------------
+# The exported folder against the txkit model
+# --------------------------------------------------------------------------------------------------
+
+
+def test_export_is_a_builtin_marian_model_with_identical_logits(small_trained_model, marian_dir):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
+
+    files = {p.name for p in marian_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= files
+    assert not any(name.endswith(".py") for name in files)  # no remote code
+    marian = AutoModelForSeq2SeqLM.from_pretrained(marian_dir, dtype=torch.float32).eval()  # no trust_remote_code
+    assert type(marian) is MarianMTModel and "auto_map" not in marian.config.to_dict()
+
+    txkit_model = TxkitForConditionalGeneration.from_pretrained(small_trained_model, dtype=torch.float32).eval()
+    tok, marian_tok = AutoTokenizer.from_pretrained(small_trained_model), AutoTokenizer.from_pretrained(marian_dir)
+    order = pad_last_order(len(tok), tok.pad_token_id)
+    assert marian_tok.pad_token_id == len(tok) - 1 and marian_tok.convert_ids_to_tokens(len(tok) - 1) == "<pad>"
+
+    src = ["Two young dogs are playing in the snow.", "A man in a red shirt is climbing a rock wall."]
+    tgt = ["Zwei junge Hunde spielen im Schnee.", "Ein Mann in einem roten Hemd klettert."]
+    batch, marian_batch = (
+        tok(src, return_tensors="pt", padding=True),
+        marian_tok(src, return_tensors="pt", padding=True),
+    )
+    assert marian_batch["input_ids"].tolist() == [
+        [order.index(i) for i in row] for row in batch["input_ids"].tolist()
+    ]  # the same tokens under their new ids
+    labels = tok(tgt, return_tensors="pt", padding=True)["input_ids"]
+    decoder_in = txkit_model.prepare_decoder_input_ids_from_labels(labels.masked_fill(labels.eq(0), -100))
+    marian_decoder_in = torch.tensor([[order.index(i) for i in row] for row in decoder_in.tolist()])
+    with torch.no_grad():
+        want = txkit_model(**batch, decoder_input_ids=decoder_in).logits[..., order]  # (B, T, V) in Marian's order
+        got = marian(**marian_batch, decoder_input_ids=marian_decoder_in).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # -inf (the <pad> logit) equals -inf
+
+
+def test_greedy_and_beam_outputs_equal_txkits(small_trained_model, marian_dir, test_sentences):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    lines = test_sentences[:24]
+    marian = AutoModelForSeq2SeqLM.from_pretrained(marian_dir, dtype=torch.float32).eval()
+    marian_tok = AutoTokenizer.from_pretrained(marian_dir)
+    order = pad_last_order(len(marian_tok), 0)
+    special = {marian.config.eos_token_id, marian.config.pad_token_id}
+    for beam in (1, 4):
+        want = _txkit_hypotheses(small_trained_model, lines, beam, max_len=40)
+        out = marian.generate(
+            **marian_tok(lines, return_tensors="pt", padding=True), num_beams=beam, length_penalty=0.6,
+            max_new_tokens=40, do_sample=False,
+        )  # fmt: skip
+        got = [_old_ids([i for i in row[1:] if i not in special], order) for row in out.tolist()]
+        assert got == want, f"beam {beam}"
+    assert len(set(map(tuple, want))) > 15  # the model's outputs depend on the input
+
+
+# --------------------------------------------------------------------------------------------------
+# Refusals
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pre_norm_model_is_refused_naming_the_setting(tmp_path):
+    torch.manual_seed(0)
+    model = TxkitForConditionalGeneration(
+        TxkitConfig(vocab_size=64, d_model=32, attention_heads=4, ffn_dim=64, encoder_layers=1, decoder_layers=1,
+                    normalize_before=True)
+    )  # fmt: skip
+    model.save_pretrained(tmp_path / "prenorm")
+    with pytest.raises(TxkitError, match="normalize_before=true \\(pre-norm\\)"):
+        export_marian(tmp_path / "prenorm", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+    # the other settings Marian cannot express are named too; GELU and unscaled embeddings are fine
+    blockers = marian_blockers(TxkitConfig(vocab_size=64, tgt_vocab_size=70, layer_norm_eps=1e-6))
+    assert any("separate source and target vocabularies" in b for b in blockers)
+    assert any("layer_norm_eps" in b for b in blockers)
+    assert marian_blockers(TxkitConfig(vocab_size=64, activation_function="gelu", scale_embedding=False)) == []
+
+
+def test_gelu_unscaled_model_exports_with_identical_logits(small_trained_model, tmp_path):
+    """Settings the paper does not use but Marian expresses: GELU and unscaled embeddings."""
+    from transformers import AutoTokenizer, MarianMTModel
+
+    tok = AutoTokenizer.from_pretrained(small_trained_model)
+    torch.manual_seed(1)
+    config = TxkitConfig(vocab_size=len(tok), activation_function="gelu", scale_embedding=False, **SMALL)
+    model = TxkitForConditionalGeneration(config).eval()
+    model.save_pretrained(tmp_path / "gelu")
+    tok.save_pretrained(tmp_path / "gelu")
+    out = export_marian(tmp_path / "gelu", tmp_path / "marian")
+    marian = MarianMTModel.from_pretrained(out, dtype=torch.float32).eval()
+    assert marian.config.activation_function == "gelu" and not marian.config.scale_embedding
+    order = pad_last_order(len(tok), 0)
+    new = torch.tensor([order.index(i) for i in range(len(tok))])
+    src = torch.randint(4, len(tok), (3, 11))
+    tgt = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.randint(4, len(tok), (3, 6))], dim=1)
+    with torch.no_grad():
+        want = model(input_ids=src, decoder_input_ids=tgt).logits[..., order]
+        got = marian(input_ids=new[src], decoder_input_ids=new[tgt]).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_export_refuses_to_overwrite_and_cli_reports_errors(small_trained_model, marian_dir, tmp_path):
+    from txkit.cli import app
+
+    with pytest.raises(TxkitError, match="exists and is not empty"):
+        export_marian(small_trained_model, marian_dir)
+    with pytest.raises(TxkitError, match="not a txkit model \\(model_type 'marian'\\)"):
+        export_marian(marian_dir, tmp_path / "again")
+    result = CliRunner().invoke(
+        app, ["export", str(small_trained_model), "--format", "onnx", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code != 0 and "choose one of marian" in str(result.exception)
+
+
+# --------------------------------------------------------------------------------------------------
+# CTranslate2, for real
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ctranslate2_conversion_translates_like_txkit(small_trained_model, test_sentences, tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from transformers import AutoTokenizer
+
+    from txkit.cli import app
+
+    marian_out, ct2_out = tmp_path / "marian", tmp_path / "ct2"
+    result = CliRunner().invoke(
+        app, ["export", str(small_trained_model), "--format", "marian", "--out", str(marian_out), "--ct2", str(ct2_out)]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (ct2_out / "model.bin").is_file()
+
+    marian_tok = AutoTokenizer.from_pretrained(marian_out)
+    order = pad_last_order(len(marian_tok), 0)
+    translator = ctranslate2.Translator(str(ct2_out), device="cpu", intra_threads=1)
+    sources = [marian_tok.convert_ids_to_tokens(marian_tok(line)["input_ids"]) for line in test_sentences]
+    max_len = 60
+    for beam in (1, 4):
+        want = _txkit_hypotheses(small_trained_model, test_sentences, beam, max_len)
+        results = translator.translate_batch(
+            sources, beam_size=beam, length_penalty=0.6, max_decoding_length=max_len, max_batch_size=64
+        )
+        got = [_old_ids(marian_tok.convert_tokens_to_ids(r.hypotheses[0]), order) for r in results]
+        same = sum(a == b for a, b in zip(got, want))
+        assert same == len(want), f"beam {beam}: {len(want) - same} of {len(want)} translations differ"

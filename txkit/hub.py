@@ -1,0 +1,435 @@
+"""Sharing a model: its model card (README.md) and `push` to the Hugging Face Hub.
+
+A txkit model folder is already what the Hub needs: `config.json` with `auto_map` and the modeling code,
+`model.safetensors`, `generation_config.json`, the tokenizer files. This module adds the model card and
+uploads the folder with `huggingface_hub` in one commit.
+
+`training_info.json` (written next to the weights by the training loop) describes how a model was
+trained; its keys (all optional) are those of `TRAINING_INFO_KEYS`:
+
+    steps         parameter updates
+    src_tokens    source tokens seen in training (padding excluded)
+    tgt_tokens    target tokens seen in training (padding excluded)
+    wall_time_s   training wall-clock time in seconds
+    hardware      e.g. "8x NVIDIA H100 80GB" or "CPU (2 cores)"
+    date          ISO date the training finished, e.g. "2026-11-20"
+
+Light at import time: huggingface_hub and yaml are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+from txkit.errors import TxkitError
+from txkit.runs import RECIPE_FILE, is_run_dir, resolve_model
+
+MODEL_CARD = "README.md"
+TRAINING_INFO_FILE = "training_info.json"
+TRAINING_INFO_KEYS = ("steps", "src_tokens", "tgt_tokens", "wall_time_s", "hardware", "date")
+TAGS = ["translation", "txkit"]
+# Never uploaded: optimizer/RNG states of a checkpoint (resuming only, several times the weights' size),
+# git and huggingface_hub's local metadata, and folders still being written.
+PUSH_IGNORE = ["training_state/*", ".git/*", ".cache/*", "*.tmp/*"]
+_PAPER = "https://arxiv.org/abs/1706.03762"
+
+
+# --------------------------------------------------------------------------------------------------
+# Model card
+# --------------------------------------------------------------------------------------------------
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file as a dict, or a TxkitError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise TxkitError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as exc:
+        raise TxkitError(f"{path}: {what} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def _dataset_of(report: dict) -> tuple[str, str]:
+    """(dataset id, readable name) of an eval report: its `dataset` entry if given, else the folder and
+    file name of its first reference, e.g. ("multi30k", "multi30k test2016")."""
+    named = report.get("dataset")
+    if isinstance(named, dict):
+        return str(named.get("type") or named.get("name")), str(named.get("name") or named.get("type"))
+    if isinstance(named, str):
+        return named, named
+    refs = report.get("references") or [{}]
+    path = Path(str(refs[0].get("path") or "test"))
+    folder = path.parent.name
+    return (folder or path.stem), " ".join(p for p in (folder, path.stem) if p)
+
+
+def eval_results(reports: Sequence[dict], languages: Sequence[str] | None = None) -> list:
+    """`huggingface_hub.EvalResult`s (the card's model-index) from `txkit eval --json` reports: one per
+    metric and report, with the sacreBLEU signature as the metric's `signature` argument."""
+    from huggingface_hub import EvalResult
+
+    pair = "-".join(languages) if languages and len(languages) == 2 else None
+    results = []
+    for report in reports:
+        if not isinstance(report.get("scores"), dict):
+            raise TxkitError("eval report has no 'scores' (expected the JSON written by `txkit eval --json`)")
+        dataset_type, dataset_name = _dataset_of(report)
+        for metric, result in report["scores"].items():
+            results.append(
+                EvalResult(
+                    task_type="translation",
+                    task_name=f"Translation {pair}" if pair else "Translation",
+                    dataset_type=dataset_type,
+                    dataset_name=dataset_name,
+                    dataset_config=pair,
+                    metric_type=metric,
+                    metric_name=result.get("name", metric),
+                    metric_value=round(float(result["score"]), 2),
+                    metric_args={"signature": result["signature"]} if result.get("signature") else None,
+                )
+            )
+    return results
+
+
+def _recipe_dict(recipe) -> dict | None:
+    """A recipe given as a dict, a Recipe object or a YAML file -> plain dict."""
+    if recipe is None or isinstance(recipe, dict):
+        return recipe
+    if hasattr(recipe, "to_dict"):
+        return recipe.to_dict()
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TxkitError(f"{recipe}: recipe not found") from None
+
+
+def _near(model_dir: Path, name: str) -> Path | None:
+    """`name` in the model folder, else in the run directory it belongs to (RUN/model, RUN/best,
+    RUN/checkpoints/checkpoint-N), else None."""
+    for folder in (model_dir, model_dir.parent, model_dir.parent.parent):
+        if (folder is model_dir or is_run_dir(folder)) and (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _languages_from(recipe: dict | None) -> list[str] | None:
+    data = (recipe or {}).get("data") or {}
+    langs = [data.get("src_lang"), data.get("tgt_lang")]
+    return [lang for lang in langs if lang] or None
+
+
+def _datasets_from(recipe: dict | None) -> list[str] | None:
+    """Hub dataset ids of the training corpus (`hub:OWNER/NAME`), else its folder name (e.g. multi30k)."""
+    train = str(((recipe or {}).get("data") or {}).get("train") or "")
+    if not train:
+        return None
+    if train.startswith("hub:"):
+        return [train[4:]]
+    return [Path(train).parent.name or Path(train).name]
+
+
+def _architecture_rows(config: dict) -> list[tuple[str, str]]:
+    shared = config.get("tgt_vocab_size") is None
+    vocab = str(config.get("vocab_size")) + (" (shared source-target)" if shared else f" / {config['tgt_vocab_size']}")
+    return [
+        ("layers (encoder + decoder)", f"{config.get('encoder_layers')} + {config.get('decoder_layers')}"),
+        (
+            "d_model / d_ff / heads",
+            f"{config.get('d_model')} / {config.get('ffn_dim')} / {config.get('attention_heads')}",
+        ),
+        ("residual blocks", "pre-norm" if config.get("normalize_before") else "post-norm (the paper's)"),
+        ("activation", str(config.get("activation_function"))),
+        ("vocabulary", vocab),
+        ("positions", f"sinusoidal, up to {config.get('max_position_embeddings')} tokens"),
+    ]
+
+
+def _count_parameters(model_dir: Path) -> int | None:
+    """Parameters of the model from the safetensors header (tied matrices counted once)."""
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        return None
+    with open(weights, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    total = 0
+    for name, info in header.items():
+        if name != "__metadata__" and not name.startswith("lm_head.") and "embed_tokens" not in name:
+            n = 1
+            for dim in info["shape"]:
+                n *= dim
+            total += n
+    return total
+
+
+def _human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def _training_section(info: dict | None, recipe: dict | None) -> list[str]:
+    import yaml
+
+    lines = ["## Training", ""]
+    if info:
+        facts = []
+        if info.get("steps") is not None:
+            facts.append(f"- steps: {info['steps']:,}")
+        if info.get("src_tokens") is not None or info.get("tgt_tokens") is not None:
+            src, tgt = _human(info.get("src_tokens") or 0), _human(info.get("tgt_tokens") or 0)
+            facts.append(f"- tokens seen: {src} source, {tgt} target")
+        if info.get("hardware"):
+            facts.append(f"- hardware: {info['hardware']}")
+        if info.get("wall_time_s") is not None:
+            facts.append(f"- wall time: {info['wall_time_s'] / 3600:.2f} h ({info['wall_time_s']:.0f} s)")
+        if info.get("date"):
+            facts.append(f"- finished: {info['date']}")
+        lines += facts + [""]
+    if recipe:
+        lines += [
+            "The resolved recipe (every key, after overrides); `txkit train recipe.yaml` reproduces the run:",
+            "",
+            "```yaml",
+            yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip(),
+            "```",
+            "",
+        ]
+    if not info and not recipe:
+        lines += ["No training record was given for this card.", ""]
+    return lines
+
+
+def _scores_section(reports: Sequence[dict]) -> list[str]:
+    if not reports:
+        return []
+    lines = [
+        "## Scores",
+        "",
+        "| test set | metric | score | 95% CI | sacreBLEU signature |",
+        "| --- | --- | ---: | --- | --- |",
+    ]
+    for report in reports:
+        _, dataset_name = _dataset_of(report)
+        for metric, result in report["scores"].items():
+            ci = result.get("ci")
+            ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+            signature = str(result.get("signature", "")).replace("|", "\\|")  # a bare | would split the cell
+            lines.append(
+                f"| {dataset_name} | {result.get('name', metric)} | {float(result['score']):.2f} | {ci_text} "
+                f"| `{signature}` |"
+            )
+    lines += [
+        "",
+        "Scores are sacreBLEU on detokenized output (not the paper's tokenized BLEU, which reads roughly "
+        "0.5 to 1 point higher).",
+        "",
+    ]
+    return lines
+
+
+def _usage_section(repo: str, src_example: str) -> list[str]:
+    return [
+        "## Usage",
+        "",
+        "With transformers alone (the modeling code ships with the model, hence `trust_remote_code=True`, which "
+        "the tokenizer needs too because it reads the model's config):",
+        "",
+        "```python",
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=True)',
+        f'model = AutoModelForSeq2SeqLM.from_pretrained("{repo}", trust_remote_code=True)',
+        f'batch = tokenizer([{src_example!r}], return_tensors="pt", padding=True)',
+        "output = model.generate(**batch)  # decoding defaults from generation_config.json (beam 4)",
+        "print(tokenizer.batch_decode(output, skip_special_tokens=True))",
+        "```",
+        "",
+        "With txkit (the paper's GNMT length penalty, length-sorted batches):",
+        "",
+        "```bash",
+        f"txkit translate {repo} -i input.txt -o output.txt",
+        "```",
+        "",
+    ]
+
+
+def render_model_card(
+    model_dir: str | os.PathLike,
+    *,
+    recipe=None,
+    eval_report=None,
+    training_info: dict | None = None,
+    languages: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    license: str = "apache-2.0",
+    model_name: str | None = None,
+    repo_id: str | None = None,
+):
+    """The model card of a model folder as a `huggingface_hub.ModelCard` (see `write_model_card`)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    model_dir = Path(model_dir)
+    config = read_json(model_dir / "config.json", "model config") if (model_dir / "config.json").is_file() else {}
+    if recipe is None:
+        recipe = _near(model_dir, RECIPE_FILE)
+    recipe = _recipe_dict(recipe)
+    if training_info is None and (info_file := _near(model_dir, TRAINING_INFO_FILE)) is not None:
+        training_info = read_json(info_file, "training info")
+    if eval_report is None:
+        reports = []
+    else:
+        reports = eval_report if isinstance(eval_report, (list, tuple)) else [eval_report]
+        reports = [r if isinstance(r, dict) else read_json(r, "eval report") for r in reports]
+    languages = list(languages) if languages else _languages_from(recipe)
+    datasets = list(datasets) if datasets else _datasets_from(recipe)
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
+    repo = repo_id or "USER/MODEL"
+
+    results = eval_results(reports, languages)
+    data = ModelCardData(
+        language=languages,
+        license=license,
+        library_name="transformers",
+        pipeline_tag="translation",
+        tags=list(TAGS),
+        datasets=datasets,
+        metrics=sorted({r.metric_type for r in results}) or None,
+        model_name=model_name,
+        eval_results=results or None,
+    )
+    pair = f" ({languages[0]} → {languages[1]})" if languages and len(languages) == 2 else ""
+    params = _count_parameters(model_dir)
+    body = [
+        f"# {model_name}",
+        "",
+        f"A translation model{pair}: the Transformer of [Attention Is All You Need]({_PAPER}) "
+        "(Vaswani et al., 2017), an encoder-decoder trained from scratch with txkit on the Hugging Face stack"
+        + (f", {_human(params)} parameters." if params else "."),
+        "",
+    ]
+    if config:
+        body += ["| architecture | |", "| --- | --- |"]
+        body += [f"| {k} | {v} |" for k, v in _architecture_rows(config)]
+        body.append("")
+    body += _training_section(training_info, recipe)
+    body += _scores_section(reports)
+    src_example = "A man is riding a bicycle down the street." if not languages or languages[0] == "en" else "..."
+    body += _usage_section(repo, src_example)
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
+    return ModelCard(content)
+
+
+def write_model_card(model_dir: str | os.PathLike, **kwargs) -> Path:
+    """Write the model card (README.md) of a model folder and return its path.
+
+    Keyword arguments (all optional):
+        recipe: the resolved recipe (dict, `Recipe`, or a YAML file); default: recipe.yaml of the folder
+            or of the run directory it belongs to.
+        eval_report: the JSON of `txkit eval --json` (dict or path), or a list of them (one per test set):
+            its scores and sacreBLEU signatures go into the model-index and the scores table.
+        training_info: steps, tokens seen, hardware, wall time, date; default: training_info.json of the
+            folder or of its run directory.
+        languages: [source, target] language codes; default: the recipe's data.src_lang / data.tgt_lang.
+        datasets: training dataset ids; default: from the recipe's data.train.
+        license: SPDX-style id for the metadata (default apache-2.0).
+        model_name, repo_id: the name in the card and the id used in the usage example.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise TxkitError(f"{model_dir}: no such model folder")
+    card = render_model_card(model_dir, **kwargs)
+    path = model_dir / MODEL_CARD
+    tmp = path.with_name(f".{MODEL_CARD}.tmp")
+    tmp.write_text(str(card), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Push
+# --------------------------------------------------------------------------------------------------
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+_HTTP_CLIENTS = ("httpx", "httpx2", "requests", "urllib3")
+
+
+def _is_transfer_error(exc: Exception) -> bool:
+    """Connection failures and malformed answers (huggingface_hub's HTTP client raises its own classes)."""
+    return isinstance(exc, (OSError, ValueError, RuntimeError)) or type(exc).__module__.split(".")[0] in _HTTP_CLIENTS
+
+
+def _files_to_push(folder: Path) -> list[Path]:
+    """The files of `folder` that a push uploads (relative paths, sorted), PUSH_IGNORE left out."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    rel = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return [Path(p) for p in filter_repo_objects(rel, ignore_patterns=PUSH_IGNORE)]
+
+
+def push(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload a model folder (or a run directory's final model) to the Hub in one commit; return its URL.
+
+    Creates the repository if needed (and the branch `revision`), writes a model card first when the
+    folder has none. The token comes from `token`, else `HF_TOKEN` or the stored login; the endpoint from
+    `HF_ENDPOINT`. Errors become TxkitErrors whose message never contains the token.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise TxkitError(f"--repo {repo_id!r}: expected USER/NAME (or ORGANIZATION/NAME)")
+    if not Path(model_dir).exists():
+        raise TxkitError(f"{model_dir}: no such model folder or run directory")
+    folder = Path(resolve_model(model_dir))
+    token = token or get_token()
+    if not token:
+        raise TxkitError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
+    if not (folder / MODEL_CARD).is_file():
+        write_model_card(folder, repo_id=repo_id)
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(endpoint=endpoint, token=token)
+    files = _files_to_push(folder)
+    operations = [CommitOperationAdd(path_in_repo=p.as_posix(), path_or_fileobj=str(folder / p)) for p in files]
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        api.create_commit(
+            repo_id,
+            operations,
+            commit_message=message or f"Upload {folder.name} with txkit",
+            revision=revision,
+            repo_type="model",
+        )
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TxkitError(_scrub(f"push to {repo_id} failed (HTTP {status}): {first}", token)) from None
+    except Exception as exc:
+        if not _is_transfer_error(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TxkitError(_scrub(f"push to {repo_id} failed ({type(exc).__name__}): {first}", token)) from None
+    url = str(repo_url).rstrip("/")
+    return f"{url}/tree/{revision}" if revision else url
