@@ -1,0 +1,194 @@
+"""`txkit run` end to end on the CPU: a tiny recipe on a slice of Multi30k goes through every stage; an
+interrupted training continues; a second run skips everything; a changed decoding key redoes only the
+stages after training; a changed training key of a finished run is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from txkit.cli import main
+
+TEST_LINES = 50
+
+RECIPE = """\
+model:
+  preset: transformer-tiny
+  d_model: 32
+  encoder_layers: 2
+  decoder_layers: 2
+  attention_heads: 4
+  ffn_dim: 64
+  dropout: 0.1
+  max_position_embeddings: 128
+tokenizer:
+  vocab_size: 600
+data:
+  train: multi30k/train
+  valid: multi30k/val
+  src_lang: en
+  tgt_lang: de
+  max_len: 64
+  max_sentences: 400
+  valid_max_sentences: 16
+train:
+  max_steps: 12
+  max_tokens: 384
+  lr_schedule: inverse_sqrt
+  lr: 0.005
+  warmup_steps: 5
+  save_every_steps: 6
+  save_every_minutes: 0
+  keep_last: 2
+  eval_every_steps: 6
+  log_every_steps: 3
+eval:
+  beam_size: 2
+  max_len_b: 10
+  average_last: 2
+  test: [slice/test50]
+"""
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    """Run the txkit CLI in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+    return exit_info.value.code, out.getvalue(), err.getvalue()
+
+
+def _stage_lines(out: str, verb: str) -> set[str]:
+    return {line.split(":")[0].split()[1] for line in out.splitlines() if line.startswith(f"{verb} ")}
+
+
+def _outputs(run_dir: Path) -> dict[Path, int]:
+    """Every file of the run (markers included), with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """A model this small gains nothing from a second thread, and loses much when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workspace(shared_data, tmp_path_factory):
+    """$TXKIT_DATA with Multi30k (a link to the shared copy) and a 50-sentence test set, and the recipe."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "data"
+    (data / "slice").mkdir(parents=True)
+    (data / "multi30k").symlink_to(shared_data / "multi30k")
+    for lang in ("en", "de"):
+        lines = (shared_data / "multi30k" / f"test2016.{lang}").read_text(encoding="utf-8").splitlines()
+        (data / "slice" / f"test50.{lang}").write_text("\n".join(lines[:TEST_LINES]) + "\n", encoding="utf-8")
+    recipe = root / "tiny-run.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TXKIT_DATA", str(data))
+        yield root, data, recipe
+
+
+@pytest.fixture(scope="module")
+def finished_run(workspace):
+    """An interrupted first `txkit run` (stopped at step 6), then a second that finishes it."""
+    root, data, recipe = workspace
+    run_dir = root / "run"
+    first = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.stop_after_steps=6"])
+    second = _cli(["run", str(recipe), "-o", str(run_dir)])
+    return run_dir, data, recipe, first, second
+
+
+ALL_STAGES = {"tokenizer", "train", "average", "translate-test50", "evaluate-test50", "card", "report"}
+
+
+def test_interrupted_training_stops_the_run_and_the_next_run_continues_it(finished_run):
+    run_dir, _, _, (code1, out1, err1), (code2, out2, err2) = finished_run
+    assert code1 == 1, out1 + err1
+    assert "stopped at step 6 of 12" in out1 and "run the same command again" in err1
+    assert _stage_lines(out1, "run") == {"tokenizer", "train"}
+    assert code2 == 0, out2 + err2
+    assert "skip tokenizer" in out2 and "run  train: continuing from checkpoint-00000006 to step 12" in out2
+    # one uninterrupted log: every logged training step once, up to the last
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [3, 6, 9, 12]
+    assert json.loads((run_dir / "stages" / "train.done").read_text())["step"] == 12
+
+
+def test_every_stage_leaves_its_output(finished_run):
+    import sacrebleu
+
+    run_dir, data, _, _, (code, out, _) = finished_run
+    assert _stage_lines(out, "run") == ALL_STAGES - {"tokenizer"}
+    assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["checkpoint-00000006", "checkpoint-00000012"]
+    model = run_dir / "model"
+    averaged = json.loads((model / "averaging.json").read_text())["averaged"]
+    assert [Path(p).name for p in averaged] == ["checkpoint-00000006", "checkpoint-00000012"]
+    assert (model / "model.safetensors").is_file() and (model / "recipe.yaml").is_file()
+    info = json.loads((model / "training_info.json").read_text())
+    assert info["steps"] == 12 and info["tgt_tokens"] > 0 and info["hardware"].startswith("CPU")
+
+    # translations: one line per test sentence, scored exactly as sacreBLEU scores them
+    hyps = (run_dir / "translations" / "test50.de").read_text(encoding="utf-8").splitlines()
+    refs = (data / "slice" / "test50.de").read_text(encoding="utf-8").splitlines()
+    assert len(hyps) == TEST_LINES
+    report = json.loads((run_dir / "eval" / "test50.json").read_text())
+    scores = report["scores"]
+    assert list(scores) == ["bleu", "bleu_lowercase", "chrf"]
+    assert scores["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert scores["bleu_lowercase"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score)
+    assert scores["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert "case:lc" in scores["bleu_lowercase"]["signature"] and "case:mixed" in scores["bleu"]["signature"]
+
+    # the model card and the report carry the scores; the end of the output names table and model
+    card = (model / "README.md").read_text(encoding="utf-8")
+    assert f"{scores['bleu']['score']:.2f}" in card and "BLEU (lowercased)" in card
+    summary = (run_dir / "report.md").read_text(encoding="utf-8")
+    cells = [f"{scores[k]['score']:.2f}" for k in ("bleu", "bleu_lowercase", "chrf")]
+    assert f"| test50 | {' | '.join(cells)} |" in summary
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tail = out.splitlines()[-8:]
+    assert any(line.startswith("test50") and f"{scores['bleu']['score']:.2f}" in line for line in tail)
+    assert tail[-1].startswith(f"model:  {model}")
+
+
+def test_a_second_run_skips_every_finished_stage(finished_run):
+    run_dir, _, recipe, _, _ = finished_run
+    before = _outputs(run_dir)
+    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir)])
+    assert code == 0, out + err
+    assert _stage_lines(out, "run") == set()
+    assert _stage_lines(out, "skip") == ALL_STAGES | {"data"}
+    assert _outputs(run_dir) == before  # nothing rewritten
+    assert "test50" in out and f"model:  {run_dir / 'model'}" in out
+
+
+def test_changed_decoding_redoes_only_what_follows_training(finished_run):
+    run_dir, _, recipe, _, _ = finished_run
+    checkpoint = run_dir / "checkpoints" / "checkpoint-00000012" / "model.safetensors"
+    weights = (run_dir / "model" / "model.safetensors").stat().st_mtime_ns, checkpoint.stat().st_mtime_ns
+    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "eval.beam_size=1"])
+    assert code == 0, out + err
+    assert _stage_lines(out, "run") == {"translate-test50", "evaluate-test50", "card", "report"}
+    assert ((run_dir / "model" / "model.safetensors").stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == weights
+
+
+def test_changed_training_of_a_finished_run_is_refused(finished_run):
+    run_dir, _, recipe, _, _ = finished_run
+    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.lr=0.001"])
+    assert code == 2
+    assert "error:" in err and "train.lr=0.005 (the recipe now says 0.001)" in err and "--output-dir" in err
+    assert "Traceback" not in err

@@ -1,0 +1,483 @@
+"""`txkit run RECIPE`: every stage from corpus files to a shareable, scored model, resumable.
+
+    data        fetch missing corpus files from their public source (txkit.fetch)
+    tokenizer   build the recipe's subword vocabulary                    -> RUN/tokenizer
+    train       train, continuing from the latest checkpoint             -> RUN/checkpoints, RUN/log.jsonl
+    average     average the last `eval.average_last` checkpoints         -> RUN/model
+    translate   translate each test set with the recipe's search         -> RUN/translations/<test>.<tgt>
+    evaluate    sacreBLEU BLEU (cased and lowercased) and chrF           -> RUN/eval/<test>.json
+    card        the model card of the shareable folder                   -> RUN/model/README.md
+    report      training curves and a summary                            -> RUN/report.png, RUN/report.md
+
+Each stage that finishes writes RUN/stages/<stage>.done: JSON with the inputs it depended on (recipe keys
+and the fingerprints of the stages before it), what it produced, and when. A stage is skipped when its
+marker records the same inputs and its outputs still exist; a stage whose inputs changed runs again, and so
+does everything after it (a new beam size re-translates and re-scores, but does not retrain). Training is
+the exception: a finished run whose training keys changed is an error, not a silent retraining (raising
+train.max_steps continues it). An interrupted training (killed, Ctrl-C, train.stop_after_steps) continues
+from its latest checkpoint on the next `txkit run`.
+
+Every output is written under a temporary name and renamed, so an interruption at any point leaves either
+the previous output or none, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from txkit import runs
+from txkit.errors import TxkitError
+from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
+
+STAGES_DIR = "stages"
+TRANSLATIONS_DIR = "translations"
+EVAL_DIR = "eval"  # the same folder txkit.report reads
+TRAINING_INFO = "training_info.json"  # the name txkit.hub's model card reads
+BOOTSTRAP_SAMPLES = 1000  # for the 95% confidence intervals of the test scores
+
+# Recipe keys that change how training runs but not the model it reaches (or that only stop it early).
+_TRAIN_KEYS_IGNORED = {
+    "data.num_proc", "train.stop_after_steps", "train.log_every_steps", "train.save_every_steps",
+    "train.save_every_minutes", "train.keep_last", "train.eval_every_steps",
+}  # fmt: skip
+_TOKENIZER_KEYS = ("data.train", "data.src_lang", "data.tgt_lang", "data.hub_config", "data.max_sentences")
+_DECODE_KEYS = ("eval.beam_size", "eval.length_penalty", "eval.lp_form", "eval.max_len_a", "eval.max_len_b",
+                "eval.max_tokens")  # fmt: skip
+
+
+@dataclass
+class PipelineResult:
+    """What `run_pipeline` did: `complete` is False when training stopped before its last step."""
+
+    run_dir: Path
+    model_dir: Path
+    complete: bool
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> "ran" | "skipped"
+    reports: dict[str, dict] = field(default_factory=dict)  # test name -> eval report
+    report_markdown: Path | None = None
+
+
+# ----------------------------------------------------------------------------- markers
+
+
+def _fingerprint(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Run:
+    """One `txkit run`: the recipe, the run directory, the stage markers and what was printed."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, echo: Callable[[str], None]):
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.echo = echo
+        self.flat = recipe.flat()
+        self.fingerprints: dict[str, str] = {}
+        self.stages: dict[str, str] = {}
+
+    def keys(self, names) -> dict:
+        return {name: self.flat[name] for name in names}
+
+    def marker_path(self, stage: str) -> Path:
+        return self.run_dir / STAGES_DIR / f"{stage}.done"
+
+    def read_marker(self, stage: str) -> dict | None:
+        path = self.marker_path(stage)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:  # cannot happen with atomic writes; treat as not done
+            return None
+
+    def done(self, stage: str, inputs: dict) -> dict | None:
+        """The stage's marker when it recorded these inputs and its outputs all exist (then: skip it)."""
+        marker = self.read_marker(stage)
+        if marker is None or marker.get("inputs") != json.loads(json.dumps(inputs, default=str)):
+            return None
+        if not all((self.run_dir / p).exists() for p in marker.get("outputs", [])):
+            return None
+        self.fingerprints[stage] = _fingerprint(inputs)
+        self.stages[stage] = "skipped"
+        when = marker.get("finished", "")
+        produced = ", ".join(marker.get("outputs", [])[:3]) + (" ..." if len(marker.get("outputs", [])) > 3 else "")
+        self.echo(f"skip {stage}: done {when}" + (f" ({produced})" if produced else ""))
+        return marker
+
+    def finish(self, stage: str, inputs: dict, outputs: list[Path], started: float, **info) -> None:
+        """Write the stage's marker atomically."""
+        record = {
+            "stage": stage,
+            "inputs": inputs,
+            "outputs": [self._relative(Path(p)) for p in outputs],
+            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "seconds": round(time.monotonic() - started, 3),
+            **info,
+        }
+        path = self.marker_path(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
+        self.fingerprints[stage] = _fingerprint(inputs)
+        self.stages[stage] = "ran"
+
+    def _relative(self, path: Path) -> str:
+        """A path inside the run directory relative to it (the run can be moved); others absolute."""
+        try:
+            return str(path.relative_to(self.run_dir))
+        except ValueError:
+            return str(path.resolve())
+
+    def start(self, stage: str, what: str) -> float:
+        self.echo(f"run  {stage}: {what}")
+        return time.monotonic()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_data(run: _Run, fetch: bool = True) -> None:
+    """Fetch missing corpus files (no marker: the files themselves say whether it is done)."""
+    from txkit import fetch as fetching
+    from txkit.recipe import check_data_files
+
+    missing = fetching.missing_files(run.recipe)
+    if not missing:
+        run.stages["data"] = "skipped"
+        run.echo("skip data: every corpus file is present")
+        return
+    if not fetch:
+        key, path = missing[0]
+        raise TxkitError(f"{key}: data file not found: {path} (and fetching is off)")
+    started = run.start("data", f"{len(missing)} corpus file(s) missing")
+    fetching.fetch_recipe_data(run.recipe, log=lambda m: run.echo(f"     {m}"))
+    check_data_files(run.recipe)
+    run.stages["data"] = "ran"
+    run.echo(f"     data: done in {time.monotonic() - started:.0f} s")
+
+
+def stage_tokenizer(run: _Run) -> None:
+    from txkit.recipe import build_recipe_tokenizer
+
+    inputs = {**run.keys(k for k in run.flat if k.startswith("tokenizer.")), **run.keys(_TOKENIZER_KEYS)}
+    if run.done("tokenizer", inputs):
+        return
+    path = resolve_tokenizer_path(run.recipe, run.run_dir)
+    previous = run.read_marker("tokenizer")
+    if previous is not None and (path / "tokenizer.json").is_file():
+        changed = _changed(previous["inputs"], inputs)
+        raise TxkitError(
+            f"{path} was built with {changed}; a new vocabulary needs a new run: choose another --output-dir"
+        )
+    t = run.recipe.tokenizer
+    started = run.start("tokenizer", f"{t.model}, {t.vocab_size} tokens -> {path}")
+    if not (path / "tokenizer.json").is_file():
+        build_recipe_tokenizer(run.recipe, path)
+    else:
+        run.echo(f"     {path} exists (built by txkit train): kept")
+    run.finish("tokenizer", inputs, [path], started)
+
+
+def _changed(old: dict, new: dict) -> str:
+    diffs = [f"{k}={old.get(k)!r} (the recipe now says {new.get(k)!r})" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]  # fmt: skip
+    return "; ".join(diffs) or "other inputs"
+
+
+def _train_inputs(run: _Run) -> dict:
+    keys = [k for k in run.flat if k.split(".")[0] in ("model", "data", "train") and k not in _TRAIN_KEYS_IGNORED]
+    return {**run.keys(keys), "tokenizer": run.fingerprints.get("tokenizer")}
+
+
+def stage_train(run: _Run) -> bool:
+    """Train (or continue training) to train.max_steps; False when training stopped before it."""
+    inputs = _train_inputs(run)
+    if run.done("train", inputs):
+        return True
+    previous = run.read_marker("train")
+    if previous is not None:
+        old = previous["inputs"]
+        changed = {k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k)}
+        more_steps = changed == {"train.max_steps"} and inputs["train.max_steps"] > old["train.max_steps"]
+        if not more_steps:
+            raise TxkitError(
+                f"{run.run_dir} finished training with {_changed(old, inputs)}; txkit does not retrain a finished "
+                "run in place: choose another --output-dir (raising train.max_steps alone continues the run)"
+            )
+    max_steps = run.recipe.train.max_steps
+    latest = runs.latest_checkpoint(run.run_dir)
+    done_step = runs.checkpoint_step(latest) if latest is not None else 0
+    started = time.monotonic()
+    wall = _read_partial_wall_time(run)
+    if done_step >= max_steps:  # trained already, e.g. by `accelerate launch -m txkit train`
+        run.echo(f"run  train: {latest.name} is step {done_step} of {max_steps}: training is complete")
+        stop_reason, step = "max_steps", done_step
+    else:
+        from txkit.training import train
+
+        what = f"continuing from {latest.name}" if latest is not None else "from scratch"
+        run.start("train", f"{what} to step {max_steps}")
+        try:
+            result = train(run.recipe, run.run_dir, resume=True)
+        finally:
+            wall += time.monotonic() - started
+            _write_partial_wall_time(run, wall)
+        stop_reason, step = result.stop_reason, result.step
+        if stop_reason == "stop_after_steps":
+            run.echo(f"     train: stopped at step {step} of {max_steps} (train.stop_after_steps); "
+                     "`txkit run` again continues from the latest checkpoint")  # fmt: skip
+            run.stages["train"] = "ran"
+            return False
+        run.echo(f"     train: step {step} ({stop_reason}) after {time.monotonic() - started:.0f} s")
+    checkpoints = runs.list_checkpoints(run.run_dir)
+    info = _training_info(run, checkpoints[-1], wall or None)  # None: trained outside txkit run
+    _write_atomic(run.run_dir / TRAINING_INFO, json.dumps(info, indent=2) + "\n")
+    run.finish("train", inputs, [checkpoints[-1], run.run_dir / TRAINING_INFO], started,
+               step=step, stop_reason=stop_reason)  # fmt: skip
+    return True
+
+
+def _read_partial_wall_time(run: _Run) -> float:
+    path = run.run_dir / STAGES_DIR / "train.wall_time"
+    try:
+        return float(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0.0
+
+
+def _write_partial_wall_time(run: _Run, seconds: float) -> None:
+    """Training wall time summed over interrupted `txkit run`s (what the model card reports)."""
+    path = run.run_dir / STAGES_DIR / "train.wall_time"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, f"{seconds:.1f}\n")
+
+
+def _training_info(run: _Run, checkpoint: Path, wall_time_s: float | None) -> dict:
+    """training_info.json for the model card: steps and tokens from the last checkpoint's trainer state."""
+    state_file = checkpoint / runs.TRAINING_STATE / "trainer_state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+    counters = state.get("counters", {})
+    info = {
+        "steps": state.get("step", runs.checkpoint_step(checkpoint)),
+        "src_tokens": counters.get("tokens_src"),
+        "tgt_tokens": counters.get("tokens_tgt"),
+        "wall_time_s": round(wall_time_s, 1) if wall_time_s else None,
+        "hardware": _hardware(state.get("world_size", 1)) if wall_time_s else None,
+        "date": datetime.date.today().isoformat(),
+    }
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def _hardware(world_size: int) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{world_size}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def stage_average(run: _Run) -> None:
+    from txkit.averaging import average_checkpoints, last_checkpoints
+
+    n = run.recipe.eval.average_last
+    checkpoints = last_checkpoints(run.run_dir, n, strict=False)
+    inputs = {"eval.average_last": n, "checkpoints": [p.name for p in checkpoints], "train": run.fingerprints["train"]}
+    model_dir = run.run_dir / runs.FINAL_MODEL
+    if run.done("average", inputs):
+        return
+    started = run.start("average", f"{len(checkpoints)} checkpoint(s) {checkpoints[0].name} .. {checkpoints[-1].name} "
+                                   f"-> {model_dir}")  # fmt: skip
+    if len(checkpoints) < n:
+        run.echo(f"     warning: eval.average_last is {n} but the run has only {len(checkpoints)} checkpoint(s)")
+    average_checkpoints(checkpoints, model_dir)
+    # The shareable folder carries how it was made: the resolved recipe and the training record.
+    for name in (runs.RECIPE_FILE, TRAINING_INFO):
+        if (run.run_dir / name).is_file():
+            shutil.copy2(run.run_dir / name, model_dir / name)
+    run.finish("average", inputs, [model_dir / "model.safetensors"], started)
+
+
+def corpus_name(spec: str) -> str:
+    """The short name of a test corpus: `multi30k/test2016` -> test2016, `hub:wmt/wmt14` -> wmt14-test."""
+    if spec.startswith("hub:"):
+        return spec[4:].split("/")[-1] + "-test"
+    name = Path(spec).name
+    return name[: -len(Path(name).suffix)] if Path(name).suffix in (".tsv", ".jsonl", ".parquet") else name
+
+
+def _test_sets(run: _Run) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for spec in run.recipe.eval.test:
+        name = corpus_name(spec)
+        if name in names:
+            raise TxkitError(f"eval.test: {names[name]} and {spec} would both be called {name}; rename one")
+        names[name] = spec
+    return names
+
+
+def _load_test(run: _Run, spec: str):
+    from txkit.recipe import load_corpus
+
+    ds = load_corpus(run.recipe, spec, "test")
+    return list(ds["src"]), list(ds["tgt"])
+
+
+def stage_translate(run: _Run) -> None:
+    """Translate every test set with RUN/model; one marker per test set, so a finished one is kept."""
+    from txkit.decoding import DecodeOptions, Translator, load_model
+
+    e, tgt = run.recipe.eval, run.recipe.data.tgt_lang
+    model_dir = run.run_dir / runs.FINAL_MODEL
+    todo = {}
+    for name, spec in _test_sets(run).items():
+        inputs = {**run.keys(_DECODE_KEYS), "test": spec, "model": run.fingerprints["average"]}
+        if not run.done(f"translate-{name}", inputs):
+            todo[name] = (spec, inputs)
+    if not todo:
+        return
+    model, src_tok, tgt_tok = load_model(model_dir)
+    options = DecodeOptions(beam_size=e.beam_size, length_penalty=e.length_penalty, lp_form=e.lp_form,
+                            max_len_a=e.max_len_a, max_len_b=e.max_len_b, max_tokens=e.max_tokens)  # fmt: skip
+    translator = Translator(model, src_tok, tgt_tok, options)
+    folder = run.run_dir / TRANSLATIONS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (spec, inputs) in todo.items():
+        out = folder / f"{name}.{tgt}"
+        started = run.start(f"translate-{name}", f"{spec} (beam {e.beam_size}, alpha {e.length_penalty}) -> {out}")
+        sources, _ = _load_test(run, spec)
+        hyps = translator.translate(sources)
+        _write_atomic(out, "".join(h + "\n" for h in hyps))
+        seconds = time.monotonic() - started
+        run.echo(f"     {len(hyps)} sentences in {seconds:.1f} s")
+        run.finish(f"translate-{name}", inputs, [out], started, lines=len(hyps), device=str(model.device))
+
+
+def stage_evaluate(run: _Run) -> dict[str, dict]:
+    """Score each translation: BLEU (cased, then lowercased as a separate entry) and chrF, with 95% CIs."""
+    from txkit.evaluation import build_report, read_lines, score, write_report
+
+    e, d = run.recipe.eval, run.recipe.data
+    reports = {}
+    folder = run.run_dir / EVAL_DIR
+    for name, spec in _test_sets(run).items():
+        out = folder / f"{name}.json"
+        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": spec,
+                  "translation": run.fingerprints[f"translate-{name}"]}  # fmt: skip
+        if run.done(f"evaluate-{name}", inputs):
+            reports[name] = json.loads(out.read_text(encoding="utf-8"))
+            continue
+        started = run.start(f"evaluate-{name}", f"BLEU, lowercased BLEU, chrF -> {out}")
+        hyp_file = run.run_dir / TRANSLATIONS_DIR / f"{name}.{d.tgt_lang}"
+        hyps = read_lines(hyp_file)
+        _, refs = _load_test(run, spec)
+        ref_path = str(resolve_data_path(spec)) + ("" if spec.startswith("hub:") else f".{d.tgt_lang}")
+        system = {"path": str(hyp_file), "model": str(run.run_dir / runs.FINAL_MODEL), "lines": len(hyps)}
+        report = build_report(
+            hyps, [refs], system=system, references=[{"path": ref_path, "lines": len(refs)}],
+            metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES,
+        )  # fmt: skip
+        # The Multi30k literature reports BLEU on lowercased text: a separate entry, never instead of cased BLEU.
+        lowercased = score(hyps, [refs], metrics=("bleu",), lowercase=True, tokenize=e.tokenize,
+                           bootstrap=BOOTSTRAP_SAMPLES)["bleu"]  # fmt: skip
+        lowercased["name"] = "BLEU (lowercased)"
+        scores = report["scores"]
+        report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "chrf": scores["chrf"]}
+        corpus = spec[4:] if spec.startswith("hub:") else Path(spec).parent.name or name
+        report["dataset"] = {"type": corpus, "name": f"{corpus} {name}" if corpus != name else name}
+        folder.mkdir(parents=True, exist_ok=True)
+        write_report(out, report)
+        run.finish(f"evaluate-{name}", inputs, [out], started,
+                   scores={k: round(v["score"], 2) for k, v in report["scores"].items()})  # fmt: skip
+        reports[name] = report
+    return reports
+
+
+def stage_card(run: _Run, reports: dict[str, dict]) -> None:
+    from txkit.hub import write_model_card
+
+    model_dir = run.run_dir / runs.FINAL_MODEL
+    inputs = {"model": run.fingerprints["average"],
+              "scores": {name: run.fingerprints[f"evaluate-{name}"] for name in reports}}  # fmt: skip
+    if run.done("card", inputs):
+        return
+    started = run.start("card", f"{model_dir / 'README.md'}")
+    info_file = run.run_dir / TRAINING_INFO
+    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else None
+    path = write_model_card(model_dir, recipe=run.recipe, eval_report=list(reports.values()), training_info=info,
+                            model_name=model_name(run.recipe, run.run_dir))  # fmt: skip
+    run.finish("card", inputs, [path], started)
+
+
+def model_name(recipe: Recipe, run_dir: Path) -> str:
+    """recipes/multi30k-en-de/transformer-tiny.yaml -> multi30k-en-de-transformer-tiny (else the run's folder)."""
+    source = Path(recipe.source)
+    if source.suffix in (".yaml", ".yml") and source.parent.name:
+        return f"{source.parent.name}-{source.stem}"
+    return run_dir.resolve().name
+
+
+def stage_report(run: _Run) -> Path:
+    from txkit.report import MARKDOWN_NAME, PNG_NAME, write_run_report
+
+    log = run.run_dir / runs.LOG_FILE
+    stat = log.stat() if log.is_file() else None
+    inputs = {"log": [stat.st_size, stat.st_mtime_ns] if stat else None,
+              "scores": sorted((k, v) for k, v in run.fingerprints.items() if k.startswith("evaluate-"))}  # fmt: skip
+    if run.done("report", inputs):
+        return run.run_dir / MARKDOWN_NAME
+    started = run.start("report", f"{run.run_dir / PNG_NAME}, {run.run_dir / MARKDOWN_NAME}")
+    files = write_run_report(run.run_dir)
+    run.finish("report", inputs, [files.png, files.markdown], started)
+    return files.markdown
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+def run_pipeline(recipe: Recipe, run_dir: str | os.PathLike, *, fetch: bool = True,
+                 echo: Callable[[str], None] = print) -> PipelineResult:  # fmt: skip
+    """Run every stage of `recipe` in `run_dir`, skipping those already complete.
+
+    Raises:
+        TxkitError: a missing corpus that cannot be fetched, a run directory made with a different recipe,
+            or any user error of a stage.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TxkitError(
+            "txkit run runs in one process; on several GPUs train first with `accelerate launch -m txkit train "
+            "RECIPE --output-dir RUN --resume`, then `txkit run RECIPE --output-dir RUN` does the other stages"
+        )
+    run_dir = Path(run_dir)
+    try:
+        (run_dir / STAGES_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TxkitError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from None
+    run = _Run(recipe, run_dir, echo)
+    result = PipelineResult(run_dir=run_dir, model_dir=run_dir / runs.FINAL_MODEL, complete=False, stages=run.stages)
+    stage_data(run, fetch=fetch)
+    stage_tokenizer(run)
+    if not stage_train(run):
+        return result
+    stage_average(run)
+    stage_translate(run)
+    result.reports = stage_evaluate(run)
+    stage_card(run, result.reports)
+    result.report_markdown = stage_report(run)
+    result.complete = True
+    return result
