@@ -1,0 +1,304 @@
+"""txkit.decoding and `txkit translate` on a small model trained for a few seconds on Multi30k en-de:
+line count and order, batch independence, equivalence with `generate`, n-best, streaming, limits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from txkit.cli import main
+from txkit.decoding import DecodeOptions, Translator, length_sorted_batches, load_model
+from txkit.errors import TxkitError
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_POSITIONS = 64
+TRAIN_STEPS = 150
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Models this small gain little from a second thread, and lose a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def _head(path: Path, n: int) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [next(f).rstrip("\n") for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def trained_model(shared_data, tmp_path_factory) -> Path:
+    """A d_model-64 Transformer trained with Adam for a few seconds on 3000 Multi30k pairs: enough for
+    varied, sentence-dependent outputs of different lengths (a random model's are degenerate)."""
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+    from txkit.tokenization import config_kwargs_from_tokenizer, save_tokenizers, train_tokenizer
+
+    root = tmp_path_factory.mktemp("translate-model")
+    src = _head(shared_data / "multi30k" / "train.en", 3000)
+    tgt = _head(shared_data / "multi30k" / "train.de", 3000)
+    (root / "train.en").write_text("\n".join(src) + "\n", encoding="utf-8")
+    (root / "train.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    tok = train_tokenizer([root / "train.en", root / "train.de"], vocab_size=1000, show_progress=False)
+    config = TxkitConfig(
+        **config_kwargs_from_tokenizer(tok), d_model=64, attention_heads=4, ffn_dim=128, encoder_layers=2,
+        decoder_layers=2, dropout=0.0, label_smoothing=0.0, max_position_embeddings=MAX_POSITIONS,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = TxkitForConditionalGeneration(config)
+    pairs = [(s, t) for s, t in zip(tok(src)["input_ids"], tok(tgt)["input_ids"]) if max(len(s), len(t)) <= 48]
+    with one_thread():
+        train_briefly(model, pairs)
+    out = root / "model"
+    model.save_pretrained(out)
+    save_tokenizers(tok, tok, out)
+    return out
+
+
+def train_briefly(model, pairs: list[tuple[list[int], list[int]]]) -> None:
+    """TRAIN_STEPS Adam updates on random batches of 32 (source ids, target ids) pairs."""
+    rng = random.Random(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(TRAIN_STEPS):
+        batch = rng.sample(pairs, 32)
+        source = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s, _ in batch], batch_first=True)
+        labels = torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor(t) for _, t in batch], batch_first=True, padding_value=-100
+        )
+        loss = model(input_ids=source, attention_mask=source.ne(0).long(), labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.fixture(scope="session")
+def loaded(trained_model):
+    return load_model(trained_model, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def test_sources(shared_data) -> list[str]:
+    return _head(shared_data / "multi30k" / "test2016.en", 300)
+
+
+def run_cli(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code or 0
+
+
+AWKWARD = [
+    "A man in an orange hat starring at something.",
+    "",
+    "   ",
+    "Two dogs 🐶🐕 play in the snow ❄️.",
+    "一个男人在骑自行车。 A man rides a bike.",
+    "control\tchars\x0bvertical tab\x0cform feed\x1cfile sep\x85next line\u2028line sep end.",
+    " ".join(["A very long sentence about a dog running on the beach"] * 20),  # over 64 positions
+    "\x00\x07",
+    "A girl in a pink dress climbs into a wooden playhouse.",
+    "",
+]
+
+
+def test_file_translation_keeps_line_count_and_order(trained_model, loaded, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    # lines end at "\n" ("\r\n" too): \x0b, \x0c, \x1c, \x85, \u2028 inside a line are content, not line ends
+    source.write_bytes((AWKWARD[0] + "\r\n" + "\n".join(AWKWARD[1:]) + "\n").encode("utf-8"))
+    output = tmp_path / "out.txt"
+    assert run_cli(["translate", str(trained_model), "-i", str(source), "-o", str(output), "--device", "cpu"]) == 0
+    lines = output.read_bytes().decode("utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == len(AWKWARD) + 1
+    lines = lines[:-1]
+    translator = Translator(*loaded, DecodeOptions())
+    for line, got in zip(AWKWARD, lines):
+        if not line.strip():
+            assert got == ""
+        else:  # each line translated on its own gives the same: nothing shifted
+            assert got == translator.translate([line])[0] and got
+    assert "1 source line(s) longer than the model's 64 positions were truncated: line 7" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".out.txt.tmp*"))
+
+
+def test_output_does_not_depend_on_batch_composition(loaded, test_sources):
+    lines = test_sources[:64]
+    one = Translator(*loaded, DecodeOptions(max_tokens=1)).translate(lines)  # one sentence per batch
+    longest = max(len(ids) for ids in loaded[1](lines)["input_ids"])
+    assert len(length_sorted_batches([longest] * 64, 64 * longest)) == 1
+    all_64 = Translator(*loaded, DecodeOptions(max_tokens=64 * longest)).translate(lines)
+    assert one == all_64
+    shuffled = list(reversed(lines))
+    assert Translator(*loaded, DecodeOptions(max_tokens=300)).translate(shuffled) == list(reversed(one))
+
+
+def test_beam_search_matches_generate_in_hf_form(loaded, test_sources):
+    """txkit's search = `model.generate` with the same beam, Hugging Face length penalty and length limit."""
+    model, src_tok, tgt_tok = loaded
+    max_new = 40
+    options = DecodeOptions(
+        beam_size=4, length_penalty=0.6, lp_form="hf", max_len_a=0, max_len_b=max_new, max_tokens=1500
+    )
+    translator = Translator(model, src_tok, tgt_tok, options)
+    hypotheses = translator.translate_hypotheses(test_sources)
+    ours = tgt_tok.batch_decode([hyps[0].tokens for hyps in hypotheses], skip_special_tokens=True)
+    ids = src_tok(test_sources)["input_ids"]
+    theirs = [None] * len(test_sources)
+    for batch in length_sorted_batches([len(x) for x in ids], options.max_tokens):
+        inputs = src_tok([test_sources[i] for i in batch], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(
+                **inputs, num_beams=4, length_penalty=0.6, max_new_tokens=max_new, early_stopping=False, do_sample=False
+            )
+        for i, text in zip(batch, tgt_tok.batch_decode(out, skip_special_tokens=True)):
+            theirs[i] = text
+    assert ours == theirs
+    # the check is only as strong as the outputs are varied
+    assert len(set(ours)) > 200
+    lengths = [len(hyps[0].tokens) for hyps in hypotheses]
+    ended = sum(n < max_new for n in lengths)  # the rest reached the limit: both ways of finishing occur
+    assert len(set(lengths)) > 10 and 0.75 * len(lengths) < ended < len(lengths)
+
+    greedy = Translator(model, src_tok, tgt_tok, DecodeOptions(beam_size=1, max_len_a=0, max_len_b=max_new))
+    inputs = src_tok(test_sources[:50], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, num_beams=1, do_sample=False, max_new_tokens=max_new)
+    assert greedy.translate(test_sources[:50]) == tgt_tok.batch_decode(out, skip_special_tokens=True)
+
+
+def test_nbest_output_format(trained_model, loaded, tmp_path):
+    source = tmp_path / "in.txt"
+    lines = ["A dog runs.", "", "Two men are talking on a street."]
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "nbest.txt"
+    assert run_cli(["translate", str(trained_model), "-i", str(source), "-o", str(output), "--nbest", "3"]) == 0
+    rows = [line.split(" ||| ") for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    best = Translator(*loaded, DecodeOptions()).translate(lines)
+    for n in range(3):
+        group = rows[3 * n : 3 * n + 3]
+        scores = [float(r[2]) for r in group]
+        assert scores == sorted(scores, reverse=True)
+        assert group[0][1] == best[n]
+        if lines[n]:
+            assert len({r[1] for r in group}) == 3 and all(s < 0 for s in scores)
+        else:
+            assert [r[1] for r in group] == ["", "", ""]
+
+
+def test_stdin_is_translated_as_it_streams(trained_model, loaded):
+    """A real `python -m txkit translate MODEL`: each answer comes back before the next line is sent."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "txkit", "translate", str(trained_model), "--device", "cpu"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
+    )  # fmt: skip
+    answers: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [answers.put(line) for line in proc.stdout], daemon=True).start()
+    translator = Translator(*loaded, DecodeOptions())
+    try:
+        for line in ["A man is sleeping.", "", "Two children play football in a park.", "Ein Hund 🐕."]:
+            proc.stdin.write(line.encode("utf-8") + b"\n")
+            proc.stdin.flush()
+            answer = answers.get(timeout=120).decode("utf-8").rstrip("\n")
+            assert answer == (translator.translate([line])[0] if line else "")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_length_limit_is_source_length_plus_50_capped_at_max_positions(trained_model):
+    model, src_tok, tgt_tok = load_model(trained_model, device="cpu")
+    eos = model.config.eos_token_id
+    plain_logits = model.output_logits
+
+    def never_eos(hidden):
+        logits = plain_logits(hidden)
+        logits[..., eos] = float("-inf")
+        return logits
+
+    model.output_logits = never_eos  # this instance only: every hypothesis runs to its limit
+    lines = ["A dog.", "A man in a red shirt.", " ".join(["A long line"] * 30)]
+    n_source = [len(ids) for ids in src_tok(lines)["input_ids"]]  # source tokens including </s>
+    for options, expected in [
+        (DecodeOptions(), [min(n + 50, MAX_POSITIONS) for n in n_source]),
+        (DecodeOptions(beam_size=1, max_len_a=0.5, max_len_b=3), [min(n // 2 + 3, MAX_POSITIONS) for n in n_source]),
+    ]:
+        translator = Translator(model, src_tok, tgt_tok, options)
+        results = translator.translate_hypotheses(lines)
+        assert [len(hyps[0].tokens) for hyps in results] == expected
+    assert translator.overlong == [2] and n_source[2] > MAX_POSITIONS
+
+
+def test_overlong_lines_can_be_left_empty(loaded):
+    lines = ["A dog.", " ".join(["A dog on the beach"] * 30), "A cat."]
+    translator = Translator(*loaded, DecodeOptions(overlong="empty"))
+    out = translator.translate(lines)
+    assert out[1] == "" and out[0] and out[2] and translator.overlong == [1]
+
+
+def test_translator_works_on_a_model_in_train_mode_and_restores_it(trained_model, loaded, test_sources):
+    from txkit.modeling import TxkitForConditionalGeneration
+
+    model = TxkitForConditionalGeneration.from_pretrained(trained_model, dropout=0.3)  # dropout on in train mode
+    model.train()
+    got = Translator(model, loaded[1], loaded[2], DecodeOptions()).translate(test_sources[:20])
+    assert model.training
+    assert got == Translator(*loaded, DecodeOptions()).translate(test_sources[:20])
+
+
+def test_sampling_is_reproducible_and_independent_of_batches(loaded, test_sources):
+    lines = test_sources[:24]
+    sample = lambda seed, **kw: Translator(*loaded, DecodeOptions(sampling=True, seed=seed, **kw)).translate(lines)
+    first = sample(1)
+    assert sample(1, max_tokens=1) == first
+    assert sample(2) != first
+    assert sample(1, top_k=1) == Translator(*loaded, DecodeOptions(beam_size=1)).translate(lines)
+    drawn = Translator(*loaded, DecodeOptions(sampling=True, nbest=3, seed=1)).translate_nbest(lines[:2])
+    assert [len(hyps) for hyps in drawn] == [3, 3]
+
+
+def test_load_model_from_a_run_directory(trained_model, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_model, run / "checkpoints" / "checkpoint-00000150")
+    model, src_tok, tgt_tok = load_model(run, device="cpu")
+    assert not model.training and model.config.max_position_embeddings == MAX_POSITIONS
+    assert Translator(model, src_tok, tgt_tok).translate(["A dog runs."])[0]
+    with pytest.raises(TxkitError, match="no such model"):
+        load_model(tmp_path / "missing")
+
+
+def test_cli_errors_are_one_line_and_leave_no_output(trained_model, tmp_path, capsys):
+    assert run_cli(["translate", str(trained_model), "-i", str(tmp_path / "nope.txt")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: input file not found: {tmp_path / 'nope.txt'}"
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"A dog.\nA \xff cat.\n")
+    output = tmp_path / "out.txt"
+    assert run_cli(["translate", str(trained_model), "-i", str(bad), "-o", str(output)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {bad} line 2: not valid UTF-8 (byte 0xff)"
+    assert not output.exists() and list(tmp_path.iterdir()) == [bad]
+    assert run_cli(["translate", str(trained_model), "--nbest", "5", "-i", str(bad)]) == 2
+    assert "nbest (5) cannot exceed the beam size (4)" in capsys.readouterr().err

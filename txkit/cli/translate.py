@@ -1,0 +1,140 @@
+"""`txkit translate MODEL [-i INPUT] [-o OUTPUT]`: translate a file or standard input, one line per line.
+
+    txkit translate runs/multi30k                    # interactive: type a sentence, get its translation
+    txkit translate runs/multi30k -i test.en -o test.hyp.de
+    txkit translate user/model --nbest 4 < test.en   # "LINE ||| translation ||| score", 4 lines per input
+
+Standard input is translated as it streams (each line as soon as it arrives when typed; in chunks when
+piped); a file given with -o is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from txkit.errors import TxkitError
+
+
+def translate_command(
+    model: str = typer.Argument(..., help="Run directory (its final, best or latest model), model folder or Hub id."),
+    input: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="Source file, one sentence per line (default: stdin)."
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: stdout)."),
+    beam_size: int = typer.Option(4, "--beam-size", "-b", help="Beam size (paper: 4)."),
+    length_penalty: float = typer.Option(0.6, "--length-penalty", "-a", help="Length penalty alpha (paper: 0.6)."),
+    lp_form: str = typer.Option("gnmt", "--lp-form", help="gnmt: (5+|Y|)^a/6^a (paper); hf: |Y|^a (transformers)."),
+    max_len_a: float = typer.Option(1.0, "--max-len-a", help="Output limit = a * source tokens + b."),
+    max_len_b: int = typer.Option(50, "--max-len-b", help="Output limit = a * source tokens + b (paper: +50)."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy search (same as --beam-size 1)."),
+    nbest: int = typer.Option(1, "--nbest", help="Output N hypotheses per line as 'LINE ||| text ||| score'."),
+    sample: bool = typer.Option(False, "--sample", help="Sample translations instead of searching."),
+    top_k: int = typer.Option(0, "--top-k", help="Sampling: only the k most likely tokens (0 = all)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Sampling: only the tokens making up probability p."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling: divide logits by this."),
+    seed: int = typer.Option(0, "--seed", help="Sampling: random seed."),
+    max_tokens: int = typer.Option(4096, "--max-tokens", help="Batch budget in source tokens, padding included."),
+    max_sentences: Optional[int] = typer.Option(None, "--max-sentences", help="At most this many sentences per batch."),
+    overlong: str = typer.Option(
+        "truncate", "--overlong", help="Sources longer than the model's positions: truncate, or empty (no output)."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if there is one)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16."),
+):
+    """Translate a file or standard input: one output line per input line, in order."""
+    if input is not None and not input.is_file():
+        raise TxkitError(f"input file not found: {input}")
+    if output is not None and not output.resolve().parent.is_dir():
+        raise TxkitError(f"--output {output}: the folder does not exist")
+
+    from transformers.utils import logging as hf_logging
+
+    from txkit.decoding import DecodeOptions, Translator, iter_text_lines, load_model
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar between the user and the translations
+
+    options = DecodeOptions(
+        beam_size=1 if greedy else beam_size,
+        length_penalty=length_penalty,
+        lp_form=lp_form,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        nbest=nbest,
+        sampling=sample,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        seed=seed,
+        max_tokens=max_tokens,
+        max_sentences=max_sentences,
+        device=device,
+        dtype=dtype,
+        overlong=overlong,
+    )
+    options.check()
+    loaded, src_tok, tgt_tok = load_model(model, options.device, options.dtype)
+    translator = Translator(loaded, src_tok, tgt_tok, options)
+
+    if input is not None:
+        source = open(input, "rb")
+        name = str(input)
+    else:
+        source = sys.stdin.buffer
+        name = "standard input"
+    try:
+        lines = iter_text_lines(source, name)
+        if output is None:
+            try:
+                _write(translator, lines, sys.stdout.buffer, nbest, flush=True)
+            except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return
+        else:
+            tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+            try:
+                with open(tmp, "wb") as out:
+                    _write(translator, lines, out, nbest, flush=False)
+                os.replace(tmp, output)
+            finally:
+                tmp.unlink(missing_ok=True)
+    finally:
+        if input is not None:
+            source.close()
+    _report_overlong(translator, options.overlong)
+
+
+def _write(translator, lines, out, nbest: int, flush: bool) -> None:
+    """Translations of `lines` to the binary stream `out`, flushed after each line when streaming."""
+    if nbest == 1:
+        for text in translator.translate_stream(lines):
+            out.write(text.encode("utf-8") + b"\n")
+            if flush:
+                out.flush()
+        return
+    for number, hyps in enumerate(translator.translate_stream_nbest(lines)):
+        for text, score in hyps:
+            out.write(f"{number} ||| {text} ||| {score:.6f}\n".encode("utf-8"))
+        if flush:
+            out.flush()
+
+
+def _report_overlong(translator, policy: str) -> None:
+    lines = translator.overlong
+    if not lines:
+        return
+    shown = ", ".join(str(i + 1) for i in lines[:20]) + (", ..." if len(lines) > 20 else "")
+    action = "truncated" if policy == "truncate" else "left untranslated (empty lines)"
+    typer.echo(
+        f"warning: {len(lines)} source line(s) longer than the model's {translator.max_positions} positions "
+        f"were {action}: line {shown}",
+        err=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("translate", no_args_is_help=True)(translate_command)
