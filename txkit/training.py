@@ -270,19 +270,16 @@ class Trainer:
 
     def _forward_sums(self, batch):
         """Forward one batch: (smoothed loss sum, nll sum) over its target tokens; the model as prepared."""
-        from txkit.modeling.modeling_txkit import label_smoothed_nll, shift_tokens_right
-
-        cfg = self.config
-        labels = batch["labels"].to(self.accelerator.device)
-        decoder_input_ids = shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id)
+        device = self.accelerator.device
         out = self.model(
-            input_ids=batch["input_ids"].to(self.accelerator.device),
-            attention_mask=batch["attention_mask"].to(self.accelerator.device),
-            decoder_input_ids=decoder_input_ids,
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            labels=batch["labels"].to(device),
+            num_items_in_batch=1,  # sums: the step's normalisation happens in train_step
+            return_logits=False,  # project only real target tokens onto the vocabulary
             use_cache=False,
         )
-        loss_sum, nll_sum, _ = label_smoothed_nll(out.logits, labels, cfg.label_smoothing, cfg.pad_token_id)
-        return loss_sum, nll_sum
+        return out.loss, out.nll_loss
 
     def train_step(self, micro_batches: list[list[int]]) -> bool:
         """One update from this process's `micro_batches` (lists of pair indices); False when skipped.

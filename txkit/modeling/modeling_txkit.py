@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from dataclasses import dataclass
+
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 try:  # transformers >= 5: init helpers that skip weights already loaded from a checkpoint
@@ -44,11 +46,12 @@ def label_smoothed_nll(
     """Summed label-smoothed cross-entropy over the non-padding targets.
 
     The smoothed target puts 1 - eps on the reference token and eps spread uniformly over the V - 1
-    non-padding tokens (the padding token can never be predicted, its logit is -inf). Computed from the
-    log-sum-exp and a gather, so no (N, V) log-probability tensor is materialised next to the logits.
+    non-padding tokens: the padding token can never be predicted, so its column is left out of the
+    softmax (whether or not its logit is already -inf), which also gives it exactly zero gradient.
+    Computed from the log-sum-exp and a gather: no (N, V) log-probability tensor next to the logits.
 
     Args:
-        logits: (..., V) with logits[..., pad] = -inf.
+        logits: (..., V) raw or pad-masked logits.
         labels: (...) target ids; `ignore_index` and the padding id are skipped.
     Returns:
         (smoothed loss sum, nll sum, number of target tokens), all scalars.
@@ -57,14 +60,21 @@ def label_smoothed_nll(
     logits = logits.reshape(-1, vocab)
     labels = labels.reshape(-1)
     keep = labels.ne(ignore_index) & labels.ne(pad_token_id)
-    logits = logits[keep].float()  # (N, V)
-    labels = labels[keep]
+    if not keep.all():  # (the training path hands over only kept tokens and skips this copy)
+        logits, labels = logits[keep], labels[keep]
+    # the V - 1 non-padding columns, as a view where padding is the first or last id
+    if pad_token_id == 0:
+        logits, labels = logits[:, 1:], labels - 1
+    elif pad_token_id == vocab - 1:
+        logits = logits[:, :-1]
+    else:
+        logits = torch.cat([logits[:, :pad_token_id], logits[:, pad_token_id + 1 :]], dim=1)
+        labels = labels - labels.gt(pad_token_id).long()
+    logits = logits.float()  # (N, V - 1)
     lse = torch.logsumexp(logits, dim=-1)  # (N,)
     nll = lse - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # -log p(reference)
     if epsilon > 0:
-        # mean over the non-pad classes of -log p = lse - mean(non-pad logits); views skip the -inf column
-        nonpad_sum = logits[:, :pad_token_id].sum(-1) + logits[:, pad_token_id + 1 :].sum(-1)
-        smooth = lse - nonpad_sum / (vocab - 1)
+        smooth = lse - logits.mean(-1)  # mean over the non-pad classes of -log p
         loss = (1.0 - epsilon) * nll + epsilon * smooth
     else:
         loss = nll
@@ -77,6 +87,14 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = decoder_start_token_id
     return shifted.masked_fill_(shifted.eq(-100), pad_token_id)
+
+
+@dataclass
+class TxkitSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """Seq2SeqLMOutput plus the unsmoothed loss (for perplexity) and the number of target tokens."""
+
+    nll_loss: torch.FloatTensor | None = None
+    num_tokens: torch.LongTensor | None = None
 
 
 class TxkitAttention(nn.Module):
@@ -386,12 +404,16 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool = True,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> Seq2SeqLMOutput:
+    ) -> TxkitSeq2SeqLMOutput:
         """With `labels`, the loss is the label-smoothed cross-entropy summed over target tokens and divided
         by `num_items_in_batch` when given (the step's token count across processes and accumulation
-        steps, as the transformers Trainer passes it), else by this batch's target tokens."""
+        steps, as the transformers Trainer passes it), else by this batch's target tokens; `nll_loss` is
+        the same without smoothing. `return_logits=False` (training) projects only the real target
+        positions onto the vocabulary and returns no logits: the projection and softmax over padding are
+        skipped and no (B, T, V) tensor is kept."""
         if encoder_outputs is None:
             encoder_outputs = self.model.encoder(input_ids, attention_mask)
         elif isinstance(encoder_outputs, (tuple, list)):
@@ -415,19 +437,26 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
             attention_mask,
             past_key_values=past_key_values,
         )  # (B, T, D)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.output_logits(hidden)  # (B, T, V)
-
-        loss = None
-        if labels is not None:
-            loss_sum, _, n_tokens = label_smoothed_nll(
-                logits, labels, self.config.label_smoothing, self.config.pad_token_id
-            )
+        pad = self.config.pad_token_id
+        logits = loss = nll_loss = n_tokens = None
+        if labels is not None and not return_logits:
+            keep = labels.ne(-100) & labels.ne(pad)
+            labels = labels[keep]  # (N,)
+            token_logits = self.lm_head(hidden[keep])  # (N, V): real target positions only
+            loss, nll_loss, n_tokens = label_smoothed_nll(token_logits, labels, self.config.label_smoothing, pad)
+        else:
+            if logits_to_keep:
+                hidden = hidden[:, -logits_to_keep:]
+            logits = self.output_logits(hidden)  # (B, T, V)
+            if labels is not None:
+                loss, nll_loss, n_tokens = label_smoothed_nll(logits, labels, self.config.label_smoothing, pad)
+        if loss is not None:
             denominator = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
-            loss = loss_sum / denominator
-        return Seq2SeqLMOutput(
+            loss, nll_loss = loss / denominator, nll_loss / denominator
+        return TxkitSeq2SeqLMOutput(
             loss=loss,
+            nll_loss=nll_loss,
+            num_tokens=n_tokens,
             logits=logits,
             past_key_values=past_key_values,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
