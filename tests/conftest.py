@@ -1,4 +1,4 @@
-"""Shared fixtures: the real corpora in ../shared/data, small CPU thread counts, a tiny model."""
+"""Shared fixtures and helpers: the real corpora in ../shared/data, one CPU thread, the CLI in-process."""
 
 from __future__ import annotations
 
@@ -23,7 +23,28 @@ def shared_data() -> Path:
 def _quiet_threads():
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # The test models are tiny: a second thread buys little for them and costs much on a shared machine.
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses the tests start
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     yield
+
+
+def head(src: Path, dst: Path, n: int) -> Path:
+    """The first n lines of a shared corpus file, written under a tmp folder (never the repo)."""
+    import itertools
+
+    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
+        fout.writelines(itertools.islice(fin, n))
+    return dst
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `txkit ARGS` in-process through the real entry point; (exit code, stdout, stderr)."""
+    from txkit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err

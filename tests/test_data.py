@@ -1,4 +1,4 @@
-"""txkit.data: corpus formats, filters, the datasets cache, token batching, sharding, resuming."""
+"""txkit.data and txkit.batching: corpus formats, filters, the datasets cache, token batching, sharding, resuming."""
 
 from __future__ import annotations
 
@@ -10,31 +10,11 @@ import numpy as np
 import pytest
 
 import txkit.data
-from txkit.data import (
-    TokenBatchSampler,
-    TokenizedPairs,
-    collate,
-    load_parallel,
-    tokenize_dataset,
-)
+from txkit.batching import TokenBatchSampler, TokenizedPairs, collate
+from txkit.data import load_parallel, tokenize_dataset
+from conftest import head, run_cli
 from txkit.errors import TxkitError
 from txkit.tokenization import build_tokenizer, load_tokenizer
-
-
-def head(src: Path, dst: Path, n: int) -> Path:
-    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
-        fout.writelines(itertools.islice(fin, n))
-    return dst
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `txkit ARGS` in-process through the real entry point; (exit code, stdout, stderr)."""
-    from txkit.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ line count and order, batch independence, equivalence with `generate`, n-best, s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import random
@@ -23,23 +22,6 @@ from txkit.errors import TxkitError
 REPO = Path(__file__).resolve().parents[1]
 MAX_POSITIONS = 64
 TRAIN_STEPS = 150
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Models this small gain little from a second thread, and lose a lot when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _head(path: Path, n: int) -> list[str]:
@@ -67,8 +49,7 @@ def trained_model(shared_data, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = TxkitForConditionalGeneration(config)
     pairs = [(s, t) for s, t in zip(tok(src)["input_ids"], tok(tgt)["input_ids"]) if max(len(s), len(t)) <= 48]
-    with one_thread():
-        train_briefly(model, pairs)
+    train_briefly(model, pairs)
     out = root / "model"
     model.save_pretrained(out)
     save_tokenizers(tok, tok, out)

@@ -43,7 +43,8 @@ def _even_batch_budget(shared_data: Path, tokenizer: Path) -> int:
     list, which one process walks through in order; when the list is odd, the sampler splits a batch to
     even the shards out and the two runs would see different batches.
     """
-    from txkit.data import TokenBatchSampler, TokenizedPairs, load_parallel, tokenize_dataset
+    from txkit.batching import TokenBatchSampler, TokenizedPairs
+    from txkit.data import load_parallel, tokenize_dataset
     from txkit.tokenization import load_tokenizers
 
     recipe = load_recipe(RECIPE)

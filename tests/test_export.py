@@ -7,7 +7,6 @@ with tests/test_hub.py through a folder in pytest's session temp dir, so it is t
 
 from __future__ import annotations
 
-import contextlib
 import random
 import shutil
 from pathlib import Path
@@ -59,36 +58,17 @@ def train_small_model(out_dir: Path, data: Path, steps: int = TRAIN_STEPS) -> Pa
         longest = max(map(len, seqs))
         return torch.tensor([s + [value] * (longest - len(s)) for s in seqs])
 
-    with one_thread():
-        for _ in range(steps):
-            batch = rng.choice(batches)
-            x = pad([src_ids[i] for i in batch], config.pad_token_id)
-            y = pad([tgt_ids[i] for i in batch], -100)
-            loss = model(input_ids=x, attention_mask=x.ne(config.pad_token_id), labels=y).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    for _ in range(steps):
+        batch = rng.choice(batches)
+        x = pad([src_ids[i] for i in batch], config.pad_token_id)
+        y = pad([tgt_ids[i] for i in batch], -100)
+        loss = model(input_ids=x, attention_mask=x.ne(config.pad_token_id), labels=y).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     model.eval().save_pretrained(tmp)
     tmp.rename(out_dir)
     return out_dir
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Matrices of a d_model-64 model are too small for a second thread to pay off, and on a busy machine
-    the waiting of a second thread costs several times the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="session")

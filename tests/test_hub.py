@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from hub_server import HubServer
-from test_export import _one_thread, small_trained_model  # noqa: F401  (shared fixtures)
+from test_export import small_trained_model  # noqa: F401  (a shared fixture)
 from typer.testing import CliRunner
 
 from txkit import hub
@@ -118,7 +118,7 @@ def clean_env(tmp: Path, **extra: str) -> dict:
     """The environment of a child process: its own HF home and module cache, nothing on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_HOME=str(tmp / "hf_home"), HF_MODULES_CACHE=str(tmp / "modules"), PYTHONPATH="", **extra)
-    env["OMP_NUM_THREADS"] = "1"  # a tiny model: one thread (see test_export.one_thread)
+    env["OMP_NUM_THREADS"] = "1"  # a tiny model: one thread (see conftest)
     return env
 
 

@@ -72,17 +72,6 @@ def _outputs(run_dir: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """A model this small gains nothing from a second thread, and loses much when the cores are shared."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workspace(shared_data, tmp_path_factory):
     """$TXKIT_DATA with Multi30k (a link to the shared copy) and a 50-sentence test set, and the recipe."""

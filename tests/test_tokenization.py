@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import itertools
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import head, run_cli
 from txkit.errors import TxkitError
 from txkit.tokenization import (
     BYTE_TOKENS,
@@ -24,23 +24,6 @@ from txkit.tokenization import (
 )
 
 LANGS = ("en", "de", "fr", "cs")
-
-
-def head(src: Path, dst: Path, n: int) -> Path:
-    """The first n lines of a shared corpus file, written under a tmp folder (never the repo)."""
-    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
-        fout.writelines(itertools.islice(fin, n))
-    return dst
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `txkit ARGS` in-process through the real entry point; (exit code, stdout, stderr)."""
-    from txkit.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="module")

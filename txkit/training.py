@@ -143,7 +143,8 @@ class Trainer:
         self.src_tok, self.tgt_tok = load_tokenizers(path)
 
     def _setup_data(self) -> None:
-        from txkit.data import TokenBatchSampler, TokenizedPairs, tokenize_dataset
+        from txkit.batching import TokenBatchSampler, TokenizedPairs
+        from txkit.data import tokenize_dataset
 
         r, acc = self.recipe, self.accelerator
         d = r.data
