@@ -283,3 +283,25 @@ def test_cli_errors_are_one_line_and_leave_no_output(trained_model, tmp_path, ca
     assert not output.exists() and list(tmp_path.iterdir()) == [bad]
     assert run_cli(["translate", str(trained_model), "--nbest", "5", "-i", str(bad)]) == 2
     assert "nbest (5) cannot exceed the beam size (4)" in capsys.readouterr().err
+
+
+def test_eval_with_a_model_translates_with_this_search_and_scores(trained_model, loaded, shared_data, tmp_path, capsys):
+    """`txkit eval MODEL --src --ref`: the hypotheses are `txkit translate`'s, the scores sacreBLEU's."""
+    import json
+
+    import sacrebleu
+
+    from txkit.decoding import DecodeOptions, Translator
+
+    src, ref = tmp_path / "src.en", tmp_path / "ref.de"
+    src.write_text("".join(line + "\n" for line in _head(shared_data / "multi30k" / "test2016.en", 40)), "utf-8")
+    references = _head(shared_data / "multi30k" / "test2016.de", 40)
+    ref.write_text("".join(line + "\n" for line in references), "utf-8")
+    report, hyp_out = tmp_path / "report.json", tmp_path / "hyp.de"
+    args = ["eval", str(trained_model), "--src", str(src), "--ref", str(ref), "--beam-size", "2"]
+    assert run_cli(args + ["--json", str(report), "--hyp-out", str(hyp_out), "--bootstrap", "0"]) == 0
+    model, src_tok, tgt_tok = loaded
+    expected = Translator(model, src_tok, tgt_tok, DecodeOptions(beam_size=2)).translate(_head(src, 40))
+    assert hyp_out.read_text("utf-8").splitlines() == expected
+    scores = json.loads(report.read_text("utf-8"))["scores"]
+    assert scores["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(expected, [references]).score, abs=1e-9)
