@@ -104,6 +104,12 @@ def test_small_recipe_trains_checkpoints_and_validates(trained_run):
     generation = json.loads((last / "generation_config.json").read_text())
     assert generation["num_beams"] == 2 and generation["decoder_start_token_id"] == 0
     assert not list((run_dir / runs.CHECKPOINTS).glob("*.tmp"))
+    # and carries a model card whose metadata parses and names the run's languages
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(last / "README.md")
+    assert "translation" in card.data.tags and "txkit" in card.data.tags
+    assert card.data.language == ["en", "de"]
 
     # the tokenizer the recipe names did not exist: it was built first, in the run directory
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()

@@ -111,11 +111,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_model_folder(folder: Path, model, src_tok, tgt_tok) -> None:
-    """A standard model folder: weights (safetensors), config, generation config, code, tokenizer(s)."""
+    """A standard model folder: weights (safetensors), config, generation config, code, tokenizer(s), and
+    a model card (README.md) from the run's recipe; `txkit run` rewrites it with the test scores."""
+    from txkit.hub import write_model_card
     from txkit.tokenization import save_tokenizers
 
     model.save_pretrained(folder)
     save_tokenizers(src_tok, tgt_tok, folder)
+    write_model_card(folder)
 
 
 def save_checkpoint(
