@@ -1,43 +1,39 @@
-"""Decoding speed: txkit's batched search against `model.generate`, same model, same batches, one run.
+"""Decoding speed: txkit's search against `generate` and CTranslate2 on the same model and batches, one run.
 
-    python benchmarks/bench_decode.py --preset transformer-small --n 200 --device cpu
-    python benchmarks/bench_decode.py --model runs/wmt14-en-de --n 1000 --device cuda
-    python benchmarks/bench_decode.py --marian exports/opus-mt-en-de     # any transformers seq2seq folder
+    python benchmarks/bench_decode.py --model /tmp/runs/tiny-ende/model --n 500 --threads 1
+    python benchmarks/bench_decode.py --preset transformer-tiny --train-steps 400 --n 200 --threads 1
+    python benchmarks/bench_decode.py --marian exports/opus-mt-en-de     # any Marian folder
+    python benchmarks/bench_decode.py --model MODEL --profile prof.txt   # torch profiler over txkit's search
 
 Translates the first N sentences of newstest2014.en with beam search and prints sentences and target tokens
-per second for three ways of decoding the same length-sorted batches (txkit's `length_sorted_batches`):
+per second for four ways of decoding the same length-sorted batches (txkit's `length_sorted_batches`):
 
-  generate         `model.generate(num_beams=B, length_penalty=0.6, max_new_tokens=longest source + 50)`
-                   per batch (generate takes one length limit per batch; early_stopping=False, its default)
-  txkit hf-form    txkit's search configured as generate is (Hugging Face length penalty, the same limit
-                   per batch): the same translations, which the run checks and reports
-  txkit paper      txkit's default: GNMT length penalty 0.6, limit = each sentence's source length + 50
+  txkit paper      txkit's default: GNMT length penalty, limit = each sentence's source length + 50
+  txkit hf-form    txkit's search configured as generate is (Hugging Face length penalty |Y|^alpha, one
+                   limit per batch = its longest source + 50): the same translations as generate
+  generate         `MarianMTModel.generate(num_beams, length_penalty, max_new_tokens=limit)` on the Marian
+                   export of the same weights (`txkit.export.export_marian`), per batch
+  ct2 fp32         CTranslate2 on the converted export (`txkit.export.convert_ctranslate2`), float32,
+                   `translate_batch(beam_size, length_penalty, max_decoding_length=limit)` per batch,
+                   inter_threads=1, intra_threads=--threads
+
+The paths run in rounds (--repeat), each round in a rotated order, so a change in the machine's load hits all
+alike; each path's time is its best round (the least disturbed one), the median is printed beside it.
 
 Without --model, builds what it needs in --work-dir: a joint BPE tokenizer on Multi30k train (vocab 8000)
 and a --preset model, randomly initialised or trained for --train-steps Adam updates on Multi30k en-de (a
 random model never emits </s> early, so every sentence runs to its limit: the worst case for search).
-
-With --marian, the "same translation" count is only meaningful when the model's generation config adds
-nothing txkit's search does not do (Marian exports usually set forced_eos_token_id, which forces </s> at
-the length limit in `generate`).
-
-Results (2026-11-20, 2-core CPU shared with other jobs, --threads 1, fp32, --n 200, beam 4, alpha 0.6):
-
-  model (sentences/s; speed-up over generate)      generate  txkit hf-form  txkit paper   hf-form = generate
-  transformer-small, random init                   2.53      3.16 (1.25x)   3.97 (1.57x)  200/200
-  transformer-small, 300 Adam steps (loss 6.5)     39.4      54.1 (1.37x)   28.2 (0.72x)  200/200
-  d_model-64 2+2-layer model, vocab 4000,          15.5      49.0 (3.16x)   44.6 (2.87x)  200/200
-    1500 steps on Multi30k (loss 2.5), --model
-
-The paper search's exact stopping rule keeps a sentence open while an open hypothesis, normalised at the
-length limit, could still win. With the 300-step model (outputs of ~4 tokens with low scores, limits ~70)
-that takes 47 decoder steps where transformers' heuristic takes 20, for the same translations.
+Exports are cached in --work-dir too. The measurements and their history are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import platform
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +46,10 @@ sys.path.insert(0, str(REPO))
 from txkit.decoding import DecodeOptions, Translator, length_sorted_batches, load_model  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
+PATHS = ("txkit paper", "txkit hf-form", "generate", "ct2 fp32")
+
+
+# ----------------------------------------------------------------------------- models
 
 
 def build_model(args) -> Path:
@@ -96,23 +96,31 @@ def train_briefly(model, tok, steps: int, seed: int) -> None:
     model.eval()
 
 
-def timed(fn):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - started
+def exports(model_path: str, work_dir: str) -> tuple[Path, Path]:
+    """The Marian export and its CTranslate2 conversion of a txkit model, cached by the weights' content."""
+    from txkit.export import convert_ctranslate2, export_marian
+
+    weights = sorted(Path(model_path).glob("*.safetensors")) or sorted(Path(model_path).glob("*.bin"))
+    digest = hashlib.sha1(b"".join(w.read_bytes() for w in weights)).hexdigest()[:12]
+    base = Path(work_dir) / "exports" / digest
+    marian, ct2 = base / "marian", base / "ct2-fp32"
+    if not (marian / "config.json").is_file():
+        export_marian(model_path, marian, overwrite=True)
+    if not (ct2 / "model.bin").is_file():
+        convert_ctranslate2(marian, ct2, overwrite=True)
+    return marian, ct2
 
 
-def run_generate(model, src_tok, tgt_tok, sources, batches, limits, beam, alpha):
+# ----------------------------------------------------------------------------- the four paths
+
+
+def run_generate(model, tok, sources, batches, limits, beam, alpha):
     """generate per batch -> (texts, target tokens without </s>)."""
     texts, tokens = [None] * len(sources), 0
     special = {model.config.pad_token_id, model.config.eos_token_id, model.config.decoder_start_token_id}
     device = next(model.parameters()).device
     for batch, limit in zip(batches, limits):
-        inputs = src_tok([sources[i] for i in batch], padding=True, return_tensors="pt").to(device)
+        inputs = tok([sources[i] for i in batch], padding=True, return_tensors="pt").to(device)
         with torch.inference_mode():
             out = model.generate(
                 **inputs, num_beams=beam, length_penalty=alpha, max_new_tokens=limit, early_stopping=False,
@@ -120,7 +128,7 @@ def run_generate(model, src_tok, tgt_tok, sources, batches, limits, beam, alpha)
             )  # fmt: skip
         out = out[:, 1:].cpu()  # drop the decoder start token
         tokens += sum(int(t not in special) for t in out.flatten().tolist())
-        for i, text in zip(batch, tgt_tok.batch_decode(out, skip_special_tokens=True)):
+        for i, text in zip(batch, tok.batch_decode(out, skip_special_tokens=True)):
             texts[i] = text
     return texts, tokens
 
@@ -139,77 +147,141 @@ def run_txkit(model, src_tok, tgt_tok, sources, batches, limits, options: Decode
     return texts, tokens
 
 
+def run_ct2(translator, tok, sources, batches, limits, beam, alpha):
+    """CTranslate2 per batch, on the tokens of the (renumbered) Marian tokenizer."""
+    texts, tokens = [None] * len(sources), 0
+    for batch, limit in zip(batches, limits):
+        ids = tok([sources[i] for i in batch])["input_ids"]
+        source_tokens = [tok.convert_ids_to_tokens(x) for x in ids]
+        results = translator.translate_batch(
+            source_tokens, beam_size=beam, length_penalty=alpha, max_decoding_length=limit,
+            max_batch_size=len(batch), return_scores=False,
+        )  # fmt: skip
+        out = [tok.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+        tokens += sum(len(x) for x in out)
+        for i, text in zip(batch, tok.batch_decode(out, skip_special_tokens=True)):
+            texts[i] = text
+    return texts, tokens
+
+
+def profile_txkit(run, out_path: str) -> None:
+    """One txkit run under the torch profiler; the operator table (self CPU time) goes to `out_path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        run()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    Path(out_path).write_text(table + "\n", encoding="utf-8")
+    print(table)
+
+
+# ----------------------------------------------------------------------------- main
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="transformer-small", help="model preset when building a model")
     parser.add_argument("--model", help="a txkit model folder or run directory instead of building one")
-    parser.add_argument("--marian", help="a MarianMTModel (or any transformers seq2seq) folder to compare on")
-    parser.add_argument("--n", type=int, default=1000, help="first N sentences of newstest2014.en")
+    parser.add_argument("--marian", help="a MarianMTModel folder instead of a txkit model (txkit searches it too)")
+    parser.add_argument("--n", type=int, default=500, help="first N sentences of newstest2014.en")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.6, help="length penalty alpha")
     parser.add_argument("--max-tokens", type=int, default=4096, help="batch budget in source tokens")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and CTranslate2")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of all paths (best round counts)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of: {', '.join(PATHS)}")
+    parser.add_argument("--profile", metavar="FILE", help="profile one txkit paper run; write the table to FILE")
     parser.add_argument("--train-steps", type=int, default=0, help="briefly train the built model (0: random)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default="/tmp/txkit-bench", help="where built tokenizer/models are cached")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    paths = [p.strip() for p in args.paths.split(",")]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown path(s) {unknown}; choose from {PATHS}")
 
-    if args.marian:
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from txkit.decoding import resolve_device, resolve_dtype
+    if args.marian:  # a foreign model: txkit's search drives it through `forward`
+        marian_dir, ct2_dir = Path(args.marian), Path(args.work_dir) / "exports" / Path(args.marian).name / "ct2-fp32"
+        if "ct2 fp32" in paths and not (ct2_dir / "model.bin").is_file():
+            from txkit.export import convert_ctranslate2
 
-        device = resolve_device(args.device)
-        model = AutoModelForSeq2SeqLM.from_pretrained(args.marian, dtype=resolve_dtype(args.dtype, device))
-        model = model.to(device).eval()
-        src_tok = tgt_tok = AutoTokenizer.from_pretrained(args.marian)
-        name = args.marian
+            convert_ctranslate2(marian_dir, ct2_dir, overwrite=True)
+        model = AutoModelForSeq2SeqLM.from_pretrained(marian_dir, dtype=torch.float32).eval()
+        src_tok = tgt_tok = AutoTokenizer.from_pretrained(marian_dir)
+        name = str(marian_dir)
     else:
         model_path = args.model or build_model(args)
-        model, src_tok, tgt_tok = load_model(model_path, args.device, args.dtype)
+        model, src_tok, tgt_tok = load_model(model_path, "cpu", "fp32")
+        from txkit.runs import resolve_model
+
+        marian_dir, ct2_dir = exports(resolve_model(model_path), args.work_dir)
         name = str(model_path)
-    device = next(model.parameters()).device
+    marian = AutoModelForSeq2SeqLM.from_pretrained(marian_dir, dtype=torch.float32).eval()
+    marian_tok = AutoTokenizer.from_pretrained(marian_dir)
+    ct2 = None
+    if "ct2 fp32" in paths:
+        import ctranslate2
+
+        ct2 = ctranslate2.Translator(
+            str(ct2_dir), device="cpu", inter_threads=1, intra_threads=args.threads, compute_type="float32"
+        )
+
     with open(SHARED / "newstest2014" / "newstest2014.en", encoding="utf-8") as f:
         sources = [line.rstrip("\n") for _, line in zip(range(args.n), f)]
-
     max_positions = model.config.max_position_embeddings
     lengths = [min(len(ids), max_positions) for ids in src_tok(sources)["input_ids"]]
     batches = length_sorted_batches(lengths, args.max_tokens)
-    batch_limits = [min(max(lengths[i] for i in batch) + 50, max_positions) for batch in batches]
+    limits = [min(max(lengths[i] for i in batch) + 50, max_positions) for batch in batches]
     hf = DecodeOptions(beam_size=args.beam, length_penalty=args.alpha, lp_form="hf")
     paper = DecodeOptions(beam_size=args.beam, length_penalty=args.alpha, lp_form="gnmt")
+    runs = {
+        "txkit paper": lambda b, lim: run_txkit(model, src_tok, tgt_tok, sources, b, None, paper),
+        "txkit hf-form": lambda b, lim: run_txkit(model, src_tok, tgt_tok, sources, b, lim, hf),
+        "generate": lambda b, lim: run_generate(marian, marian_tok, sources, b, lim, args.beam, args.alpha),
+        "ct2 fp32": lambda b, lim: run_ct2(ct2, marian_tok, sources, b, lim, args.beam, args.alpha),
+    }
+    runs = {p: runs[p] for p in paths}
 
     # warm up each path on a small batch (allocator, kernels, lazy imports)
-    warm = [batches[-1][:4]]
-    run_generate(model, src_tok, tgt_tok, sources, warm, [8], args.beam, args.alpha)
-    run_txkit(model, src_tok, tgt_tok, sources, warm, [8], hf)
+    for run in runs.values():
+        run([batches[-1][:4]], [8])
+    if args.profile:
+        with torch.inference_mode():
+            profile_txkit(lambda: runs[paths[0]](batches, limits), args.profile)
+        return
 
-    rows = []
-    (gen_texts, gen_tokens), gen_s = timed(
-        lambda: run_generate(model, src_tok, tgt_tok, sources, batches, batch_limits, args.beam, args.alpha)
-    )
-    rows.append(("generate", gen_tokens, gen_s))
-    (hf_texts, hf_tokens), hf_s = timed(lambda: run_txkit(model, src_tok, tgt_tok, sources, batches, batch_limits, hf))
-    rows.append(("txkit hf-form", hf_tokens, hf_s))
-    (_, paper_tokens), paper_s = timed(lambda: run_txkit(model, src_tok, tgt_tok, sources, batches, None, paper))
-    rows.append(("txkit paper", paper_tokens, paper_s))
+    times: dict[str, list[float]] = {p: [] for p in runs}
+    outputs: dict[str, tuple[list[str], int]] = {}
+    for round_ in range(args.repeat):
+        order = paths[round_ % len(paths) :] + paths[: round_ % len(paths)]
+        for path in order:
+            started = time.perf_counter()
+            outputs[path] = runs[path](batches, limits)
+            times[path].append(time.perf_counter() - started)
 
-    threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    print(f"model {name}  device {device}  dtype {next(model.parameters()).dtype}  CPU threads {threads}")
+    cpu = platform.processor() or platform.machine()
+    print(f"model {name}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+          f"vocabulary {model.config.vocab_size})")  # fmt: skip
+    print(f"{cpu}, {os.cpu_count()} CPUs, {args.threads} thread(s), fp32, torch {torch.__version__}")
     print(f"{len(sources)} sentences of newstest2014.en, beam {args.beam}, alpha {args.alpha}, "
-          f"{len(batches)} batches of <= {args.max_tokens} source tokens")  # fmt: skip
-    print(f"{'path':<15} {'seconds':>9} {'sent/s':>9} {'tgt tok/s':>10} {'tgt tokens':>11} {'speed-up':>9}")
-    for path, tokens, seconds in rows:
-        print(
-            f"{path:<15} {seconds:>9.2f} {len(sources) / seconds:>9.2f} {tokens / seconds:>10.1f} "
-            f"{tokens:>11} {gen_s / seconds:>8.2f}x"
-        )
-    same = sum(a == b for a, b in zip(gen_texts, hf_texts))
-    print(f"txkit hf-form and generate give the same translation for {same}/{len(sources)} sentences")
+          f"{len(batches)} batches of <= {args.max_tokens} source tokens, best of {args.repeat} rounds")  # fmt: skip
+    base = {p: min(times[p]) for p in runs}
+    header = f"{'path':<14} {'best s':>8} {'median s':>9} {'sent/s':>8} {'tgt tok/s':>10} {'tgt tokens':>11}"
+    extra = [ref for ref in ("generate", "ct2 fp32") if ref in runs]
+    print(header + "".join(f" {'vs ' + ref:>13}" for ref in extra))
+    for path in runs:
+        seconds, tokens = base[path], outputs[path][1]
+        line = (f"{path:<14} {seconds:>8.2f} {statistics.median(times[path]):>9.2f} {len(sources) / seconds:>8.2f} "
+                f"{tokens / seconds:>10.1f} {tokens:>11}")  # fmt: skip
+        print(line + "".join(f" {base[ref] / seconds:>12.2f}x" for ref in extra))
+    if "generate" in outputs:
+        for path in runs:
+            if path != "generate":
+                same = sum(a == b for a, b in zip(outputs["generate"][0], outputs[path][0]))
+                print(f"{path} gives generate's translation for {same}/{len(sources)} sentences")
 
 
 if __name__ == "__main__":

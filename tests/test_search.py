@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
-from txkit.search import Hypothesis, _sample, beam_search, length_penalty, sample_search
+from txkit.search import (
+    Hypothesis,
+    ModelStepDecoder,
+    TxkitStepDecoder,
+    _sample,
+    beam_search,
+    length_penalty,
+    sample_search,
+    top_candidates,
+)
 
 PAD, START, EOS, A = 0, 0, 2, 3  # start token = padding, as in txkit's models
 V = 10  # tokens 4..9 and <s>=1 are near-impossible fillers
@@ -266,3 +275,56 @@ def test_beam_search_rejects_bad_arguments():
     with pytest.raises(ValueError, match="length-penalty form"):
         search("marian", 0.6)
     assert beam_search(TableDecoder(two_endings, 0), [], EOS) == []
+
+
+@pytest.mark.parametrize("vocab", [8000, 8003, 300])
+def test_chunked_top_candidates_equal_a_topk_over_all_continuations(vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    for A, k in [(6, 4), (3, 1)]:
+        log_probs = torch.randn(A * k, vocab, generator=gen).mul(4).log_softmax(-1)
+        log_probs[:, 0] = float("-inf")  # padding, as txkit's models give it
+        log_probs[1, 130:200] = float("-inf")  # whole chunks that can never be chosen
+        scores = torch.randn(A, k, generator=gen) * 5
+        values, index = top_candidates(scores, log_probs, 8)
+        expected = (scores.unsqueeze(-1) + log_probs.view(A, k, vocab)).view(A, k * vocab).topk(8, dim=-1)
+        assert torch.equal(values, expected.values) and torch.equal(index, expected.indices)
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_txkit_step_decoder_gives_the_models_cached_log_probs(normalize_before):
+    """The layer-driven decoder (cross-attention shared per sentence, self-attention slots never reordered, read
+    through ancestry masks) = the model's cached forward through beam expansion, beam reordering, sentences
+    leaving, uneven groups and buffer growth."""
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = TxkitConfig(
+        vocab_size=50, d_model=32, attention_heads=4, ffn_dim=64, encoder_layers=2, decoder_layers=2,
+        normalize_before=normalize_before,
+    )  # fmt: skip
+    model = TxkitForConditionalGeneration(config).eval()
+    input_ids = torch.randint(4, 50, (3, 7))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 4:] = 0
+    input_ids[1, 4:] = config.pad_token_id
+    fast = TxkitStepDecoder(model, input_ids, attention_mask)
+    reference = ModelStepDecoder(model, input_ids, attention_mask)
+    gen = torch.Generator().manual_seed(1)
+    # (rows kept after the step, sentences changed): expand to 2 beams, reorder, drop sentence 1, uneven
+    selects = [
+        (torch.tensor([0, 0, 1, 1, 2, 2]), True),
+        (torch.tensor([1, 0, 2, 2, 5, 4]), False),
+        (torch.tensor([0, 1, 4, 5]), True),
+        (torch.tensor([0, 2, 3]), True),
+    ] + [(None, False)] * 16  # past the buffers' first capacity of 16 positions
+    with torch.inference_mode():
+        tokens = torch.full((3,), config.decoder_start_token_id)
+        for rows, changed in selects:
+            got, expected = fast.step(tokens), reference.step(tokens)
+            assert got.shape == expected.shape
+            assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+            tokens = torch.randint(4, 50, (got.size(0),), generator=gen)
+            if rows is not None:
+                fast.select(rows, changed)
+                reference.select(rows, changed)
+                tokens = tokens[rows]

@@ -28,7 +28,7 @@ from typing import IO, Iterable, Iterator, Sequence
 import torch
 
 from txkit.errors import TxkitError
-from txkit.search import LP_FORMS, Hypothesis, ModelStepDecoder, beam_search, sample_search
+from txkit.search import LP_FORMS, Hypothesis, beam_search, sample_search, step_decoder
 
 OVERLONG_POLICIES = ("truncate", "empty")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -312,7 +312,7 @@ class Translator:
         for row, ids in enumerate(sources):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
-        decoder = ModelStepDecoder(self.model, input_ids.to(device), attention_mask.to(device))
+        decoder = step_decoder(self.model, input_ids.to(device), attention_mask.to(device))
         max_lengths = [work.max_lengths[i] for i in indices]
         if opts.sampling:
             seeds = [

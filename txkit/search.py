@@ -13,13 +13,16 @@ and because it applies exactly the paper's search:
   `lp(Y) = (5 + |Y|)^alpha / (5 + 1)^alpha`, with the stopping rule made exact for it: a sentence stops when
   no open hypothesis can still reach the n-th best finished score, so stopping early never changes the result.
 * In the Hugging Face form (`score / |Y|^alpha`) the search reproduces transformers' beam search step for step
-  (candidates, which of them may finish, its early-stopping heuristic), so both give the same translations.
+  (candidates, which of them may finish, its early-stopping heuristic), so both give the same translations
+  (up to float rounding, which in rare near-ties can take another path, as a different batch composition
+  can in `generate` itself).
 
 |Y| counts the generated tokens including the final </s>, as transformers and tensor2tensor count it.
 
 The search talks to the model through a `StepDecoder`: `step(last_tokens) -> log-probabilities` and
-`select(rows, sentences_changed)` to keep/reorder the decoder state. `ModelStepDecoder` implements it for
-txkit's model (and, through plain `forward`, for other transformers encoder-decoders); tests use
+`select(rows, sentences_changed)` to keep/reorder the decoder state. `TxkitStepDecoder` implements it for
+txkit's model by driving its decoder layers directly (the fast path; see its docstring), `ModelStepDecoder`
+through the model's cached `forward` (any transformers encoder-decoder); `step_decoder` picks one. Tests use
 hand-made step functions to check the search itself.
 
 Shapes in comments: A active sentences, K beam size, V target vocabulary, t tokens generated so far.
@@ -113,8 +116,7 @@ def beam_search(
         A, k = scores.shape
         log_probs = decoder.step(last)  # (A * k, V)
         V = log_probs.size(-1)
-        candidates = (scores.unsqueeze(-1) + log_probs.view(A, k, V)).view(A, k * V)
-        top_scores, top_index = candidates.topk(min(2 * K, k * V), dim=-1)  # (A, 2K), best first
+        top_scores, top_index = top_candidates(scores, log_probs, min(2 * K, k * V))  # (A, 2K), best first
         top_beam = top_index // V  # which open hypothesis each candidate extends
         top_token = top_index % V
         t += 1
@@ -159,6 +161,45 @@ def beam_search(
         active = [active[a] for a in keep]
         limits = [limits[a] for a in keep]
     return [sorted(heap, reverse=True)[:nbest] for heap in finished]
+
+
+# Width of the vocabulary chunks `top_candidates` ranks first (see there).
+TOPK_CHUNK = 64
+
+
+def top_candidates(scores: torch.Tensor, log_probs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n best continuations of each sentence: `scores` (A, k) of its open hypotheses plus their next-token
+    `log_probs` (A * k, V). Returns their summed scores (A, n), best first, and flat indices beam * V + token.
+
+    The same as `(scores[..., None] + log_probs.view(A, k, V)).view(A, k * V).topk(n)` (up to the order of
+    exactly equal scores), written out because torch's CPU topk over k * V columns took more time than the
+    vocabulary projection itself (benchmarks/RESULTS.md). The vocabulary is cut into chunks of TOPK_CHUNK
+    tokens; a chunk's best continuation bounds all of its others, so the n best continuations lie in the n
+    chunks with the best bounds, and only those n * TOPK_CHUNK values are summed and ranked.
+    """
+    A, k = scores.shape
+    V = log_probs.size(-1)
+    C = V // TOPK_CHUNK
+    if C < 2 * n:  # small vocabularies (tests): the plain way
+        candidates = (scores.unsqueeze(-1) + log_probs.view(A, k, V)).view(A, k * V)
+        return candidates.topk(n, dim=-1)
+    chunk_max = log_probs[:, : C * TOPK_CHUNK].view(A * k, C, TOPK_CHUNK).amax(dim=-1)  # (A * k, C)
+    if V % TOPK_CHUNK:  # the last, shorter chunk
+        chunk_max = torch.cat([chunk_max, log_probs[:, C * TOPK_CHUNK :].amax(dim=-1, keepdim=True)], dim=1)
+        C += 1
+    bounds = (scores.unsqueeze(-1) + chunk_max.view(A, k, C)).view(A, k * C)
+    best_chunks = bounds.topk(n, dim=-1).indices  # (A, n)
+    beam, chunk = best_chunks // C, best_chunks % C
+    offsets = torch.arange(TOPK_CHUNK, device=log_probs.device)
+    token = chunk.unsqueeze(-1) * TOPK_CHUNK + offsets  # (A, n, TOPK_CHUNK)
+    outside = token >= V  # positions past the end of the last chunk
+    token = token.clamp(max=V - 1)
+    rows = torch.arange(A, device=log_probs.device).unsqueeze(-1) * k + beam  # (A, n) rows of log_probs
+    values = scores.gather(1, beam).unsqueeze(-1) + log_probs[rows.unsqueeze(-1), token]  # (A, n, TOPK_CHUNK)
+    values = values.masked_fill(outside, float("-inf")).view(A, n * TOPK_CHUNK)
+    top_values, pos = values.topk(n, dim=-1)  # (A, n)
+    flat = (beam.unsqueeze(-1) * V + token).view(A, n * TOPK_CHUNK).gather(1, pos)
+    return top_values, flat
 
 
 def _done(
@@ -348,3 +389,124 @@ class ModelStepDecoder:
             self.cache.cross_attention_cache.reorder_cache(rows)
             self.encoder_hidden = self.encoder_hidden.index_select(0, rows)
             self.encoder_mask = self.encoder_mask.index_select(0, rows)
+
+
+class TxkitStepDecoder:
+    """A `StepDecoder` for txkit's model that runs its decoder layers directly, one token at a time.
+
+    The same arithmetic as `ModelStepDecoder` (the model's cached forward), arranged for search; written
+    here rather than taken from transformers' caches because it measured faster (benchmarks/RESULTS.md).
+    The rows of a sentence (its beams, or samples) are consecutive and form a group:
+
+    * Cross-attention keys/values are projected once per sentence and never copied per beam: a group's
+      rows attend to them as that many query positions of one attention call.
+    * Self-attention keys/values are never reordered when beams move. Each step appends its group's
+      `group` new keys/values as slots of the group's buffer (G, layers, 2, H, slots, Dh), and each row
+      attends over all its group's slots through a boolean mask of its ancestry (its own slot at every
+      earlier step). Reordering beams reorders only that mask; the float buffer is re-indexed only when
+      sentences leave. (The plain way, gathering every row's cache at every step, was ~19% of the time.)
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        self.model = model
+        self.device = input_ids.device
+        config = model.config
+        self.start_token_id = config.decoder_start_token_id
+        self.decoder = model.model.decoder
+        self.layers = list(self.decoder.layers)
+        self.heads = config.attention_heads
+        self.head_dim = config.d_model // config.attention_heads
+        self.pre_norm = bool(config.normalize_before)
+        encoder_out = model.model.encoder(input_ids, attention_mask).last_hidden_state  # (B, S, D)
+        self.encoder_mask = attention_mask.bool()[:, None, None, :]  # (G, 1, 1, S), one group per sentence
+        self.cross = [
+            (self._split(layer.encoder_attn.k_proj(encoder_out)), self._split(layer.encoder_attn.v_proj(encoder_out)))
+            for layer in self.layers
+        ]  # per layer: keys, values (G, H, S, Dh)
+        self.group = 1  # rows per group (sentence); rows = G * group
+        self.slots = 0  # self-attention slots used per group
+        self.t = 0  # tokens decoded so far
+        G = input_ids.size(0)
+        self.kv = encoder_out.new_empty(G, len(self.layers), 2, self.heads, 16, self.head_dim)  # (G, L, 2, H, cap, Dh)
+        # (G, group, cap) additive mask: 0 where a row attends (its ancestry), -inf elsewhere; float rather
+        # than bool so that attention does not convert it at every call
+        self.ancestry = encoder_out.new_full((G, 1, 16), float("-inf"))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, H, L, Dh)"""
+        return x.view(x.size(0), x.size(1), self.heads, -1).transpose(1, 2)
+
+    def _rows_as_queries(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (G, H, group, Dh): the rows of a group as query positions"""
+        return x.view(-1, self.group, self.heads, self.head_dim).transpose(1, 2)
+
+    def _attend_self(self, attn, h: torch.Tensor, i: int) -> torch.Tensor:
+        """Self-attention of the new position: h (N, D) -> (N, D); its keys/values are the step's slots."""
+        N, s, g = h.size(0), self.slots, self.group
+        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(attn.k_proj(h))
+        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(attn.v_proj(h))
+        mask = self.ancestry[:, None, :, : s + g]  # (G, 1, group, slots)
+        out = F.scaled_dot_product_attention(
+            self._rows_as_queries(attn.q_proj(h)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
+            attn_mask=mask,
+        )  # fmt: skip  # (G, H, group, Dh)
+        return attn.out_proj(out.transpose(1, 2).reshape(N, -1))
+
+    def _attend_encoder(self, attn, h: torch.Tensor, i: int) -> torch.Tensor:
+        """Cross-attention: the rows of each group are query positions over their sentence's keys/values."""
+        keys, values = self.cross[i]
+        out = F.scaled_dot_product_attention(
+            self._rows_as_queries(attn.q_proj(h)), keys, values, attn_mask=self.encoder_mask
+        )  # (G, H, group, Dh)
+        return attn.out_proj(out.transpose(1, 2).reshape(h.size(0), -1))
+
+    @staticmethod
+    def _sublayer(x: torch.Tensor, norm, fn, pre_norm: bool) -> torch.Tensor:
+        return x + fn(norm(x)) if pre_norm else norm(x + fn(x))
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        s, g = self.slots, self.group
+        x = self.decoder.embed(tokens.unsqueeze(-1), offset=self.t)[:, 0]  # (N, D)
+        if s + g > self.kv.size(4):  # full: double the capacity, keeping what is held
+            kv = self.kv.new_empty(*self.kv.shape[:4], 2 * (s + g), self.head_dim)
+            kv[..., :s, :] = self.kv[..., :s, :]
+            ancestry = self.ancestry.new_full((*self.ancestry.shape[:2], 2 * (s + g)), float("-inf"))
+            ancestry[..., :s] = self.ancestry[..., :s]
+            self.kv, self.ancestry = kv, ancestry
+        own = torch.eye(g, dtype=torch.bool, device=self.device)
+        self.ancestry[:, :, s : s + g] = torch.zeros(g, g, device=self.device).masked_fill_(~own, float("-inf"))
+        for i, layer in enumerate(self.layers):
+            pre = self.pre_norm
+            x = self._sublayer(x, layer.self_attn_layer_norm, lambda h: self._attend_self(layer.self_attn, h, i), pre)
+            x = self._sublayer(
+                x, layer.encoder_attn_layer_norm, lambda h: self._attend_encoder(layer.encoder_attn, h, i), pre
+            )
+            x = self._sublayer(x, layer.final_layer_norm, layer.ffn, pre)
+        self.slots += g
+        self.t += 1
+        logits = self.model.output_logits(self.decoder.finish(x))  # (N, V)
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def select(self, rows: torch.Tensor, sentences_changed: bool) -> None:
+        n = rows.numel()
+        ancestry = self.ancestry.view(-1, self.ancestry.size(-1)).index_select(0, rows)  # (n, cap) of the kept rows
+        if sentences_changed:
+            groups = rows // self.group  # (n,) the group of each kept row
+            kept, counts = torch.unique_consecutive(groups, return_counts=True)
+            if bool((counts == counts[0]).all()):
+                self.group = int(counts[0])  # whole groups of equal size: the sentences' states stay shared
+            else:  # uneven groups (samples ending at different steps): one group per row
+                kept, self.group = groups, 1
+            self.cross = [(k.index_select(0, kept), v.index_select(0, kept)) for k, v in self.cross]
+            self.encoder_mask = self.encoder_mask.index_select(0, kept)
+            kv = self.kv.new_empty(kept.numel(), *self.kv.shape[1:])  # the same capacity; copy the used slots
+            torch.index_select(self.kv[..., : self.slots, :], 0, kept, out=kv[..., : self.slots, :])
+            self.kv = kv
+        self.ancestry = ancestry.view(n // self.group, self.group, -1)
+
+
+def step_decoder(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StepDecoder:
+    """The fastest `StepDecoder` for a model: `TxkitStepDecoder` for txkit's, `ModelStepDecoder` otherwise."""
+    if hasattr(model, "output_logits") and hasattr(model, "model") and hasattr(model.model, "decoder"):
+        return TxkitStepDecoder(model, input_ids, attention_mask)
+    return ModelStepDecoder(model, input_ids, attention_mask)
