@@ -291,7 +291,7 @@ def test_cli_corpus_errors(tok_dir, tmp_path, capsys):
     (tmp_path / "b.de").write_bytes(b"Eins.\nZw\xe4i.\n")
     code, _, err = encode(str(tmp_path / "b"))
     assert code == 2
-    assert err == f"error: {tmp_path / 'b.de'} line 2: not valid UTF-8 (use --errors replace to go on)"
+    assert err == f"error: {tmp_path / 'b.de'} line 2: not valid UTF-8 (byte 0xe4); use --errors replace to go on"
     code, out, err = encode(str(tmp_path / "b"), "--errors", "replace")
     assert code == 0 and "2 pairs" in out and "2 kept" in out
 

@@ -306,7 +306,7 @@ def test_read_lines(tmp_path):
     path.write_bytes(b"\n")
     assert evaluation.read_lines(path) == [""]  # one empty segment, not an empty file
     path.write_bytes(b"ok\n\x80\n")
-    with pytest.raises(TxkitError, match=r"reference file .*t\.txt: line 2 is not valid UTF-8"):
+    with pytest.raises(TxkitError, match=r"reference file .*t\.txt line 2: not valid UTF-8 \(byte 0x80\)"):
         evaluation.read_lines(path, "reference")
     assert evaluation.check_same_length(("a", ["x", "y"]), ("b", ["x", "y"])) == 2
     with pytest.raises(TxkitError, match="a has 2 lines but b has 1"):

@@ -149,7 +149,7 @@ def test_cli_user_errors(tmp_path, capsys):
 
     code, _, err = run_cli(["tokenizer", "build", "--out", out_dir, "-q", str(good), str(bad)], capsys)
     assert code == 2
-    assert err.strip() == f"error: {bad} line 3: not valid UTF-8 (use --errors replace to go on)"
+    assert err.strip() == f"error: {bad} line 3: not valid UTF-8 (byte 0xff); use --errors replace to go on"
 
     code, _, err = run_cli(["tokenizer", "build", "--out", out_dir, "-q", str(packed)], capsys)
     assert code == 2 and "unknown format (a gzip file)" in err and str(packed) in err

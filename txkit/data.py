@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from txkit.errors import TxkitError
+from txkit.textio import decode_lines
 
 CORPUS_FORMATS = ".tsv, .jsonl, .parquet, a prefix DIR/NAME for DIR/NAME.<src> + DIR/NAME.<tgt>, or hub:OWNER/NAME"
 ERRORS = ("strict", "replace")
@@ -68,14 +69,7 @@ def iter_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
     if errors not in ERRORS:
         raise TxkitError(f"unknown errors mode {errors!r} (choose strict or replace)")
     with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8", errors)
-            except UnicodeDecodeError:
-                raise TxkitError(f"{path} line {number}: not valid UTF-8 (use --errors replace to go on)") from None
-            if number == 1 and line.startswith("\ufeff"):  # a byte-order mark
-                line = line[1:]
-            yield line.rstrip("\r\n")
+        yield from decode_lines(fh, str(path), errors, hint="; use --errors replace to go on")
 
 
 def count_lines(path: str | Path) -> int:

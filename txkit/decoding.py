@@ -28,6 +28,7 @@ from typing import IO, Iterable, Iterator, Sequence
 import torch
 
 from txkit.errors import TxkitError
+from txkit.textio import decode_lines
 from txkit.search import LP_FORMS, Hypothesis, beam_search, sample_search, step_decoder
 
 OVERLONG_POLICIES = ("truncate", "empty")
@@ -344,23 +345,9 @@ def translate_lines(model_path: str | Path, lines: Sequence[str], **options) -> 
 
 
 def iter_text_lines(stream: IO[bytes], name: str) -> Iterator[str]:
-    """Lines of a binary stream (file or standard input) decoded as UTF-8, line endings removed.
-
-    Lines end at "\\n" only: the other characters `str.splitlines` breaks at (U+2028, form feed, ...) are
-    content, or the output would shift. Reads line by line, so a pipe is translated as it streams.
-    """
-    for number, raw in enumerate(iter(stream.readline, b""), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TxkitError(f"{name} line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
-        if number == 1 and line.startswith("\ufeff"):  # a byte-order mark
-            line = line[1:]
-        if line.endswith("\n"):
-            line = line[:-1]
-        if line.endswith("\r"):
-            line = line[:-1]
-        yield line
+    """Lines of a binary stream (file or standard input) decoded as UTF-8, line endings removed; read line
+    by line, so a pipe is translated as it streams."""
+    return decode_lines(iter(stream.readline, b""), name)
 
 
 class _Failure:

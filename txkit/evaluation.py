@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from txkit.errors import TxkitError
+from txkit.textio import decode_lines
 
 METRICS = ("bleu", "chrf", "ter")
 # sacreBLEU's tokenizers for BLEU that need no extra package or download.
@@ -39,29 +40,17 @@ def read_lines(path: str | os.PathLike, what: str = "hypothesis") -> list[str]:
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            lines = list(decode_lines(fh, f"{what} file {path}"))
     except FileNotFoundError:
         raise TxkitError(f"{what} file not found: {path}") from None
     except IsADirectoryError:
         raise TxkitError(f"{what} file is a directory: {path}") from None
     except OSError as exc:
         raise TxkitError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    if not data:
+    if not lines:
         raise TxkitError(f"{what} file is empty: {path}")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-        start = exc.start + bom
-        line = data.count(b"\n", 0, start) + 1
-        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
-        raise TxkitError(
-            f"{what} file {path}: line {line} is not valid UTF-8 (byte 0x{data[start]:02x} at byte column {column})"
-        ) from None
-    lines = text.split("\n")
-    if lines[-1] == "":  # the newline that ends the last line
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines
 
 
 def check_same_length(*named: tuple[str | os.PathLike, Sequence[str]]) -> int:
