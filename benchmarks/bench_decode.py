@@ -193,6 +193,8 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", metavar="FILE", help="profile one txkit paper run; write the table to FILE")
     parser.add_argument("--train-steps", type=int, default=0, help="briefly train the built model (0: random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: every path runs there")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and compute")
     parser.add_argument("--work-dir", default="/tmp/txkit-bench", help="where built tokenizer/models are cached")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -214,19 +216,24 @@ def main(argv=None) -> None:
         name = str(marian_dir)
     else:
         model_path = args.model or build_model(args)
-        model, src_tok, tgt_tok = load_model(model_path, "cpu", "fp32")
+        model, src_tok, tgt_tok = load_model(model_path, args.device, args.dtype)
         from txkit.runs import resolve_model
 
         marian_dir, ct2_dir = exports(resolve_model(model_path), args.work_dir)
         name = str(model_path)
-    marian = AutoModelForSeq2SeqLM.from_pretrained(marian_dir, dtype=torch.float32).eval()
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    marian = AutoModelForSeq2SeqLM.from_pretrained(marian_dir, dtype=torch_dtype).eval().to(args.device)
     marian_tok = AutoTokenizer.from_pretrained(marian_dir)
     ct2 = None
     if "ct2 fp32" in paths:
         import ctranslate2
 
         ct2 = ctranslate2.Translator(
-            str(ct2_dir), device="cpu", inter_threads=1, intra_threads=args.threads, compute_type="float32"
+            str(ct2_dir),
+            device="cuda" if args.device.startswith("cuda") else "cpu",
+            inter_threads=1,
+            intra_threads=args.threads,
+            compute_type={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype],
         )
 
     with open(SHARED / "newstest2014" / "newstest2014.en", encoding="utf-8") as f:
