@@ -207,8 +207,7 @@ class Trainer:
             torch.manual_seed(r.train.seed)  # the same initial weights on every process
             model = TxkitForConditionalGeneration(config)
         e = r.eval
-        # For users of `model.generate`: the paper's beam and alpha. (transformers' length penalty is
-        # score/|Y|^alpha, not the GNMT form txkit's own search applies with eval.lp_form=gnmt.)
+        # For `model.generate` users: the paper's beam and alpha (in transformers' score/|Y|^alpha form).
         model.generation_config = GenerationConfig(
             num_beams=e.beam_size, length_penalty=e.length_penalty,
             max_length=min(config.max_position_embeddings, r.data.max_len + e.max_len_b),
@@ -218,8 +217,7 @@ class Trainer:
         self.config = config
         optimizer = build_optimizer(model, r.train)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        # Not prepared: accelerate's scheduler wrapper would step once per process. Stepped here only after
-        # an update was applied.
+        # Not prepared (accelerate's wrapper steps once per process); stepped only after an applied update.
         self.scheduler = build_scheduler(self.optimizer.optimizer, r.train, config.d_model)
         self.unwrapped = acc.unwrap_model(self.model)
         self.n_params = sum(p.numel() for p in self.unwrapped.parameters())
