@@ -144,3 +144,19 @@ def test_cli_lists_every_key(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == all_keys()
     assert any(line.startswith("train.max_steps") and "100000" in line for line in lines)
+
+
+def test_tokenizer_section_reaches_the_tokenizer_it_builds(monkeypatch, tmp_path, shared_data):
+    import json
+
+    from txkit.recipe import build_recipe_tokenizer
+
+    monkeypatch.setenv("TXKIT_DATA", str(shared_data))
+    overrides = [
+        "data.max_sentences=300", "tokenizer.vocab_size=400", "tokenizer.normalization=NFC",
+        "tokenizer.byte_fallback=false", "tokenizer.limit_alphabet=80",
+    ]  # fmt: skip
+    build_recipe_tokenizer(load_recipe(None, overrides), tmp_path / "tok")
+    spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert spec["model"]["byte_fallback"] is False
+    assert "NFC" in json.dumps(spec["normalizer"]) and "NFKC" not in json.dumps(spec["normalizer"])

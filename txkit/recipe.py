@@ -77,6 +77,9 @@ class TokenizerSection:
     model: Literal["bpe", "unigram"] = _key("bpe", "subword model to build")
     joint: bool = _key(True, "one vocabulary shared by source and target (paper: true)")
     min_frequency: int = _key(2, "BPE: minimum pair frequency for a merge")
+    limit_alphabet: int = _key(1000, "BPE: most distinct characters kept; rarer ones are spelled as bytes")
+    normalization: str = _key("NFKC", "Unicode normalization: NFKC, NFC, NFKD, NFD or none")
+    byte_fallback: bool = _key(True, "spell characters outside the vocabulary as UTF-8 bytes (no <unk>)")
     files: list[str] = _key([], "text files to learn it from; empty = both sides of data.train (max_sentences of it)")
 
 
@@ -494,7 +497,8 @@ def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
             raise TxkitError(f"tokenizer.files: file not found: {f}")
     build_tokenizer(
         files, tmp, vocab_size=t.vocab_size, model=t.model, joint=t.joint, src_lang=d.src_lang,
-        min_frequency=t.min_frequency, show_progress=False, stats=False,
+        min_frequency=t.min_frequency, limit_alphabet=t.limit_alphabet, normalization=t.normalization,
+        byte_fallback=t.byte_fallback, show_progress=False, stats=False,
     )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
