@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
-from txkit.modeling.modeling_txkit import label_smoothed_nll, sinusoidal_positions
+from txkit.modeling import modeling_txkit
+from txkit.modeling.modeling_txkit import dropout, label_smoothed_nll, linear_label_smoothed_nll, sinusoidal_positions
 
 TINY = dict(vocab_size=60, d_model=32, attention_heads=4, ffn_dim=64, encoder_layers=2, decoder_layers=2)
 
@@ -206,6 +207,65 @@ def test_label_smoothed_loss_matches_the_definition():
     assert n.item() == 8
     torch.testing.assert_close(loss, -(target * logp).sum())
     torch.testing.assert_close(nll, -logp[torch.arange(len(logp)), labels[keep] - 1].sum())
+
+
+@pytest.mark.parametrize("pad, eps", [(0, 0.1), (5, 0.1), (10, 0.2), (0, 0.0)])
+def test_fused_linear_loss_equals_the_unfused_loss_and_gradients(monkeypatch, pad, eps):
+    """The training path's chunked, fused projection + loss gives the unfused path's values and gradients,
+    whatever the padding id and smoothing, across chunk boundaries (7 rows per chunk for 23 rows)."""
+    monkeypatch.setattr(modeling_txkit, "FUSED_LOSS_CPU_ELEMENTS", 7 * 11)
+    torch.manual_seed(0)
+    hidden = torch.randn(23, 8, requires_grad=True)
+    weight = torch.randn(11, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (23,))
+    labels[labels == pad] = (pad + 1) % 11
+    ref_loss, ref_nll, ref_n = label_smoothed_nll(hidden @ weight.T, labels, eps, pad)
+    ref_grads = torch.autograd.grad(ref_loss * 0.37, (hidden, weight))
+    loss, nll, n = linear_label_smoothed_nll(hidden, weight, labels, eps, pad)
+    grads = torch.autograd.grad(loss * 0.37, (hidden, weight))
+    assert n.item() == ref_n.item() == 23 and not nll.requires_grad
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(nll, ref_nll.detach())
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+    assert grads[1][pad].abs().sum() == 0  # the padding row never learns
+
+
+def test_training_forward_with_fused_loss_equals_the_logits_path():
+    """`return_logits=False` (what `txkit train` runs) gives the loss and parameter gradients of the plain
+    forward with logits, also under bf16 autocast (within bf16's precision)."""
+    src, tgt = torch.randint(4, 60, (3, 6)), torch.randint(4, 60, (3, 5))
+    tgt[1, 3:] = 0  # padding in the labels
+
+    def loss_and_grads(return_logits: bool, autocast: bool):
+        model = tiny_model(seed=3, label_smoothing=0.1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(input_ids=src, labels=tgt, return_logits=return_logits)
+        out.loss.backward()
+        return out.loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+    for autocast, tol in ((False, {}), (True, {"atol": 2e-2, "rtol": 2e-2})):
+        fused_loss, fused_grads = loss_and_grads(False, autocast)
+        plain_loss, plain_grads = loss_and_grads(True, autocast)
+        torch.testing.assert_close(fused_loss, plain_loss, **tol)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(fused_grads[name], grad, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_cpu_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.3, training=True)
+    kept = y.ne(0)
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()  # the gradient flows through the kept values only, rescaled the same way
+    torch.testing.assert_close(x.grad, y.detach())
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
+    torch.manual_seed(1)
+    a = dropout(x, 0.3, training=True)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, 0.3, training=True))  # seeded like the rest of training
 
 
 def test_loss_normalised_by_num_items_in_batch():

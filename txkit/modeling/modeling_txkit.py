@@ -81,6 +81,101 @@ def label_smoothed_nll(
     return loss.sum(), nll.sum(), keep.sum()
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`F.dropout`, with its mask drawn by `rand` on CPUs: torch's CPU `bernoulli_` is ~2.6x slower than
+    `rand` (4.7 vs 1.8 ms per 0.5M values on 2 cores), which made dropout a fifth of a CPU training step.
+    The mask is the same distribution from the same generator; GPUs keep torch's fused kernel."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not 0.0 < p < 1.0:
+        return F.dropout(x, p=p, training=True)
+    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+class _LinearSmoothedNLL(torch.autograd.Function):
+    """`label_smoothed_nll(hidden @ weight.T, labels)` for the training path, fused and in row chunks.
+
+    The unfused way keeps an (N, V) fp32 logits tensor and walks it about fifteen times (log-sum-exp, its
+    backward, the gather's and the column slice's zero-filled gradients, their sum): on a 2-core CPU a
+    third of a transformer-tiny step (benchmarks/RESULTS.md). Here each chunk of rows is projected, its
+    log-sum-exp taken, and its logits turned in place into the gradient dL/dlogits = softmax - q (q the
+    smoothed target), which goes straight into the gradients of `hidden` and `weight`; no (N, V) tensor
+    exists and nothing but those two gradients is kept for backward. Kept libraries that do this
+    (Liger-Kernel, cut-cross-entropy) are Triton kernels for GPUs only.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, epsilon, pad_token_id, chunk_rows, dtype):
+        # hidden (N, D), weight (V, D), labels (N,) with no padding; dtype: the matmuls' (autocast's) dtype
+        vocab = weight.size(0)
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        w = weight.to(dtype)
+        # sum over the non-padding columns of the logits = hidden . (sum of the non-padding rows of weight)
+        w_sum = (weight.float().sum(0) - weight[pad_token_id].float()) if epsilon > 0 else None
+        loss = torch.zeros((), device=hidden.device)
+        nll_total = torch.zeros((), device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.size(0), chunk_rows):
+                h = hidden[start : start + chunk_rows].to(dtype)  # (n, D)
+                y = labels[start : start + chunk_rows].unsqueeze(-1)  # (n, 1)
+                logits = (h @ w.T).float()  # (n, V)
+                logits[:, pad_token_id] = float("-inf")
+                lse = torch.logsumexp(logits, dim=-1)  # (n,)
+                nll = lse - logits.gather(1, y).squeeze(-1)
+                nll_total += nll.sum()
+                if epsilon > 0:
+                    mean_logit = (h.float() @ w_sum) / (vocab - 1)
+                    loss += ((1.0 - epsilon) * nll + epsilon * (lse - mean_logit)).sum()
+                else:
+                    loss += nll.sum()
+                if want_grad:  # logits -> softmax - q, in place
+                    g = logits.sub_(lse.unsqueeze(-1)).exp_()
+                    if epsilon > 0:
+                        g.sub_(epsilon / (vocab - 1))
+                        g[:, pad_token_id] = 0.0
+                    g.scatter_add_(1, y, g.new_full(y.shape, epsilon - 1.0))
+                    g = g.to(dtype)
+                    if grad_hidden is not None:
+                        grad_hidden[start : start + chunk_rows] = g @ w
+                    if grad_weight is not None:
+                        grad_weight += (g.T @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(nll_total)
+        return loss, nll_total
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+# Rows per chunk of the fused loss: on CPU ~4M logits (16 MB, cache-sized; measured best for V = 8000 on
+# a 2-core machine, benchmarks/RESULTS.md); on GPUs chunks large enough to keep the matmuls efficient.
+FUSED_LOSS_CPU_ELEMENTS = 1 << 22
+FUSED_LOSS_GPU_ELEMENTS = 1 << 28
+
+
+def linear_label_smoothed_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, epsilon: float, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`label_smoothed_nll(hidden @ weight.T, labels, ...)` for rows whose labels are all real tokens, fused
+    (see `_LinearSmoothedNLL`): (smoothed loss sum, nll sum, number of tokens). The nll sum carries no
+    gradient. Under autocast the projection runs in autocast's dtype, as `nn.Linear` would."""
+    device_type = hidden.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    elements = FUSED_LOSS_CPU_ELEMENTS if device_type == "cpu" else FUSED_LOSS_GPU_ELEMENTS
+    chunk_rows = max(1, elements // weight.size(0))
+    loss, nll = _LinearSmoothedNLL.apply(hidden, weight, labels, epsilon, pad_token_id, chunk_rows, dtype)
+    return loss, nll, labels.new_tensor(labels.numel())
+
+
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Decoder input = <start> followed by the labels minus their last token (-100 becomes padding)."""
     shifted = labels.new_full(labels.shape, pad_token_id)
@@ -166,7 +261,7 @@ class TxkitFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.activation(self.fc1(x))  # (B, L, d_ff)
-        x = F.dropout(x, p=self.activation_dropout, training=self.training)
+        x = dropout(x, self.activation_dropout, self.training)
         return self.fc2(x)
 
 
@@ -183,8 +278,8 @@ class TxkitEncoderLayer(nn.Module):
     def _sublayer(self, x, norm, fn):
         # post-norm (paper): LayerNorm(x + Dropout(f(x))); pre-norm: x + Dropout(f(LayerNorm(x)))
         if self.normalize_before:
-            return x + F.dropout(fn(norm(x)), p=self.dropout, training=self.training)
-        return norm(x + F.dropout(fn(x), p=self.dropout, training=self.training))
+            return x + dropout(fn(norm(x)), self.dropout, self.training)
+        return norm(x + dropout(fn(x), self.dropout, self.training))
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         x = self._sublayer(x, self.self_attn_layer_norm, lambda h: self.self_attn(h, attention_mask=attention_mask))
@@ -267,7 +362,7 @@ class _TxkitStack(nn.Module):
             )
         x = self.embed_tokens(input_ids) * self.embed_scale  # (B, L, D)
         x = x + self.positions[offset : offset + length].to(x.dtype)
-        return F.dropout(x, p=self.dropout, training=self.training)
+        return dropout(x, self.dropout, self.training)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer_norm(x) if self.layer_norm is not None else x
@@ -442,8 +537,9 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         if labels is not None and not return_logits:
             keep = labels.ne(-100) & labels.ne(pad)
             labels = labels[keep]  # (N,)
-            token_logits = self.lm_head(hidden[keep])  # (N, V): real target positions only
-            loss, nll_loss, n_tokens = label_smoothed_nll(token_logits, labels, self.config.label_smoothing, pad)
+            loss, nll_loss, n_tokens = linear_label_smoothed_nll(
+                hidden[keep], self.lm_head.weight, labels, self.config.label_smoothing, pad
+            )  # real target positions only, fused: no (N, V) logits are kept
         else:
             if logits_to_keep:
                 hidden = hidden[:, -logits_to_keep:]
