@@ -391,6 +391,28 @@ class ModelStepDecoder:
             self.encoder_mask = self.encoder_mask.index_select(0, rows)
 
 
+class _LayerParams:
+    """One decoder layer's weights as (weight, bias) pairs and LayerNorm arguments, for inference."""
+
+    def __init__(self, layer):
+        def linear(module):
+            return module.weight, module.bias
+
+        def norm(module):
+            return module.normalized_shape, module.weight, module.bias, module.eps
+
+        attn, cross, ffn = layer.self_attn, layer.encoder_attn, layer.ffn
+        self.q, self.k, self.v = linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj)
+        self.o = linear(attn.out_proj)
+        self.cross_q, self.cross_o = linear(cross.q_proj), linear(cross.out_proj)
+        self.fc1, self.fc2, self.activation = linear(ffn.fc1), linear(ffn.fc2), ffn.activation
+        self.self_norm, self.cross_norm = norm(layer.self_attn_layer_norm), norm(layer.encoder_attn_layer_norm)
+        self.ffn_norm = norm(layer.final_layer_norm)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.activation(F.linear(x, *self.fc1)), *self.fc2)
+
+
 class TxkitStepDecoder:
     """A `StepDecoder` for txkit's model that runs its decoder layers directly, one token at a time.
 
@@ -402,7 +424,7 @@ class TxkitStepDecoder:
       rows attend to them as that many query positions of one attention call.
     * Self-attention keys/values are never reordered when beams move. Each step appends its group's
       `group` new keys/values as slots of the group's buffer (G, layers, 2, H, slots, Dh), and each row
-      attends over all its group's slots through a boolean mask of its ancestry (its own slot at every
+      attends over all its group's slots through an additive mask of its ancestry (its own slot at every
       earlier step). Reordering beams reorders only that mask; the float buffer is re-indexed only when
       sentences leave. (The plain way, gathering every row's cache at every step, was ~19% of the time.)
     """
@@ -423,6 +445,10 @@ class TxkitStepDecoder:
             (self._split(layer.encoder_attn.k_proj(encoder_out)), self._split(layer.encoder_attn.v_proj(encoder_out)))
             for layer in self.layers
         ]  # per layer: keys, values (G, H, S, Dh)
+        # each layer's weights as plain tensors: calling F.linear / F.layer_norm on them skips nn.Module's call
+        # machinery, ~5% of a tiny model's decoding time in cProfile (benchmarks/RESULTS.md)
+        self.params = [_LayerParams(layer) for layer in self.layers]
+        self._own = {}  # group size -> (group, group) additive mask of each row's own new slot
         self.group = 1  # rows per group (sentence); rows = G * group
         self.slots = 0  # self-attention slots used per group
         self.t = 0  # tokens decoded so far
@@ -444,29 +470,25 @@ class TxkitStepDecoder:
         """(N, D) -> (G, H, group, Dh): the rows of a group as query positions"""
         return x.view(-1, self.group, self.heads, self.head_dim).transpose(1, 2)
 
-    def _attend_self(self, attn, h: torch.Tensor, i: int) -> torch.Tensor:
+    def _attend_self(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
         """Self-attention of the new position: h (N, D) -> (N, D); its keys/values are the step's slots."""
         N, s, g = h.size(0), self.slots, self.group
-        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(attn.k_proj(h))
-        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(attn.v_proj(h))
+        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.k))
+        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.v))
         mask = self.ancestry[:, None, :, : s + g]  # (G, 1, group, slots)
         out = F.scaled_dot_product_attention(
-            self._rows_as_queries(attn.q_proj(h)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
+            self._rows_as_queries(F.linear(h, *p.q)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
             attn_mask=mask,
         )  # fmt: skip  # (G, H, group, Dh)
-        return attn.out_proj(out.transpose(1, 2).reshape(N, -1))
+        return F.linear(out.transpose(1, 2).reshape(N, -1), *p.o)
 
-    def _attend_encoder(self, attn, h: torch.Tensor, i: int) -> torch.Tensor:
+    def _attend_encoder(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
         """Cross-attention: the rows of each group are query positions over their sentence's keys/values."""
         keys, values = self.cross[i]
         out = F.scaled_dot_product_attention(
-            self._rows_as_queries(attn.q_proj(h)), keys, values, attn_mask=self.encoder_mask
+            self._rows_as_queries(F.linear(h, *p.cross_q)), keys, values, attn_mask=self.encoder_mask
         )  # (G, H, group, Dh)
-        return attn.out_proj(out.transpose(1, 2).reshape(h.size(0), -1))
-
-    @staticmethod
-    def _sublayer(x: torch.Tensor, norm, fn, pre_norm: bool) -> torch.Tensor:
-        return x + fn(norm(x)) if pre_norm else norm(x + fn(x))
+        return F.linear(out.transpose(1, 2).reshape(h.size(0), -1), *p.cross_o)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         s, g = self.slots, self.group
@@ -478,15 +500,20 @@ class TxkitStepDecoder:
             ancestry[..., :s] = self.ancestry[..., :s]
             self.kv, self.ancestry = kv, ancestry
             self._kv_alloc, self._spare = kv, None
-        own = torch.eye(g, dtype=torch.bool, device=self.device)
-        self.ancestry[:, :, s : s + g] = torch.zeros(g, g, device=self.device).masked_fill_(~own, float("-inf"))
-        for i, layer in enumerate(self.layers):
-            pre = self.pre_norm
-            x = self._sublayer(x, layer.self_attn_layer_norm, lambda h: self._attend_self(layer.self_attn, h, i), pre)
-            x = self._sublayer(
-                x, layer.encoder_attn_layer_norm, lambda h: self._attend_encoder(layer.encoder_attn, h, i), pre
-            )
-            x = self._sublayer(x, layer.final_layer_norm, layer.ffn, pre)
+        own = self._own.get(g)
+        if own is None:  # 0 on the diagonal (a row's own new slot), -inf elsewhere
+            own = torch.full((g, g), float("-inf"), device=self.device).fill_diagonal_(0.0)
+            self._own[g] = own
+        self.ancestry[:, :, s : s + g] = own
+        for i, p in enumerate(self.params):
+            if self.pre_norm:  # x + f(LN(x))
+                x = x + self._attend_self(p, F.layer_norm(x, *p.self_norm), i)
+                x = x + self._attend_encoder(p, F.layer_norm(x, *p.cross_norm), i)
+                x = x + p.ffn(F.layer_norm(x, *p.ffn_norm))
+            else:  # LN(x + f(x)), the paper's
+                x = F.layer_norm(x + self._attend_self(p, x, i), *p.self_norm)
+                x = F.layer_norm(x + self._attend_encoder(p, x, i), *p.cross_norm)
+                x = F.layer_norm(x + p.ffn(x), *p.ffn_norm)
         self.slots += g
         self.t += 1
         logits = self.model.output_logits(self.decoder.finish(x))  # (N, V)
