@@ -8,17 +8,15 @@ from typing import List, Optional
 
 import typer
 
+from txkit.cli._options import RECIPE_OVERRIDES, RUN_DIR
+
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_command(
         recipe: Path = typer.Argument(..., help="Recipe YAML file, e.g. recipes/multi30k-en-de/transformer-tiny.yaml."),
-        overrides: List[str] = typer.Option(
-            [], "--set", help="Override a recipe key, e.g. --set train.max_steps=300 (repeatable).", metavar="KEY=VALUE"
-        ),
-        output_dir: Optional[Path] = typer.Option(
-            None, "--output-dir", "-o", help="Run directory (default: runs/<recipe folder>/<recipe name>)."
-        ),
+        overrides: List[str] = RECIPE_OVERRIDES,
+        output_dir: Optional[Path] = RUN_DIR,
         fetch: bool = typer.Option(
             True, "--fetch/--no-fetch", help="Download missing corpus files from their public source."
         ),

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from txkit.cli._options import RECIPE_OVERRIDES, RUN_DIR
+
 
 def default_output_dir(recipe: Path) -> Path:
     """runs/<pair>/<model> for recipes/<pair>/<model>.yaml."""
@@ -20,12 +22,8 @@ def register(app: typer.Typer) -> None:
         recipe: Optional[Path] = typer.Argument(
             None, metavar="RECIPE", help="Recipe YAML file (sections model, tokenizer, data, train, eval)."
         ),
-        overrides: List[str] = typer.Option(
-            [], "--set", help="Override a recipe key, e.g. --set train.max_steps=300 (repeatable).", metavar="KEY=VALUE"
-        ),
-        output_dir: Optional[Path] = typer.Option(
-            None, "--output-dir", "-o", help="Run directory (default: runs/<recipe folder>/<recipe name>)."
-        ),
+        overrides: List[str] = RECIPE_OVERRIDES,
+        output_dir: Optional[Path] = RUN_DIR,
         resume: bool = typer.Option(
             False, "--resume", help="Continue from the latest complete checkpoint in the output directory."
         ),
