@@ -28,6 +28,11 @@ except ImportError:  # pragma: no cover
 
 from .configuration_txkit import TxkitConfig
 
+# transformers 5.24 renamed the cache that `generate` hands to `forward` (and the output field that hands it
+# back) from `past_key_values` to `cache`. A saved model folder keeps this file for good, so `forward` accepts
+# either name and returns the cache under the field name of the installed transformers' output classes.
+CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
 
 def sinusoidal_positions(num_positions: int, d_model: int) -> torch.Tensor:
     """The paper's table: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same), interleaved."""
@@ -494,6 +499,7 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         decoder_input_ids: torch.LongTensor | None = None,  # (B, T)
         decoder_attention_mask: torch.Tensor | None = None,  # unused: the decoder needs only its causal mask
         encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,  # EncoderDecoderCache; `past_key_values` before transformers 5.24
         past_key_values: Cache | None = None,
         labels: torch.LongTensor | None = None,  # (B, T), -100 or padding = ignored
         use_cache: bool | None = None,
@@ -509,6 +515,7 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         the same without smoothing. `return_logits=False` (training) projects only the real target
         positions onto the vocabulary and returns no logits: the projection and softmax over padding are
         skipped and no (B, T, V) tensor is kept."""
+        past_key_values = cache if cache is not None else past_key_values
         if encoder_outputs is None:
             encoder_outputs = self.model.encoder(input_ids, attention_mask)
         elif isinstance(encoder_outputs, (tuple, list)):
@@ -554,6 +561,6 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
             nll_loss=nll_loss,
             num_tokens=n_tokens,
             logits=logits,
-            past_key_values=past_key_values,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            **{CACHE_FIELD: past_key_values},
         )
