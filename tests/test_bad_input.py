@@ -486,7 +486,7 @@ def test_a_signal_during_translation_leaves_nothing_behind(signum, fx: Fixtures,
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err, err
     if signum == signal.SIGINT:
-        assert proc.returncode == 130 and "interrupted" in err
+        assert proc.returncode == 130  # KeyboardInterrupt, ended by the CLI
     else:
         assert proc.returncode == -signal.SIGTERM
     after = snapshot(folder)
