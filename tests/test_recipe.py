@@ -52,7 +52,8 @@ def test_keys_scripts_rely_on_keep_their_names():
 
 
 def test_file_then_overrides(tmp_path):
-    path = _write(tmp_path, "model:\n  preset: transformer-small\n  dropout: 0.2\ntrain:\n  max_steps: 1000\n")
+    path = _write(tmp_path, "model:\n  preset: transformer-small\n  dropout: 0.2\ntrain:\n  max_steps: 1000\n"
+                            "data:\n  train: multi30k/train\n")
     r = load_recipe(path, ["train.max_steps=300", "train.lr=1e-4", "train.adam_betas=[0.9, 0.997]",
                            "data.src_lang=no", "data.tgt_lang=de", "eval.test=multi30k/test2016",
                            "model.d_model=null", "train.mixed_precision=bf16"])  # fmt: skip

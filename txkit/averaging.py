@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from txkit import runs
+from txkit import atomic, runs
 from txkit.errors import TxkitError
 
 WEIGHTS = "model.safetensors"
@@ -92,54 +92,75 @@ def average_weights(folders: Sequence[str | os.PathLike]) -> dict:
 
 def write_model_dir(out_dir: str | os.PathLike, tensors: dict, template: str | os.PathLike, note: dict | None = None):
     """Write a model folder: `tensors` as model.safetensors, every other file (config, generation config,
-    tokenizer, code) copied from `template`. Written under a temporary name and renamed when complete;
-    an existing model folder at `out_dir` is replaced only then."""
+    tokenizer, code) copied from `template`. Built under a temporary name and swapped in when complete
+    (`txkit.atomic`); an existing model folder at `out_dir` is replaced only then."""
     from safetensors.torch import save_file
 
     out_dir, template = Path(out_dir), Path(template)
     if out_dir.exists() and not (runs.is_model_dir(out_dir) or (out_dir.is_dir() and not any(out_dir.iterdir()))):
         raise TxkitError(f"{out_dir}: exists and is not a model folder; refusing to overwrite it")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    except OSError as exc:
-        raise TxkitError(f"cannot write {out_dir}: {exc.strerror}") from None
-    for item in template.iterdir():
-        if item.name in _NOT_COPIED or item.name.endswith(".safetensors"):
-            continue
-        if item.is_dir():
-            shutil.copytree(item, tmp / item.name)
-        else:
-            shutil.copy2(item, tmp / item.name)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    if note is not None:
-        (tmp / "averaging.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-    replace_dir(tmp, out_dir)
+    with atomic.building_dir(out_dir) as tmp:
+        for item in template.iterdir():
+            if item.name in _NOT_COPIED or item.name.endswith(".safetensors"):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if note is not None:
+            (tmp / "averaging.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Put the complete folder `tmp` at `final`. `os.replace` cannot replace a non-empty folder, so an old
-    `final` is first moved aside to `final.old` and deleted after the swap; `recover_dir` undoes a crash
-    between the two renames."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+# config.json keys that may differ between checkpoints of one model (written by the library, not the model)
+_CONFIG_KEYS_IGNORED = {"transformers_version", "_name_or_path", "dtype", "torch_dtype"}
+_TOKENIZER_FILES = ("tokenizer.json", "target/tokenizer.json")
 
 
-def recover_dir(final: Path) -> None:
-    """After a crash inside `replace_dir`: bring `final.old` back if `final` is missing."""
-    old = final.with_name(final.name + ".old")
-    if old.exists() and not final.exists():
-        os.replace(old, final)
+def check_same_model(paths: Sequence[Path]) -> None:
+    """Every checkpoint is complete and has the same configuration and tokenizer(s) as the first: averaging
+    weights trained with different vocabularies gives a model that outputs garbage, with no error."""
+    from txkit.modelfiles import check_model_folder, read_json
+
+    configs = [check_model_folder(p) for p in paths]
+    first = paths[0]
+    for path, config in zip(paths[1:], configs[1:]):
+        for key in sorted(set(configs[0]) | set(config)):
+            if key in _CONFIG_KEYS_IGNORED:
+                continue
+            if configs[0].get(key) != config.get(key):
+                raise TxkitError(
+                    f"{path}/config.json: \"{key}\" is {json.dumps(config.get(key))} but "
+                    f"{json.dumps(configs[0].get(key))} in {first}; only checkpoints of one model can be averaged"
+                )
+        for name in _TOKENIZER_FILES:
+            a, b = first / name, path / name
+            if a.is_file() != b.is_file():
+                raise TxkitError(f"{path}: {'has' if b.is_file() else 'lacks'} {name}, unlike {first}")
+            if a.is_file() and a.read_bytes() != b.read_bytes() and read_json(a) != read_json(b):
+                raise TxkitError(
+                    f"{path}/{name} differs from {first}/{name} ({_first_vocab_difference(read_json(a), read_json(b))}); "
+                    "checkpoints trained with different tokenizers cannot be averaged"
+                )
+
+
+def _first_vocab_difference(a: dict, b: dict) -> str:
+    va = (a.get("model") or {}).get("vocab") if isinstance(a, dict) else None
+    vb = (b.get("model") or {}).get("vocab") if isinstance(b, dict) else None
+    if isinstance(va, dict) and isinstance(vb, dict):
+        ids_a, ids_b = {i: t for t, i in va.items()}, {i: t for t, i in vb.items()}
+        for i in sorted(set(ids_a) | set(ids_b)):
+            if ids_a.get(i) != ids_b.get(i):
+                return f"token {i}: {ids_b.get(i)!r} against {ids_a.get(i)!r}"
+    if isinstance(va, list) and isinstance(vb, list):  # unigram: [piece, score] pairs
+        for i, (x, y) in enumerate(zip(va, vb)):
+            if x != y:
+                return f"token {i}: {y[0] if y else y!r} against {x[0] if x else x!r}"
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"its \"{key}\" section differs"
+    return "the files differ"
 
 
 def average_checkpoints(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
@@ -153,6 +174,9 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], out_dir: str | os.Pa
     for p in paths:
         if not runs.is_model_dir(p):
             raise TxkitError(f"{p}: not a model folder or checkpoint (no config.json)")
+    # Before reading any weights: every file complete, all checkpoints of one model, and the output none of them.
+    atomic.check_output_dir(out_dir, "--out", [("checkpoint", p) for p in paths])
+    check_same_model(paths)
     tensors = average_weights(paths)
     note = {"averaged": [str(p) for p in paths]}
     return write_model_dir(out_dir, tensors, template=paths[-1], note=note)

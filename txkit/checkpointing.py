@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from txkit import runs
-from txkit.averaging import recover_dir, replace_dir
+from txkit import atomic, runs
 from txkit.errors import TxkitError
 
 TRAINER_STATE = "trainer_state.json"
@@ -105,9 +104,7 @@ def _tuples(x):
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a whole text file under a temporary name, then rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def save_model_folder(folder: Path, model, src_tok, tgt_tok) -> None:
@@ -141,6 +138,8 @@ def save_checkpoint(
         rank_state: this process's sampler state; its RNG states are added here.
     """
     final = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step)
+    # Every process writes into this folder, so its name is agreed on rather than random; it lives in the
+    # run's own checkpoints folder, and only names of this form are ever deleted there.
     tmp = final.with_name(final.name + ".tmp")
     state_dir = tmp / runs.TRAINING_STATE
     if accelerator.is_main_process:
@@ -159,7 +158,7 @@ def save_checkpoint(
         (state_dir / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     accelerator.wait_for_everyone()  # every rank file is on disk before the folder gets its final name
     if accelerator.is_main_process:
-        replace_dir(tmp, final)
+        atomic.replace_dir(tmp, final)
         prune_checkpoints(run_dir, keep_last)
     return final
 
@@ -175,44 +174,57 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
 
 
 def clean_partial(run_dir: Path) -> None:
-    """Remove what a crash left behind: unfinished `*.tmp` checkpoints; restore `best` if a swap was cut."""
+    """Remove what a crash left behind: unfinished `checkpoint-N.tmp` folders (the only names deleted there)
+    and the temporaries of dead txkit processes; restore `best` if a swap was cut."""
     folder = run_dir / runs.CHECKPOINTS
     if folder.is_dir():
         for path in folder.iterdir():
-            if path.name.endswith((".tmp", ".old")) and path.is_dir():
+            if runs.is_partial_checkpoint(path):
                 shutil.rmtree(path, ignore_errors=True)
-    recover_dir(run_dir / runs.BEST)
-    stale = run_dir / (runs.BEST + ".tmp")
-    if stale.exists():
-        shutil.rmtree(stale, ignore_errors=True)
+    atomic.recover_dir(run_dir / runs.BEST)
 
 
 def save_best(run_dir: Path, model, tokenizers: tuple, metrics: dict) -> Path:
     """Replace RUN/best with the current model (main process only); `best/val_metrics.json` says why."""
     final = run_dir / runs.BEST
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model_folder(tmp, model, *tokenizers)
-    (tmp / "val_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    replace_dir(tmp, final)
+    with atomic.building_dir(final) as tmp:
+        save_model_folder(tmp, model, *tokenizers)
+        (tmp / "val_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return final
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def find_resume_checkpoint(run_dir: Path, resume: bool | str | os.PathLike | None) -> Path | None:
-    """The checkpoint to resume from: None/False = none; True = the latest complete one in the run (None
-    when there is none yet, so a relaunched job starts fresh); a path = that checkpoint."""
+def find_resume_checkpoint(run_dir: Path, resume: bool | str | os.PathLike | None, warn=None) -> Path | None:
+    """The checkpoint to resume from: None/False = none; True = the newest checkpoint of the run whose files
+    are all complete (None when there is none yet, so a relaunched job starts fresh; each damaged newer one
+    is reported through `warn` with the reason and skipped); a path = that checkpoint, which must be complete."""
+    from txkit.modelfiles import check_checkpoint
+
     if resume is None or resume is False:
         return None
     if resume is True:
-        return runs.latest_checkpoint(run_dir)
+        found = runs.list_checkpoints(run_dir)
+        for path in reversed(found):
+            try:
+                check_checkpoint(path)
+            except TxkitError as exc:
+                (warn or _stderr)(f"warning: skipping {path.name}, it is damaged: {exc}")
+                continue
+            return path
+        if found:
+            raise TxkitError(f"{run_dir}: no checkpoint is complete ({len(found)} damaged); nothing to resume from")
+        return None
     path = Path(resume)
     if not (path / runs.TRAINING_STATE / TRAINER_STATE).is_file():
         raise TxkitError(f"{path}: not a complete training checkpoint (no {runs.TRAINING_STATE}/{TRAINER_STATE})")
+    check_checkpoint(path)
     return path
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
@@ -249,11 +261,13 @@ class RunLog:
         if not (self.enabled and self.path.is_file()):
             return
         kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # a line cut by the kill
                 continue
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                raise TxkitError(f"{self.path} line {number}: not a log record with an integer \"step\"")
             if record.get("step", 0) <= step:
                 kept.append(line + "\n")
         write_text_atomic(self.path, "".join(kept))

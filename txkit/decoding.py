@@ -90,10 +90,30 @@ class DecodeOptions:
 
 
 def resolve_device(device: str | None = None) -> str:
-    """The device to decode on: the given one, else the GPU when there is one, else the CPU."""
+    """The device to decode on: the given one (checked to exist), else the GPU when there is one, else the CPU."""
     if device:
-        return device
+        return check_device(device)
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """`device` if this machine has it; otherwise a TxkitError saying what there is."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise TxkitError(f"{option} {device}: unknown device (use cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TxkitError(f"{option} {device}: this machine has no CUDA GPU (or torch was built without CUDA); "
+                             "use --device cpu")  # fmt: skip
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise TxkitError(f"{option} {device}: there is no such GPU (this machine has {torch.cuda.device_count()})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise TxkitError(f"{option} {device}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise TxkitError(f"{option} {device}: unsupported device type {parsed.type!r} (use cpu or cuda)")
+    return device
 
 
 def resolve_dtype(dtype: str | None, device: str):
@@ -134,6 +154,10 @@ def load_model(path_or_id: str | Path, device: str | None = None, dtype: str | N
     resolved = resolve_model(path_or_id)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    if Path(resolved).is_dir():  # a local folder: every file checked before torch reads it
+        from txkit.modelfiles import check_model_folder
+
+        check_model_folder(resolved)
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(resolved, dtype=torch_dtype)
         src_tok, tgt_tok = load_tokenizers_for(resolved)

@@ -333,15 +333,9 @@ def write_report(path: str | os.PathLike, report: dict) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise TxkitError(f"folder of the JSON report does not exist: {path.parent}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from txkit import atomic
+
+    atomic.write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def format_table(report: dict) -> str:

@@ -21,7 +21,6 @@ entry (CTranslate2 drops the padding row and its bias anyway).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from txkit.errors import TxkitError
@@ -248,6 +247,12 @@ def export_marian(model: str | Path, out_dir: str | Path, *, overwrite: bool = F
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise TxkitError(f"{out_dir}: output folder exists and is not empty (pass --overwrite to replace it)")
     path = resolve_model(model)
+    if Path(path).is_dir():
+        from txkit import atomic
+        from txkit.modelfiles import check_model_folder
+
+        atomic.check_output_dir(out_dir, "--out", [("MODEL", path)])
+        check_model_folder(path)
     try:
         config_dict, _ = TxkitConfig.get_config_dict(path)
     except (OSError, ValueError) as exc:
@@ -299,16 +304,10 @@ def export_marian(model: str | Path, out_dir: str | Path, *, overwrite: bool = F
 def _write_folder(out_dir: Path, write) -> None:
     """Run `write(folder)` on a temporary folder next to `out_dir`, then swap it in: a failed export
     leaves nothing half-written, and an existing `out_dir` is replaced only by a complete one."""
-    from txkit.averaging import replace_dir
+    from txkit import atomic
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic.building_dir(out_dir) as tmp:
         write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
 
 
 def _check_same_logits(txkit_model, marian, vocab_order: list[int], tolerance: float = 1e-4) -> None:

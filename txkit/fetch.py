@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from txkit import atomic
 from txkit.errors import TxkitError
 
 MULTI30K_URL_ENV = "TXKIT_MULTI30K_URL"
@@ -157,9 +158,8 @@ def fetch_multi30k_file(source: Source, dest: str | os.PathLike) -> Path:
     """Download `source.url` (a .gz), decompress it into `dest`, check its sha256; atomic."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.download")
     digest = hashlib.sha256()
-    try:
+    with atomic.writing_path(dest) as tmp:
         try:
             with urllib.request.urlopen(source.url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
                 with gzip.GzipFile(fileobj=response) as unzipped, open(tmp, "wb") as out:
@@ -177,9 +177,6 @@ def fetch_multi30k_file(source: Source, dest: str | os.PathLike) -> Path:
                 f"{source.url}: checksum mismatch: the decompressed file has sha256 {digest.hexdigest()}, expected "
                 f"{source.sha256}; the download was discarded ({dest} not written)"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -208,14 +205,8 @@ def fetch_wmt14_test(source: Source, prefix: str | os.PathLike) -> list[Path]:
     written = []
     for lang in ("en", source.pair_lang):
         dest = Path(f"{prefix}.{lang}")
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.download")
         # one sentence per line: a line break inside a sentence would misalign the pair
-        text = "".join(" ".join(pair[lang].split()) + "\n" for pair in pairs)
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic.write_text(dest, "".join(" ".join(pair[lang].split()) + "\n" for pair in pairs))
         written.append(dest)
     return written
 

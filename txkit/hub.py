@@ -25,6 +25,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from txkit import atomic
+from txkit.modelfiles import check_model_folder
 from txkit.errors import TxkitError
 from txkit.runs import RECIPE_FILE, is_run_dir, resolve_model
 
@@ -347,9 +349,7 @@ def write_model_card(model_dir: str | os.PathLike, **kwargs) -> Path:
         raise TxkitError(f"{model_dir}: no such model folder")
     card = render_model_card(model_dir, **kwargs)
     path = model_dir / MODEL_CARD
-    tmp = path.with_name(f".{MODEL_CARD}.tmp")
-    tmp.write_text(str(card), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, str(card))
     return path
 
 
@@ -401,6 +401,7 @@ def push(
     if not Path(model_dir).exists():
         raise TxkitError(f"{model_dir}: no such model folder or run directory")
     folder = Path(resolve_model(model_dir))
+    check_model_folder(folder)  # a cut or edited file is named here, not uploaded
     token = token or get_token()
     if not token:
         raise TxkitError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")

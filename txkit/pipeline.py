@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from txkit import runs
+from txkit import atomic, runs
 from txkit.errors import TxkitError
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
 
@@ -141,12 +141,7 @@ class _Run:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, text)
 
 
 # ----------------------------------------------------------------------------- stages

@@ -352,7 +352,11 @@ def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
             where = f" line {mark.line + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise TxkitError(f"{path}:{where}: not valid YAML: {problem}") from None
-        tree = {} if tree is None else tree
+        if tree is None or tree == {}:
+            raise TxkitError(
+                f"{path}: the recipe is empty (nothing but comments); a recipe names at least its data "
+                "(data.train) and usually its model, tokenizer and train settings"
+            )
         if not isinstance(tree, dict):
             raise TxkitError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
         for section_name, body in tree.items():
@@ -375,6 +379,14 @@ def load_recipe(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
             value = raw
         _set(recipe, key, value, "--set", raw=raw)
     validate(recipe)
+    if path is not None:
+        names_data = isinstance(tree.get("data"), dict) and tree["data"].get("train") is not None
+        names_data = names_data or any(item.split("=", 1)[0].strip() == "data.train" for item in overrides)
+        if not names_data:
+            raise TxkitError(
+                f"{path}: the recipe does not say what to train on: set data.train (in its data section, "
+                "or with --set data.train=...)"
+            )
     return recipe
 
 
@@ -462,7 +474,19 @@ def load_corpus(recipe: Recipe, spec: str, split: str = "train"):
     from txkit.data import load_parallel
 
     d = recipe.data
-    return load_parallel(resolve_data_path(spec), d.src_lang, d.tgt_lang, hub_config=d.hub_config or None, split=split)
+    try:
+        return load_parallel(resolve_data_path(spec), d.src_lang, d.tgt_lang, hub_config=d.hub_config or None,
+                             split=split)  # fmt: skip
+    except TxkitError as exc:
+        raise _utf8_only(exc) from None
+
+
+def _utf8_only(exc: TxkitError) -> TxkitError:
+    """data.py suggests the --errors option of the tokenizer commands; recipes have none: read UTF-8 only."""
+    return TxkitError(str(exc).replace(
+        "; use --errors replace to go on",
+        "; training reads UTF-8 only: convert the file first (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8)",
+    ))  # fmt: skip
 
 
 def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
@@ -472,15 +496,12 @@ def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
     text files (.tsv, .jsonl, .parquet, hub:), or its first `data.max_sentences` pairs, is written out as
     text first.
     """
-    import shutil
-
+    from txkit import atomic
     from txkit.tokenization import build_tokenizer
 
     t, d = recipe.tokenizer, recipe.data
-    tmp = path.with_name(path.name + ".tmp")
-    text_dir = path.with_name(path.name + ".text")
-    for stale in (tmp, text_dir):
-        shutil.rmtree(stale, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text_dir = None
     files = [resolve_data_path(f) for f in t.files]
     if not files:
         files = corpus_files(d.train, d.src_lang, d.tgt_lang)
@@ -488,20 +509,21 @@ def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
             ds = load_corpus(recipe, d.train, "train")
             if d.max_sentences:
                 ds = ds.select(range(min(d.max_sentences, len(ds))))
-            text_dir.mkdir(parents=True)
+            text_dir = atomic.temp_dir(path)
             files = [text_dir / f"train.{d.src_lang}", text_dir / f"train.{d.tgt_lang}"]
             for column, file in zip(("src", "tgt"), files):
                 file.write_text("".join(line.replace("\n", " ") + "\n" for line in ds[column]), encoding="utf-8")
     for f in files:
         if not Path(f).is_file():
             raise TxkitError(f"tokenizer.files: file not found: {f}")
-    build_tokenizer(
-        files, tmp, vocab_size=t.vocab_size, model=t.model, joint=t.joint, src_lang=d.src_lang,
-        min_frequency=t.min_frequency, limit_alphabet=t.limit_alphabet, normalization=t.normalization,
-        byte_fallback=t.byte_fallback, show_progress=False, stats=False,
-    )  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.rmdir()  # an empty folder
-    os.replace(tmp, path)
-    shutil.rmtree(text_dir, ignore_errors=True)
+    try:
+        build_tokenizer(
+            files, path, vocab_size=t.vocab_size, model=t.model, joint=t.joint, src_lang=d.src_lang,
+            min_frequency=t.min_frequency, limit_alphabet=t.limit_alphabet, normalization=t.normalization,
+            byte_fallback=t.byte_fallback, show_progress=False, stats=False,
+        )  # fmt: skip
+    except TxkitError as exc:
+        raise _utf8_only(exc) from None
+    finally:
+        if text_dir is not None:
+            atomic.discard(text_dir)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from txkit import runs
+from txkit import atomic, runs
 from txkit.errors import TxkitError
 
 PNG_NAME = "report.png"
@@ -54,6 +54,10 @@ def read_log(path: str | os.PathLike) -> list[dict]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise TxkitError(f"{path}: no training log (is it a run directory written by txkit train?)") from None
+    except UnicodeDecodeError as exc:
+        raise TxkitError(f"{path}: not UTF-8 text (byte offset {exc.start}); is it a txkit log?") from None
+    except OSError as exc:
+        raise TxkitError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -65,6 +69,9 @@ def read_log(path: str | os.PathLike) -> list[dict]:
                 continue
             raise TxkitError(f"{path} line {number}: not valid JSON") from None
         if isinstance(record, dict) and "step" in record:
+            step = record["step"]
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise TxkitError(f"{path} line {number}: \"step\" must be an integer, not {json.dumps(step)}")
             records.append(record)
     return records
 
@@ -144,12 +151,8 @@ def training_figure(records: Sequence[dict], title: str = ""):
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save a figure as PNG, atomically (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic.writing_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -257,11 +260,10 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     records = read_log(run_dir / runs.LOG_FILE)
     reports = load_eval_reports(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
+    atomic.check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     png = save_figure(training_figure(records, title=run_dir.resolve().name), out / PNG_NAME)
     image = os.path.relpath(png, out)
     markdown = out / MARKDOWN_NAME
-    tmp = markdown.with_name(f".{markdown.name}.{os.getpid()}.tmp")
-    tmp.write_text(summary_markdown(run_dir, records, reports, image=image), encoding="utf-8")
-    os.replace(tmp, markdown)
+    atomic.write_text(markdown, summary_markdown(run_dir, records, reports, image=image))
     return ReportFiles(png=png, markdown=markdown)

@@ -28,6 +28,7 @@ FINAL_MODEL = "model"
 RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "log.jsonl"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_PARTIAL_RE = re.compile(r"^checkpoint-\d+\.tmp$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -41,6 +42,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
     return [p for _, p in sorted(found) if (p / "config.json").exists()]
+
+
+def is_partial_checkpoint(path: str | Path) -> bool:
+    """A checkpoint folder still being written (or cut by a crash): `checkpoint-NNNNNNNN.tmp`."""
+    return bool(_PARTIAL_RE.match(Path(path).name)) and Path(path).is_dir()
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -126,6 +126,9 @@ def train_tokenizer(
     files = [check_text_file(f) for f in files]
     if not files:
         raise TxkitError("no training files given for the tokenizer")
+    for f in files:
+        if not _has_text(f):
+            raise TxkitError(f"{f}: empty training file (no line with text); a vocabulary needs sentences to learn from")
     reserved = len(SPECIAL_TOKENS) + (len(BYTE_TOKENS) if byte_fallback else 0)
     if vocab_size <= reserved + 10:
         raise TxkitError(f"vocab size {vocab_size} is too small: {reserved} ids are reserved for special tokens")
@@ -194,6 +197,12 @@ def split_by_language(files: Sequence[str | Path], src_lang: str | None = None) 
     return by_lang[src_lang], by_lang[tgt_lang]
 
 
+def _has_text(path: Path) -> bool:
+    """Whether a file holds at least one line that is not blank (stops reading at the first)."""
+    with open(path, "rb") as fh:
+        return any(line.strip() for line in fh)
+
+
 def build_tokenizer(
     files: Sequence[str | Path],
     out_dir: str | Path,
@@ -219,7 +228,13 @@ def build_tokenizer(
     suffix (`split_by_language`). The target tokenizer is saved in `out_dir/target`.
     Keyword names match the recipe's `tokenizer:` section.
     """
+    from txkit import atomic
+
     out_dir = Path(out_dir)
+    # Before the training: the output must be a folder txkit may replace, and none of the inputs.
+    atomic.check_output_dir(out_dir, "--out", [("training file", f) for f in [*files, *(tgt_files or [])]])
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "tokenizer.json").is_file():
+        raise TxkitError(f"--out {out_dir}: exists and is not a tokenizer folder; refusing to replace it")
     if tgt_files is not None:
         joint = False
     elif not joint:
@@ -241,7 +256,6 @@ def build_tokenizer(
     else:
         src_tok = train_tokenizer(src_files, **settings)
         tgt_tok = train_tokenizer(tgt_files, **settings)
-    save_tokenizers(src_tok, tgt_tok, out_dir)
     settings.pop("show_progress")
     metadata = dict(
         joint=joint,
@@ -249,7 +263,9 @@ def build_tokenizer(
         src_files=[str(f) for f in src_files],
         tgt_files=[str(f) for f in tgt_files] if tgt_files else None,
     )
-    (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    with atomic.building_dir(out_dir) as tmp:  # an existing tokenizer is replaced only by a complete one
+        save_tokenizers(src_tok, tgt_tok, tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
 
     report = TokenizerReport(out_dir=str(out_dir), joint=joint, model=model)
     if stats:
@@ -281,9 +297,16 @@ def save_tokenizers(src_tok, tgt_tok, out_dir: str | Path) -> None:
 def _load(path: Path):
     from transformers import AutoTokenizer
 
+    from txkit.modelfiles import check_tokenizer
+
     if not (path / "tokenizer.json").is_file():
         raise TxkitError(f"{path}: not a tokenizer folder (no tokenizer.json); build one with `txkit tokenizer build`")
-    return AutoTokenizer.from_pretrained(str(path))
+    check_tokenizer(path)  # a cut or edited tokenizer.json: one line naming it, not a serde traceback
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TxkitError(f"{path}: cannot load the tokenizer ({first})") from None
 
 
 def load_tokenizers(path: str | Path):

@@ -90,7 +90,7 @@ class Trainer:
             raise TxkitError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU")
         self.accelerator = self._make_accelerator()
         acc = self.accelerator
-        self.resume_from = ckpt.find_resume_checkpoint(self.run_dir, resume)
+        self.resume_from = ckpt.find_resume_checkpoint(self.run_dir, resume, warn=self._info)
         if self.resume_from is None and runs.list_checkpoints(self.run_dir):
             latest = runs.latest_checkpoint(self.run_dir)
             raise TxkitError(

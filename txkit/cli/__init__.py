@@ -64,6 +64,9 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    from txkit.threads import prepare_environment
+
+    prepare_environment()  # before torch is imported: how its threads wait (txkit/threads.py)
     try:
         app(args=argv, prog_name="txkit")
     except TxkitError as exc:

@@ -59,8 +59,18 @@ def eval_command(
         raise TxkitError("--beam-size, --max-tokens and --hyp-out only apply to the MODEL form")
     if bootstrap < 0:
         raise TxkitError(f"--bootstrap must be 0 or more, got {bootstrap}")
-    if json_out is not None and not Path(json_out).resolve().parent.is_dir():
-        raise TxkitError(f"--json {json_out}: the folder does not exist")
+    # Outputs first: an unusable or clobbering path fails now, not after translating and scoring.
+    from txkit import atomic
+
+    inputs = [("--ref", r) for r in ref_paths] + [("--hyp", hyp), ("--src", src), ("--baseline", baseline)]
+    if hyp_out is not None:
+        atomic.check_output_file(hyp_out, "--hyp-out", inputs)
+    if json_out is not None:
+        atomic.check_output_file(json_out, "--json", inputs + [("--hyp-out", hyp_out)])
+        if hyp_out is not None and Path(json_out).absolute() == Path(hyp_out).absolute():
+            raise TxkitError(f"--json {json_out}: is also the --hyp-out file; give two different files")
+    if model is not None:
+        _check_model(model)
 
     # Read and check every file before the slow parts (loading metrics, translating).
     refs = [evaluation.read_lines(path, "reference") for path in ref_paths]
@@ -113,10 +123,21 @@ def _translate(model: str, sources: list[str], **decode_opts) -> list[str]:
     return hyps
 
 
+def _check_model(model: str) -> None:
+    """A local MODEL's files are complete before any source is read or translated."""
+    from txkit.modelfiles import check_model_folder
+    from txkit.runs import resolve_model
+
+    resolved = resolve_model(model)
+    if Path(resolved).is_dir():
+        check_model_folder(resolved)
+
+
 def _write_lines(path: str, lines: list[str]) -> None:
+    from txkit import atomic
+
     try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
+        atomic.write_text(path, "".join(line + "\n" for line in lines))
     except OSError as exc:
         raise TxkitError(f"cannot write --hyp-out {path}: {exc.strerror}") from None
 

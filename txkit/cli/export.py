@@ -35,8 +35,16 @@ def export_command(
         raise TxkitError(f"--format {format!r}: choose one of {', '.join(export.FORMATS)}")
     if quantization and ct2 is None:
         raise TxkitError("--quantization applies to the CTranslate2 conversion: give --ct2 DIR too")
-    if ct2 is not None and ct2.exists() and any(ct2.iterdir()) and not overwrite:
-        raise TxkitError(f"{ct2}: output folder exists and is not empty (pass --overwrite to replace it)")
+    if ct2 is not None:
+        from txkit import atomic
+        from txkit.runs import resolve_model
+
+        source = resolve_model(model)
+        atomic.check_output_dir(ct2, "--ct2", [("MODEL", source if Path(source).exists() else None), ("--out", out)])
+        if atomic.same_or_inside(out, ct2) or atomic.same_or_inside(ct2, out) or Path(ct2).absolute() == Path(out).absolute():
+            raise TxkitError(f"--ct2 {ct2}: must be a folder apart from --out {out}")
+        if ct2.exists() and any(ct2.iterdir()) and not overwrite:
+            raise TxkitError(f"{ct2}: output folder exists and is not empty (pass --overwrite to replace it)")
     folder = export.export_marian(model, out, overwrite=overwrite)
     typer.echo(f"MarianMTModel written to {folder}")
     if ct2 is not None:

@@ -45,12 +45,21 @@ def translate_command(
     ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if there is one)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads (default: one per core, or $TXKIT_THREADS / $OMP_NUM_THREADS)."
+    ),
 ):
     """Translate a file or standard input: one output line per input line, in order."""
+    from txkit import atomic
+    from txkit.runs import resolve_model
+
+    if input is not None and input.is_dir():
+        raise TxkitError(f"--input {input}: is a directory, not a text file")
     if input is not None and not input.is_file():
         raise TxkitError(f"input file not found: {input}")
-    if output is not None and not output.resolve().parent.is_dir():
-        raise TxkitError(f"--output {output}: the folder does not exist")
+    model_path = resolve_model(model)
+    if output is not None:  # before the model is loaded: an unusable output fails now, not after decoding
+        atomic.check_output_file(output, "--output", [("--input", input), ("MODEL", model_path)])
 
     from transformers.utils import logging as hf_logging
 
@@ -77,7 +86,10 @@ def translate_command(
         overlong=overlong,
     )
     options.check()
-    loaded, src_tok, tgt_tok = load_model(model, options.device, options.dtype)
+    from txkit.threads import set_threads
+
+    set_threads(threads)
+    loaded, src_tok, tgt_tok = load_model(model_path, options.device, options.dtype)
     translator = Translator(loaded, src_tok, tgt_tok, options)
 
     if input is not None:
@@ -95,13 +107,8 @@ def translate_command(
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return
         else:
-            tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-            try:
-                with open(tmp, "wb") as out:
-                    _write(translator, lines, out, nbest, flush=False)
-                os.replace(tmp, output)
-            finally:
-                tmp.unlink(missing_ok=True)
+            with atomic.open_atomic(output, "wb") as out:
+                _write(translator, lines, out, nbest, flush=False)
     finally:
         if input is not None:
             source.close()
