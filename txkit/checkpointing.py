@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def prepare_run_dir(output_dir: str | os.PathLike) -> Path:
     run_dir = Path(output_dir)
     try:
         (run_dir / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
+        # host and pid: processes of several machines probe the same shared folder at once
+        probe = run_dir / f".write-test-{socket.gethostname()}-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -227,6 +229,10 @@ def load_rank_state(checkpoint: Path, rank: int) -> dict | None:
 
 def load_optimizer_states(checkpoint: Path, optimizer, scheduler, scaler, device) -> None:
     state_dir = checkpoint / runs.TRAINING_STATE
+    # Under a distributed launcher on CPUs accelerate's device is "cpu:0", which torch.load cannot map
+    # storages to (a resumed multi-process CPU run failed with "don't know how to restore data location").
+    if torch.device(device).type == "cpu":
+        device = "cpu"
     optimizer.load_state_dict(torch.load(state_dir / OPTIMIZER, map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(state_dir / SCHEDULER, weights_only=True))
     if scaler is not None and (state_dir / SCALER).is_file():
