@@ -203,3 +203,21 @@ def test_a_node_killed_mid_run_resumes_to_the_same_weights(two_nodes, tokenizer,
         assert torch.equal(mine[name], theirs[name]), f"{name} differs by {(mine[name] - theirs[name]).abs().max().item()}"
     assert _losses(run_dir) == _losses(two_nodes)
     assert not list((run_dir / runs.CHECKPOINTS).glob("*.tmp"))
+
+
+def test_fsdp_launch_config_is_refused_in_one_line(tokenizer, tmp_path, shared_data):
+    # txkit's checkpoints and validation need the whole model on each process; under these configs a
+    # GPU run would fail or hang at its first checkpoint, and on CPUs accelerate silently trains with DDP.
+    port = str(_free_port())
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "recipes" / "launch" / "1node-8gpu-fsdp.yml"),
+               "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_ip", "127.0.0.1",
+               "--main_process_port", port, "-m", "txkit", "train", str(RECIPE), "--output-dir", str(tmp_path / "run"),
+               "--set", f"tokenizer.path={tokenizer}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TXKIT_DATA": str(shared_data),
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: FSDP launch configs")]
+    assert len(lines) == 2, done.stderr[-3000:]  # one line from each process, no traceback of txkit's
+    assert "[rank0]: Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

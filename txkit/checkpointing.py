@@ -48,6 +48,23 @@ def rank_file(rank: int) -> str:
 # ----------------------------------------------------------------------------- the run directory
 
 
+def refuse_sharded_launch() -> None:
+    """Stop before training under an FSDP launch config (recipes/launch/*-fsdp.yml), which txkit cannot run.
+
+    Its checkpoints are written by the main process from the unwrapped model and `optimizer.state_dict()`,
+    which under FSDP hold only each process's shard; validation decodes different sentences on each
+    process, which FSDP's per-layer all-gathers cannot follow. On GPUs that would fail or hang at the first
+    checkpoint or validation; on CPUs accelerate (1.15) ignores the FSDP config and trains with DDP, so
+    the run would not be what was asked for either. One line now instead of either.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
+        raise TxkitError(
+            "FSDP launch configs (distributed_type: FSDP) are not supported by txkit train yet: checkpoints "
+            "and validation need the whole model on every process; use recipes/launch/1node-8gpu.yml or "
+            "2node-8gpu.yml (DDP)"
+        )
+
+
 def prepare_run_dir(output_dir: str | os.PathLike) -> Path:
     """Create the run directory (and its checkpoints folder) or fail with one line saying why."""
     run_dir = Path(output_dir)
