@@ -6,7 +6,8 @@ WMT14 en-de has ~4.5M sentence pairs; the machine has no network and Multi30k ho
 is made from Multi30k en-de train: each pair joins 1-8 random Multi30k pairs (both sides the same ones),
 as many as bring its English side closest to a length drawn from newstest2014's English sentence lengths, so the word
 counts per pair follow news text (printed: mean, median and 95th percentile against newstest2014). Seeded:
-the same corpus every time. It is written under --work (never the repository).
+the same corpus every time. It is written under --work (never the repository) and kept there: a second
+run reuses it, and with it the datasets cache keyed on its files.
 
 Each stage runs in a fresh Python process that goes through txkit's own code, as `txkit train` does with
 the paper's recipe (recipes/wmt14-en-de/transformer-base.yaml, data.train pointed at the made corpus):
@@ -16,6 +17,12 @@ the paper's recipe (recipes/wmt14-en-de/transformer-base.yaml, data.train pointe
                 cache (a fresh cache), with the recipe's filters, data.num_proc processes
     first_step  txkit.training.Trainer (tokenizer, cached ids, batches, model, optimizer) and its first
                 update; float32 (train.mixed_precision=no: bf16 on a CPU measures nothing a user runs)
+    batching    (on request: --stages batching) txkit.batching alone on the cached ids: TokenizedPairs, the
+                epoch's batches, the first batch collated; the memory it adds. With --reference-batching
+                FILE it runs again with that version of batching.py, side by side, e.g. the version that
+                copied the ids out of the cache:
+                    git show c3e2a4d^:txkit/batching.py > /tmp/batching_before.py
+                    python benchmarks/bench_scale.py --stages batching --reference-batching /tmp/batching_before.py
 
 For each: wall time, CPU time (user + system, the process and its workers) and peak resident memory
 (ru_maxrss of the process; of its largest worker when it has workers). Run at two sizes, the peak
@@ -97,7 +104,7 @@ def _recipe(corpus: Path, work: Path, num_proc: int):
     return load_recipe(RECIPE, overrides)
 
 
-def run_stage(stage: str, corpus: Path, work: Path, num_proc: int) -> dict:
+def run_stage(stage: str, corpus: Path, work: Path, num_proc: int, batching_module: str | None = None) -> dict:
     recipe = _recipe(corpus, work, num_proc)
     info: dict = {}
     if stage == "tokenizer":
@@ -126,6 +133,34 @@ def run_stage(stage: str, corpus: Path, work: Path, num_proc: int) -> dict:
         # memory-mapped: the dataset's table is backed by its cache files, not built in memory
         info["table"] = type(ids.data).__name__
         info["cache_files_mb"] = round(sum(os.path.getsize(f["filename"]) for f in ids.cache_files) / 2**20)
+    elif stage == "batching":
+        import importlib.util
+        import itertools
+        import math
+
+        from txkit.data import tokenize_dataset
+        from txkit.recipe import load_corpus
+        from txkit.tokenization import load_tokenizers
+
+        d = recipe.data
+        src_tok, tgt_tok = load_tokenizers(work / "tokenizer")
+        ids, _ = tokenize_dataset(load_corpus(recipe, d.train, "train"), src_tok, tgt_tok, num_proc=d.num_proc,
+                                  max_len=d.max_len, max_ratio=d.max_ratio or math.inf, dedup=d.dedup)  # fmt: skip
+        batching = importlib.import_module("txkit.batching")
+        if batching_module:  # the reference: another version of txkit/batching.py, e.g. from git history
+            spec = importlib.util.spec_from_file_location("reference_batching", batching_module)
+            batching = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(batching)
+        before = _rss_now_mb()
+        started = time.perf_counter()
+        pairs = batching.TokenizedPairs(ids)
+        sampler = batching.TokenBatchSampler(pairs.src_lengths, pairs.tgt_lengths, recipe.train.max_tokens,
+                                             seed=recipe.train.seed)  # fmt: skip
+        first = next(itertools.islice(iter(sampler), 1))
+        pairs.collate(first, src_tok.pad_token_id)
+        info["build_s"] = round(time.perf_counter() - started, 1)
+        info["rss_before_mb"] = before
+        info["rss_added_mb"] = _maxrss_mb(resource.RUSAGE_SELF) - before
     elif stage == "first_step":
         import itertools
 
@@ -151,6 +186,11 @@ def run_stage(stage: str, corpus: Path, work: Path, num_proc: int) -> dict:
     return info
 
 
+def _rss_now_mb() -> int:
+    with open("/proc/self/status") as fh:
+        return next(round(int(line.split()[1]) / 1024) for line in fh if line.startswith("VmRSS:"))
+
+
 def _maxrss_mb(who) -> int:
     return round(resource.getrusage(who).ru_maxrss / 1024)  # KiB on Linux
 
@@ -165,12 +205,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/txkit-scale"), help="corpora, caches and runs")
     parser.add_argument("--num-proc", type=int, default=2, help="data.num_proc: processes tokenizing")
     parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--reference-batching", type=Path,
+                        help="with the batching stage: also run it with this txkit/batching.py (side by side)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--batching-module", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.stage:
-        print(json.dumps(run_stage(args.stage, args.corpus, args.work, args.num_proc)))
+        print(json.dumps(run_stage(args.stage, args.corpus, args.work, args.num_proc, args.batching_module)))
         return
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
@@ -181,14 +224,25 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         corpus = work / "corpus" / "train"
         corpus.parent.mkdir(exist_ok=True)
-        started = time.perf_counter()
-        lengths = make_corpus(args.data, size, corpus)
-        print(f"{size} pairs: corpus written in {time.perf_counter() - started:.0f} s; {json.dumps(lengths)}", flush=True)
+        done_file = work / "corpus" / "done.json"
+        if done_file.is_file():  # the same seed makes the same corpus: keep it (and the caches keyed on its files)
+            print(f"{size} pairs: corpus from an earlier run; {done_file.read_text().strip()}", flush=True)
+        else:
+            started = time.perf_counter()
+            lengths = make_corpus(args.data, size, corpus)
+            done_file.write_text(json.dumps(lengths) + "\n")
+            print(f"{size} pairs: corpus written in {time.perf_counter() - started:.0f} s; {json.dumps(lengths)}", flush=True)
         env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf-cache"), "OMP_NUM_THREADS": "2",
                "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}  # fmt: skip
-        for stage in args.stages.split(","):
+        runs = [(stage, None) for stage in args.stages.split(",")]
+        if args.reference_batching and "batching" in args.stages.split(","):
+            runs.append(("batching", args.reference_batching))
+        for stage, reference in runs:
             command = [sys.executable, __file__, "--stage", stage, "--corpus", str(corpus), "--work", str(work),
                        "--num-proc", str(args.num_proc)]  # fmt: skip
+            if reference:
+                command += ["--batching-module", str(reference.resolve())]
+                stage = "batching (reference)"
             started = time.perf_counter()
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - started
@@ -203,7 +257,7 @@ def main() -> None:
         small, large = min(args.sizes), max(args.sizes)
         by = {(s, st): i for s, st, _, i in rows}
         print(f"\npeak RSS at {large} pairs / at {small} pairs ({large / small:.0f}x the pairs):")
-        for stage in args.stages.split(","):
+        for stage in dict.fromkeys(st for _, st, _, _ in rows):
             a, b = by[(small, stage)], by[(large, stage)]
             print(f"  {stage:<10} {b['peak_rss_mb']} / {a['peak_rss_mb']} MB = {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x; "
                   f"per added pair: {(b['peak_rss_mb'] - a['peak_rss_mb']) * 2**20 / (large - small):.0f} bytes")  # fmt: skip
