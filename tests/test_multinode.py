@@ -157,6 +157,11 @@ def test_two_nodes_match_one_process_accumulating_the_same_batches(two_nodes, to
         ["trainer_state.json", "optimizer.pt", "scheduler.pt", "rank-00000.pt", "rank-00001.pt"]
     )
     assert [p.name for p in (two_nodes.parent / "node1").iterdir()] == ["launch.log"]
+    # node 1's process is its node's local main process, not the main process: it neither reports nor logs
+    # (a doubled log.jsonl would also fail the loss comparison below)
+    node0, node1 = ((two_nodes.parent / f"node{r}" / "launch.log").read_text() for r in (0, 1))
+    assert "saved" in node0 and "stopped at step" in node0
+    assert "saved" not in node1 and "stopped at step" not in node1
 
     monkeypatch.setenv("TXKIT_DATA", str(shared_data))
     train(load_recipe(RECIPE, _overrides(tokenizer, max_tokens, accumulation=2)), tmp_path / "one")
