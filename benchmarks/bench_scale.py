@@ -161,6 +161,9 @@ def run_stage(stage: str, corpus: Path, work: Path, num_proc: int, batching_modu
         info["build_s"] = round(time.perf_counter() - started, 1)
         info["rss_before_mb"] = before
         info["rss_added_mb"] = _maxrss_mb(resource.RUSAGE_SELF) - before
+        # RSS counts the pages of the memory-mapped cache files a process has read (page cache the kernel
+        # can drop) as well as its own memory: the split says which one grew
+        info["rss_anon_mb"], info["rss_file_mb"] = _rss_now_mb("RssAnon:"), _rss_now_mb("RssFile:")
     elif stage == "first_step":
         import itertools
 
@@ -186,9 +189,9 @@ def run_stage(stage: str, corpus: Path, work: Path, num_proc: int, batching_modu
     return info
 
 
-def _rss_now_mb() -> int:
+def _rss_now_mb(field: str = "VmRSS:") -> int:
     with open("/proc/self/status") as fh:
-        return next(round(int(line.split()[1]) / 1024) for line in fh if line.startswith("VmRSS:"))
+        return next(round(int(line.split()[1]) / 1024) for line in fh if line.startswith(field))
 
 
 def _maxrss_mb(who) -> int:
