@@ -27,7 +27,8 @@ the paper's recipe (recipes/wmt14-en-de/transformer-base.yaml, data.train pointe
 For each: wall time, CPU time (user + system, the process and its workers) and peak resident memory
 (ru_maxrss of the process; of its largest worker when it has workers). Run at two sizes, the peak
 memory of each stage shows what grows with the corpus: the ids stay in the memory-mapped Arrow cache
-files, so only per-pair lengths and batch boundaries (a few bytes per pair) should.
+files, so what txkit itself holds grows by the per-pair lengths, sort order and filter masks (~90 bytes
+a pair); RSS also counts the cache files' pages a process has read (see rss_anon_mb / rss_file_mb).
 """
 
 from __future__ import annotations
