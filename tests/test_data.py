@@ -197,6 +197,33 @@ def test_collate_pads():
     assert (batch["num_src_tokens"], batch["num_tgt_tokens"]) == (5, 6)
 
 
+def test_tokenized_pairs_read_the_ids_in_place(shared_data, tok, tmp_path):
+    """The ids stay in the memory-mapped Arrow cache files: building TokenizedPairs allocates the lengths (a few
+    bytes a pair), not a copy of the ids (which grew with the corpus: ~1 GB at WMT's 4.5M pairs); filtered
+    (scattered `select`) and sliced datasets give their own rows, across Arrow's record batches."""
+    import tracemalloc
+
+    from txkit.data import column_lengths
+
+    ds = load_parallel(shared_data / "multi30k" / "train", "en", "de", cache_dir=tmp_path).select(range(8000))
+    tokenized, _ = tokenize_dataset(ds, tok)
+    ids_bytes = 4 * int(column_lengths(tokenized, "input_ids").sum() + column_lengths(tokenized, "labels").sum())
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    pairs = TokenizedPairs(tokenized)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < ids_bytes / 4, (peak, ids_bytes)
+    scattered = tokenized.select(np.arange(len(tokenized))[::-3])  # an indices mapping over the cache file
+    for view in (tokenized, scattered, tokenized.select(range(1500, 3500))):
+        got = TokenizedPairs(view)
+        assert len(got) == len(view)
+        assert [got[i]["input_ids"] for i in range(len(got))] == view["input_ids"]
+        assert [got[i]["labels"] for i in range(len(got))] == view["labels"]
+        assert got.src_lengths.tolist() == [len(x) for x in view["input_ids"]]
+    batch = pairs.collate([7999, 0, 1000], tok.pad_token_id)
+    assert batch["input_ids"][0, : len(tokenized[7999]["input_ids"])].tolist() == tokenized[7999]["input_ids"]
+
+
 def test_every_pair_once_per_epoch_and_epochs_differ():
     src, tgt = synthetic_lengths()
     sampler = TokenBatchSampler(src, tgt, max_tokens=2048, seed=7)

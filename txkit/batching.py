@@ -58,35 +58,61 @@ def collate(examples: Sequence[dict], pad_id: int, pad_to_multiple_of: int = 8) 
 
 
 class TokenizedPairs:
-    """The ids of a tokenized corpus in memory as flat int32 arrays plus offsets (CSR layout).
+    """The ids of a tokenized corpus, read in place from the dataset's memory-mapped Arrow files.
 
-    Fetching a batch is a few numpy slices instead of an Arrow lookup per example; a WMT-sized
-    corpus (4.5M pairs, ~30 tokens a side) takes about 1 GB.
+    Fetching a batch is a few numpy slices instead of an Arrow lookup per example. The token ids
+    are numpy views of the Arrow buffers (no copy), so they stay in the `datasets` cache files and
+    only the pages of the batches read come into memory; what is built in memory is the lengths,
+    a few bytes per pair. (A WMT-sized corpus, 4.5M pairs of ~30 tokens a side, holds ~1 GB of ids:
+    copying them out, as this class once did, made peak memory grow with the corpus;
+    benchmarks/bench_scale.py measures it.)
     """
 
     def __init__(self, ds):
-        import pyarrow.compute as pc
+        import pyarrow as pa
 
-        def flat(column: str) -> tuple[np.ndarray, np.ndarray]:
-            array = ds.with_format("arrow")[column]
-            values = pc.list_flatten(array).to_numpy().astype(np.int32)
-            offsets = np.zeros(len(ds) + 1, dtype=np.int64)
-            np.cumsum(pc.list_value_length(array).to_numpy(), out=offsets[1:])
-            return values, offsets
+        table = ds.data.table  # (physical rows) the Arrow table behind the dataset, memory-mapped when cached
+        # A filtered dataset (`select` of scattered rows) is the whole table plus an indices mapping
+        # from its rows to the table's; keep that mapping rather than gathering the rows into memory.
+        indices = getattr(ds, "_indices", None)
+        self.rows = None if indices is None else indices.column(0).to_numpy().astype(np.int64)  # (N,)
 
-        self.src_values, self.src_offsets = flat("input_ids")
-        self.tgt_values, self.tgt_offsets = flat("labels")
-        self.src_lengths = np.diff(self.src_offsets)  # (N,)
-        self.tgt_lengths = np.diff(self.tgt_offsets)  # (N,)
+        def chunks(column: str):
+            values, offsets, lengths = [], [], []
+            for chunk in table.column(column).chunks:  # one Arrow record batch each (~1000 rows)
+                if not isinstance(chunk, pa.ListArray):
+                    chunk = chunk.cast(pa.list_(pa.int32()))
+                offs = chunk.offsets.to_numpy()  # (rows + 1,) int32 into the chunk's values; a slice's own
+                values.append(chunk.values.to_numpy(zero_copy_only=False))  # the ids, a view of the file
+                offsets.append(offs)
+                lengths.append(np.diff(offs))
+            return values, offsets, np.concatenate(lengths) if lengths else np.zeros(0, np.int32)
+
+        self._src_values, self._src_offsets, src_lengths = chunks("input_ids")
+        self._tgt_values, self._tgt_offsets, tgt_lengths = chunks("labels")
+        sizes = [len(o) - 1 for o in self._src_offsets]
+        self._chunk_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (chunks + 1,)
+        if self.rows is not None:
+            src_lengths, tgt_lengths = src_lengths[self.rows], tgt_lengths[self.rows]
+        self.src_lengths = src_lengths.astype(np.int64)  # (N,)
+        self.tgt_lengths = tgt_lengths.astype(np.int64)  # (N,)
 
     def __len__(self) -> int:
         return len(self.src_lengths)
 
+    def _locate(self, i: int) -> tuple[int, int]:
+        """(chunk, row inside it) of pair i."""
+        row = int(self.rows[i]) if self.rows is not None else int(i)
+        chunk = int(np.searchsorted(self._chunk_starts, row, side="right")) - 1
+        return chunk, row - int(self._chunk_starts[chunk])
+
     def _src(self, i: int) -> np.ndarray:
-        return self.src_values[self.src_offsets[i] : self.src_offsets[i + 1]]
+        c, r = self._locate(i)
+        return self._src_values[c][self._src_offsets[c][r] : self._src_offsets[c][r + 1]]
 
     def _tgt(self, i: int) -> np.ndarray:
-        return self.tgt_values[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
+        c, r = self._locate(i)
+        return self._tgt_values[c][self._tgt_offsets[c][r] : self._tgt_offsets[c][r + 1]]
 
     def __getitem__(self, i: int) -> dict:
         return {"input_ids": self._src(i).tolist(), "labels": self._tgt(i).tolist()}
@@ -160,7 +186,7 @@ class TokenBatchSampler:
         self.shuffle = shuffle
         self.epoch = 0
         self.position = 0
-        self._cache: tuple[int, list[list[int]]] | None = None  # (epoch, this shard's batches)
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, order, this shard's ranges)
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -189,8 +215,12 @@ class TokenBatchSampler:
             ranges.append((start, i))
         return ranges
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        """All batches of an epoch (every shard's), in the order shards take them."""
+    def _epoch_batches(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """All batches of an epoch (every shard's), in the order shards take them: (order, ranges).
+
+        Batch k is `order[ranges[k, 0]:ranges[k, 1]]`. Kept as two arrays rather than lists of
+        Python ints (~40 bytes per pair, 180 MB at WMT's 4.5M pairs), built one batch at a time.
+        """
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.widths)
         if self.shuffle:
@@ -202,9 +232,9 @@ class TokenBatchSampler:
         ranges = self._even_out(ranges)
         if self.shuffle:
             ranges = [ranges[i] for i in rng.permutation(len(ranges))]
-        batches = [order[a:b].tolist() for a, b in ranges]
-        short = -len(batches) % self.num_shards  # > 0 only when no batch can be split further
-        return batches + [batches[k % len(batches)] for k in range(short)]
+        short = -len(ranges) % self.num_shards  # > 0 only when no batch can be split further
+        ranges = ranges + [ranges[k % len(ranges)] for k in range(short)]
+        return order, np.asarray(ranges, dtype=np.int64).reshape(-1, 2)  # (N,), (batches, 2)
 
     def _even_out(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Split the largest batches in two until the batch count is a multiple of num_shards."""
@@ -224,24 +254,25 @@ class TokenBatchSampler:
             return out
         return self._even_out(out) if any(b - a >= 2 for a, b in out) else out
 
-    def _shard_batches(self) -> list[list[int]]:
+    def _shard_batches(self) -> tuple[np.ndarray, np.ndarray]:
+        """This shard's batches of the current epoch: (order, ranges), as `_epoch_batches`."""
         if self._cache is None or self._cache[0] != self.epoch:
-            batches = self._epoch_batches(self.epoch)
-            self._cache = (self.epoch, batches[self.shard_index :: self.num_shards])
-        return self._cache[1]
+            order, ranges = self._epoch_batches(self.epoch)
+            self._cache = (self.epoch, order, ranges[self.shard_index :: self.num_shards])
+        return self._cache[1], self._cache[2]
 
     # -- iterating and resuming --------------------------------------------------------------------
 
     def __len__(self) -> int:
         """Batches per shard per epoch (the same for every shard and every epoch)."""
-        return len(self._shard_batches())
+        return len(self._shard_batches()[1])
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._shard_batches()
-        while self.position < len(batches):
-            batch = batches[self.position]
+        order, ranges = self._shard_batches()
+        while self.position < len(ranges):
+            start, end = ranges[self.position]
             self.position += 1  # counted as handed out before the caller sees it
-            yield batch
+            yield order[start:end].tolist()
         self.epoch, self.position = self.epoch + 1, 0
 
     def set_epoch(self, epoch: int) -> None:

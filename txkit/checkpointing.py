@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -46,12 +47,30 @@ def rank_file(rank: int) -> str:
 # ----------------------------------------------------------------------------- the run directory
 
 
+def refuse_sharded_launch() -> None:
+    """Stop before training under an FSDP launch config (recipes/launch/*-fsdp.yml), which txkit cannot run.
+
+    Its checkpoints are written by the main process from the unwrapped model and `optimizer.state_dict()`,
+    which under FSDP hold only each process's shard; validation decodes different sentences on each
+    process, which FSDP's per-layer all-gathers cannot follow. On GPUs that would fail or hang at the first
+    checkpoint or validation; on CPUs accelerate (1.15) ignores the FSDP config and trains with DDP, so
+    the run would not be what was asked for either. One line now instead of either.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
+        raise TxkitError(
+            "FSDP launch configs (distributed_type: FSDP) are not supported by txkit train yet: checkpoints "
+            "and validation need the whole model on every process; use recipes/launch/1node-8gpu.yml or "
+            "2node-8gpu.yml (DDP)"
+        )
+
+
 def prepare_run_dir(output_dir: str | os.PathLike) -> Path:
     """Create the run directory (and its checkpoints folder) or fail with one line saying why."""
     run_dir = Path(output_dir)
     try:
         (run_dir / runs.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
+        # host and pid: processes of several machines probe the same shared folder at once
+        probe = run_dir / f".write-test-{socket.gethostname()}-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -239,6 +258,10 @@ def load_rank_state(checkpoint: Path, rank: int) -> dict | None:
 
 def load_optimizer_states(checkpoint: Path, optimizer, scheduler, scaler, device) -> None:
     state_dir = checkpoint / runs.TRAINING_STATE
+    # Under a distributed launcher on CPUs accelerate's device is "cpu:0", which torch.load cannot map
+    # storages to (a resumed multi-process CPU run failed with "don't know how to restore data location").
+    if torch.device(device).type == "cpu":
+        device = "cpu"
     optimizer.load_state_dict(torch.load(state_dir / OPTIMIZER, map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(state_dir / SCHEDULER, weights_only=True))
     if scaler is not None and (state_dir / SCALER).is_file():

@@ -85,6 +85,7 @@ class Trainer:
         self.recipe = recipe
         t = recipe.train
         check_data_files(recipe)
+        ckpt.refuse_sharded_launch()
         self.run_dir = ckpt.prepare_run_dir(output_dir)
         if t.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise TxkitError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU")
