@@ -477,7 +477,10 @@ def test_a_signal_during_translation_leaves_nothing_behind(signum, fx: Fixtures,
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "txkit", "translate", str(model_dir), "-i", str(source),
                              "-o", str(folder / "out.txt"), "--device", "cpu"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored (and Python then keeps it
+                            # ignored); give the child the default disposition, as a terminal user has
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 60
     while not list(folder.glob(".out.txt.txkit-*")):  # translating: the temporary output exists
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
