@@ -10,14 +10,13 @@ import torch
 
 from txkit.search import (
     Hypothesis,
-    ModelStepDecoder,
-    TxkitStepDecoder,
     _sample,
     beam_search,
     length_penalty,
     sample_search,
     top_candidates,
 )
+from txkit.step_decoder import ModelStepDecoder, TxkitStepDecoder
 
 PAD, START, EOS, A = 0, 0, 2, 3  # start token = padding, as in txkit's models
 V = 10  # tokens 4..9 and <s>=1 are near-impossible fillers

@@ -29,7 +29,8 @@ import torch
 
 from txkit.errors import TxkitError
 from txkit.textio import decode_lines
-from txkit.search import LP_FORMS, Hypothesis, beam_search, sample_search, step_decoder
+from txkit.search import LP_FORMS, Hypothesis, beam_search, sample_search
+from txkit.step_decoder import step_decoder
 
 OVERLONG_POLICIES = ("truncate", "empty")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
