@@ -12,11 +12,11 @@ from txkit.search import (
     Hypothesis,
     _sample,
     beam_search,
+    greedy_search,
     length_penalty,
     sample_search,
     top_candidates,
 )
-from txkit.step_decoder import ModelStepDecoder, TxkitStepDecoder
 
 PAD, START, EOS, A = 0, 0, 2, 3  # start token = padding, as in txkit's models
 V = 10  # tokens 4..9 and <s>=1 are near-impossible fillers
@@ -129,7 +129,7 @@ def test_each_sentence_has_its_own_length_limit():
     for lp_form in ("gnmt", "hf"):
         results = search(lp_form, 0.6, max_lengths=(3, 7, 1), beam_size=3, table=never_ends)
         assert [len(hyps[0].tokens) for hyps in results] == [3, 7, 1]
-    greedy = sample_search(TableDecoder(never_ends, 3), [3, 7, 1], EOS)
+    greedy = greedy_search(TableDecoder(never_ends, 3), [3, 7, 1], EOS)
     assert [len(hyps[0].tokens) for hyps in greedy] == [3, 7, 1]
 
 
@@ -218,7 +218,7 @@ def test_finished_sentences_leave_the_batch_without_changing_results(lp_form):
 def test_greedy_takes_the_most_likely_token_and_stops_at_eos():
     table = random_table(seed=3)
     limits = [10, 10, 10]
-    results = sample_search(TableDecoder(table, 3), limits, EOS)
+    results = greedy_search(TableDecoder(table, 3), limits, EOS)
     for sentence, (hyp,) in enumerate(results):
         prefix: tuple = ()
         total = 0.0
@@ -237,7 +237,7 @@ def test_sampling_is_reproducible_per_sentence_and_filters():
     table = random_table(seed=5)
     seeds = [[11, 12], [21, 22], [31, 32]]
     run = lambda decoder, seeds, **kw: sample_search(
-        decoder, [8] * len(seeds), EOS, sampling=True, seeds=seeds, num_samples=2, **kw
+        decoder, [8] * len(seeds), EOS, seeds=seeds, num_samples=2, **kw
     )
     first = run(TableDecoder(table, 3), seeds)
     assert run(TableDecoder(table, 3), seeds) == first
@@ -246,7 +246,7 @@ def test_sampling_is_reproducible_per_sentence_and_filters():
     assert [h.tokens for h in alone[0]] == [h.tokens for h in first[1]]
     assert all(len(hyps) == 2 for hyps in first)
     # top_k=1 is greedy
-    greedy = sample_search(TableDecoder(table, 3), [8] * 3, EOS)
+    greedy = greedy_search(TableDecoder(table, 3), [8] * 3, EOS)
     top1 = run(TableDecoder(table, 3), seeds, top_k=1)
     assert [[h.tokens for h in hyps] for hyps in top1] == [[g[0].tokens] * 2 for g in greedy]
 
@@ -287,43 +287,3 @@ def test_chunked_top_candidates_equal_a_topk_over_all_continuations(vocab):
         values, index = top_candidates(scores, log_probs, 8)
         expected = (scores.unsqueeze(-1) + log_probs.view(A, k, vocab)).view(A, k * vocab).topk(8, dim=-1)
         assert torch.equal(values, expected.values) and torch.equal(index, expected.indices)
-
-
-@pytest.mark.parametrize("normalize_before", [False, True])
-def test_txkit_step_decoder_gives_the_models_cached_log_probs(normalize_before):
-    """The layer-driven decoder (cross-attention shared per sentence, self-attention slots never reordered, read
-    through ancestry masks) = the model's cached forward through beam expansion, beam reordering, sentences
-    leaving, uneven groups and buffer growth."""
-    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = TxkitConfig(
-        vocab_size=50, d_model=32, attention_heads=4, ffn_dim=64, encoder_layers=2, decoder_layers=2,
-        normalize_before=normalize_before,
-    )  # fmt: skip
-    model = TxkitForConditionalGeneration(config).eval()
-    input_ids = torch.randint(4, 50, (3, 7))
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 4:] = 0
-    input_ids[1, 4:] = config.pad_token_id
-    fast = TxkitStepDecoder(model, input_ids, attention_mask)
-    reference = ModelStepDecoder(model, input_ids, attention_mask)
-    gen = torch.Generator().manual_seed(1)
-    # (rows kept after the step, sentences changed): expand to 2 beams, reorder, drop sentence 1, uneven
-    selects = [
-        (torch.tensor([0, 0, 1, 1, 2, 2]), True),
-        (torch.tensor([1, 0, 2, 2, 5, 4]), False),
-        (torch.tensor([0, 1, 4, 5]), True),
-        (torch.tensor([0, 2, 3]), True),
-    ] + [(None, False)] * 16  # past the buffers' first capacity of 16 positions
-    with torch.inference_mode():
-        tokens = torch.full((3,), config.decoder_start_token_id)
-        for rows, changed in selects:
-            got, expected = fast.step(tokens), reference.step(tokens)
-            assert got.shape == expected.shape
-            assert torch.allclose(got, expected, atol=1e-5, rtol=0)
-            tokens = torch.randint(4, 50, (got.size(0),), generator=gen)
-            if rows is not None:
-                fast.select(rows, changed)
-                reference.select(rows, changed)
-                tokens = tokens[rows]

@@ -29,7 +29,7 @@ import torch
 
 from txkit.errors import TxkitError
 from txkit.textio import decode_lines
-from txkit.search import LP_FORMS, Hypothesis, beam_search, sample_search
+from txkit.search import LP_FORMS, Hypothesis, beam_search, greedy_search, sample_search
 from txkit.step_decoder import step_decoder
 
 OVERLONG_POLICIES = ("truncate", "empty")
@@ -321,12 +321,12 @@ class Translator:
                 [_sentence_seed(opts.seed, work.first_line + i, s) for s in range(opts.nbest)] for i in indices
             ]
             return sample_search(
-                decoder, max_lengths, self.eos_token_id, sampling=True, top_k=opts.top_k, top_p=opts.top_p,
+                decoder, max_lengths, self.eos_token_id, top_k=opts.top_k, top_p=opts.top_p,
                 temperature=opts.temperature, seeds=seeds, num_samples=opts.nbest,
                 alpha=opts.length_penalty, lp_form=opts.lp_form,
             )  # fmt: skip
         if opts.beam_size == 1:
-            return sample_search(
+            return greedy_search(
                 decoder, max_lengths, self.eos_token_id, alpha=opts.length_penalty, lp_form=opts.lp_form
             )
         return beam_search(

@@ -235,11 +235,21 @@ def _done(
     return done
 
 
+def greedy_search(
+    decoder: StepDecoder, max_lengths: list[int], eos_token_id: int, alpha: float = 0.6, lp_form: str = "gnmt"
+) -> list[list[Hypothesis]]:
+    """Greedy search (beam 1, the fast path): the most likely token at each step; one hypothesis per sentence.
+
+    Scores are normalised by the same length penalty as beam search so that they compare.
+    """
+    return _token_by_token(decoder, max_lengths, eos_token_id, lambda log_probs, _: log_probs.argmax(dim=-1),
+                           None, 1, alpha, lp_form)  # fmt: skip
+
+
 def sample_search(
     decoder: StepDecoder,
     max_lengths: list[int],
     eos_token_id: int,
-    sampling: bool = False,
     top_k: int = 0,
     top_p: float = 1.0,
     temperature: float = 1.0,
@@ -248,16 +258,38 @@ def sample_search(
     alpha: float = 0.6,
     lp_form: str = "gnmt",
 ) -> list[list[Hypothesis]]:
-    """Greedy search (`sampling=False`, the beam-1 fast path) or ancestral sampling, one token per step.
+    """Ancestral sampling, one token per step.
 
-    Sampling draws from softmax(logits / temperature) restricted to the `top_k` most likely tokens (0 = all)
-    and to the smallest set whose probability reaches `top_p`. `num_samples` draws that many translations
-    per sentence; `seeds[i][s]` seeds the random stream of sample s of sentence i, so draws do not depend on
+    Draws from softmax(logits / temperature) restricted to the `top_k` most likely tokens (0 = all) and to
+    the smallest set whose probability reaches `top_p`. `num_samples` draws that many translations per
+    sentence; `seeds[i][s]` seeds the random stream of sample s of sentence i, so draws do not depend on
     which other sentences share the batch (None: torch's global generator). Scores use the model's own
     log-probabilities, normalised by the same length penalty as beam search so that they compare.
     """
-    if not sampling and num_samples != 1:
-        raise ValueError("greedy search gives one hypothesis per sentence; use beam search or sampling for n-best")
+    generators = None
+    if seeds is not None:
+        device = _device_of(decoder)
+        generators = [torch.Generator(device=device).manual_seed(seeds[i][s])
+                      for i in range(len(max_lengths)) for s in range(num_samples)]  # fmt: skip
+
+    def draw(log_probs, row_generators):
+        return _sample(log_probs, top_k, top_p, temperature, row_generators)
+
+    return _token_by_token(decoder, max_lengths, eos_token_id, draw, generators, num_samples, alpha, lp_form)
+
+
+def _token_by_token(
+    decoder: StepDecoder,
+    max_lengths: list[int],
+    eos_token_id: int,
+    choose,
+    generators: list | None,
+    num_samples: int,
+    alpha: float,
+    lp_form: str,
+) -> list[list[Hypothesis]]:
+    """The loop greedy search and sampling share: `choose(log_probs (A, V), generators of the A rows) -> (A,)`
+    picks each row's next token; a row leaves the batch when it ends."""
     batch = len(max_lengths)
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     if batch == 0:
@@ -268,22 +300,13 @@ def sample_search(
     if num_samples > 1:
         decoder.select(torch.arange(batch, device=device).repeat_interleave(num_samples), sentences_changed=True)
     n = len(active)
-    generators = None
-    if sampling and seeds is not None:
-        generators = []
-        for i in range(batch):
-            for s in range(num_samples):
-                generators.append(torch.Generator(device=device).manual_seed(seeds[i][s]))
     sums = torch.zeros(n, device=device)  # (A,) sum log p
     history = torch.zeros(n, 0, dtype=torch.long, device=device)  # (A, t)
     last = torch.full((n,), decoder.start_token_id, dtype=torch.long, device=device)
     t = 0
     while active:
         log_probs = decoder.step(last)  # (A, V)
-        if sampling:
-            token = _sample(log_probs, top_k, top_p, temperature, generators)
-        else:
-            token = log_probs.argmax(dim=-1)  # (A,)
+        token = choose(log_probs, generators)  # (A,)
         sums = sums + log_probs.gather(1, token.unsqueeze(-1)).squeeze(-1)
         history = torch.cat([history, token.unsqueeze(-1)], dim=-1)
         t += 1

@@ -1,7 +1,18 @@
 """Step decoders: what drives a model one decoder step at a time for txkit.search's algorithms.
 
-`TxkitStepDecoder` runs txkit's decoder layers directly (the fast path); `ModelStepDecoder` goes through a
-transformers model's cached decoder; `step_decoder` picks one.
+`ModelStepDecoder` runs a model's own decoder code on transformers' cache (any encoder-decoder); for txkit's
+model, `TxkitStepDecoder` is faster; `step_decoder` picks by the model's config (`model_type`).
+
+A DECLARED COPY. `TxkitStepDecoder.step` restates the arithmetic of `TxkitDecoderLayer.forward`
+(txkit/modeling/modeling_txkit.py): the pre-/post-norm residual order and the attention/feed-forward
+projections, called as F.linear / F.layer_norm on the layers' own weight tensors. It is kept because it is
+measurably faster (benchmarks/RESULTS.md, README Performance: the search 1.5x its first version, 4.9x
+`generate`): cross-attention keys/values once per sentence, a self-attention cache that is never reordered
+(an ancestry mask instead), and no nn.Module call machinery per layer per step. It reads the weights and
+the activation from the model's modules, so only the order of operations is copied; when the decoder layer
+changes, change `step` too: tests/test_step_decoder.py checks it against the model's own decoder for every
+architecture option (ReLU and GELU, pre- and post-norm, shared and separate vocabularies), step by step and
+after beams are reordered.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ class ModelStepDecoder:
         self.device = input_ids.device
         self.start_token_id = model.config.decoder_start_token_id
         self.pad_token_id = model.config.pad_token_id
-        self.is_txkit = hasattr(model, "output_logits")
+        self.is_txkit = is_txkit_model(model)
         encoder = model.model.encoder if self.is_txkit else model.get_encoder()
         self.encoder_hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, D)
         self.encoder_mask = attention_mask  # (B, S)
@@ -210,8 +221,16 @@ class TxkitStepDecoder:
         self.ancestry = ancestry.view(n // self.group, self.group, -1)
 
 
+TXKIT_MODEL_TYPE = "txkit"  # TxkitConfig.model_type; repeated here so that choosing a path needs no import
+
+
+def is_txkit_model(model) -> bool:
+    """Whether `model` is txkit's (by its config's model_type, as transformers' Auto classes decide)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == TXKIT_MODEL_TYPE
+
+
 def step_decoder(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StepDecoder:
     """The fastest `StepDecoder` for a model: `TxkitStepDecoder` for txkit's, `ModelStepDecoder` otherwise."""
-    if hasattr(model, "output_logits") and hasattr(model, "model") and hasattr(model.model, "decoder"):
+    if is_txkit_model(model):
         return TxkitStepDecoder(model, input_ids, attention_mask)
     return ModelStepDecoder(model, input_ids, attention_mask)
