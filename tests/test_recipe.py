@@ -149,7 +149,7 @@ def test_cli_lists_every_key(capsys):
 def test_tokenizer_section_reaches_the_tokenizer_it_builds(monkeypatch, tmp_path, shared_data):
     import json
 
-    from txkit.recipe import build_recipe_tokenizer
+    from txkit.prepare import build_recipe_tokenizer
 
     monkeypatch.setenv("TXKIT_DATA", str(shared_data))
     overrides = [

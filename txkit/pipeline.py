@@ -173,7 +173,7 @@ def stage_data(run: _Run, fetch: bool = True) -> None:
 
 
 def stage_tokenizer(run: _Run) -> None:
-    from txkit.recipe import build_recipe_tokenizer
+    from txkit.prepare import build_recipe_tokenizer
 
     inputs = {**run.keys(k for k in run.flat if k.startswith("tokenizer.")), **run.keys(_TOKENIZER_KEYS)}
     if run.done("tokenizer", inputs):
@@ -332,7 +332,7 @@ def _test_sets(run: _Run) -> dict[str, str]:
 
 
 def _load_test(run: _Run, spec: str):
-    from txkit.recipe import load_corpus
+    from txkit.prepare import load_corpus
 
     ds = load_corpus(run.recipe, spec, "test")
     return list(ds["src"]), list(ds["tgt"])

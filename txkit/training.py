@@ -33,7 +33,8 @@ from pathlib import Path
 
 from txkit import runs
 from txkit.errors import TxkitError
-from txkit.recipe import Recipe, build_recipe_tokenizer, check_data_files, load_corpus, resolve_tokenizer_path
+from txkit.prepare import build_recipe_tokenizer, load_corpus
+from txkit.recipe import Recipe, check_data_files, resolve_tokenizer_path
 from txkit.schedule import peak_flops, training_flops
 
 MAX_NONFINITE_IN_A_ROW = 10

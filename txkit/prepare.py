@@ -1,0 +1,63 @@
+"""The recipe's inputs made real: its corpora loaded as datasets, its tokenizer built.
+
+Moved out of txkit.recipe so that the recipe schema, which every stage imports, stays light (the standard
+library and yaml): this module is the one that reaches into txkit.data and txkit.tokenization.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from txkit.errors import TxkitError
+from txkit.recipe import Recipe, corpus_files, resolve_data_path
+
+
+def load_corpus(recipe: Recipe, spec: str, split: str = "train"):
+    """A corpus the recipe names (data.train, data.valid, an eval.test entry) as a `src`/`tgt` Dataset."""
+    from txkit.data import load_parallel
+
+    d = recipe.data
+    return load_parallel(resolve_data_path(spec), d.src_lang, d.tgt_lang, hub_config=d.hub_config or None, split=split)
+
+
+def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
+    """Build the tokenizer the recipe describes at `path` (under a temporary name, renamed when complete).
+
+    It learns from `tokenizer.files`, by default both sides of data.train; a corpus that is not a pair of
+    text files (.tsv, .jsonl, .parquet, hub:), or its first `data.max_sentences` pairs, is written out as
+    text first.
+    """
+    import shutil
+
+    from txkit.tokenization import build_tokenizer
+
+    t, d = recipe.tokenizer, recipe.data
+    tmp = path.with_name(path.name + ".tmp")
+    text_dir = path.with_name(path.name + ".text")
+    for stale in (tmp, text_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    files = [resolve_data_path(f) for f in t.files]
+    if not files:
+        files = corpus_files(d.train, d.src_lang, d.tgt_lang)
+        if len(files) != 2 or d.max_sentences:
+            ds = load_corpus(recipe, d.train, "train")
+            if d.max_sentences:
+                ds = ds.select(range(min(d.max_sentences, len(ds))))
+            text_dir.mkdir(parents=True)
+            files = [text_dir / f"train.{d.src_lang}", text_dir / f"train.{d.tgt_lang}"]
+            for column, file in zip(("src", "tgt"), files):
+                file.write_text("".join(line.replace("\n", " ") + "\n" for line in ds[column]), encoding="utf-8")
+    for f in files:
+        if not Path(f).is_file():
+            raise TxkitError(f"tokenizer.files: file not found: {f}")
+    build_tokenizer(
+        files, tmp, vocab_size=t.vocab_size, model=t.model, joint=t.joint, src_lang=d.src_lang,
+        min_frequency=t.min_frequency, limit_alphabet=t.limit_alphabet, normalization=t.normalization,
+        byte_fallback=t.byte_fallback, show_progress=False, stats=False,
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.rmdir()  # an empty folder
+    os.replace(tmp, path)
+    shutil.rmtree(text_dir, ignore_errors=True)
