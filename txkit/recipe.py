@@ -403,13 +403,25 @@ def validate(recipe: Recipe) -> None:
          "data.src_lang and data.tgt_lang must differ")
     need(bool(recipe.data.train), "data.train is required")
     need(recipe.tokenizer.vocab_size >= 16, "tokenizer.vocab_size is too small")
-    from txkit.modeling.configuration_txkit import PRESETS  # light: the presets are a dict
-
-    need(recipe.model.preset in PRESETS,
-         f"model.preset must be one of {', '.join(PRESETS)}, not {recipe.model.preset!r}")
+    presets = preset_names()
+    need(recipe.model.preset in presets,
+         f"model.preset must be one of {', '.join(presets)}, not {recipe.model.preset!r}")
     for key in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
         value = getattr(recipe.model, key)
         need(value is None or 0 <= value < 1, f"model.{key} must lie in [0, 1)")
+
+
+def preset_names() -> list[str]:
+    """The names of TxkitConfig's presets, read from their one declaration (`PRESETS` in
+    txkit/modeling/configuration_txkit.py) without importing it: that module imports transformers and torch
+    (seconds), which reading a recipe must not cost. tests/test_recipe.py checks it against the import."""
+    import ast
+
+    source = Path(__file__).parent / "modeling" / "configuration_txkit.py"
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "PRESETS":
+            return [key.value for key in node.value.keys]
+    raise RuntimeError(f"{source}: no PRESETS dict")  # a bug: the presets moved
 
 
 # ----------------------------------------------------------------------------- paths
