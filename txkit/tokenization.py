@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from txkit.data import check_text_file, count_lines, iter_lines
+from txkit.textio import check_text_file, count_lines, iter_lines
 from txkit.errors import TxkitError
 
 # Position in this list = token id. Everything else (config, collate, decoding) reads the ids

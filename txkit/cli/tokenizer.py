@@ -72,7 +72,7 @@ def stats(
     errors: Annotated[str, typer.Option(help=_ERRORS_HELP)] = "strict",
 ):
     """Print vocabulary size, character coverage, tokens per sentence, <unk> and round-trip rates."""
-    from txkit.data import check_text_file
+    from txkit.textio import check_text_file
     from txkit.tokenization import format_stats, load_tokenizers, tokenizer_stats
 
     src_tok, tgt_tok = load_tokenizers(tokenizer_dir)
