@@ -14,6 +14,7 @@ import pytest
 from txkit.cli import main
 
 TEST_LINES = 50
+TSV_LINES = 10  # a second test set, in one .tsv file
 
 RECIPE = """\
 model:
@@ -50,7 +51,7 @@ eval:
   beam_size: 2
   max_len_b: 10
   average_last: 2
-  test: [slice/test50]
+  test: [slice/test50, slice/test10.tsv]
 """
 
 
@@ -79,9 +80,13 @@ def workspace(shared_data, tmp_path_factory):
     data = root / "data"
     (data / "slice").mkdir(parents=True)
     (data / "multi30k").symlink_to(shared_data / "multi30k")
+    sides = {}
     for lang in ("en", "de"):
         lines = (shared_data / "multi30k" / f"test2016.{lang}").read_text(encoding="utf-8").splitlines()
         (data / "slice" / f"test50.{lang}").write_text("\n".join(lines[:TEST_LINES]) + "\n", encoding="utf-8")
+        sides[lang] = lines[TEST_LINES : TEST_LINES + TSV_LINES]
+    tsv = "".join(f"{en}\t{de}\n" for en, de in zip(sides["en"], sides["de"]))
+    (data / "slice" / "test10.tsv").write_text(tsv, encoding="utf-8")
     recipe = root / "tiny-run.yaml"
     recipe.write_text(RECIPE, encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
@@ -99,7 +104,8 @@ def finished_run(workspace):
     return run_dir, data, recipe, first, second
 
 
-ALL_STAGES = {"tokenizer", "train", "average", "translate-test50", "evaluate-test50", "card", "report"}
+ALL_STAGES = {"tokenizer", "train", "average", "translate-test50", "evaluate-test50", "translate-test10",
+              "evaluate-test10", "card", "report"}
 
 
 def test_interrupted_training_stops_the_run_and_the_next_run_continues_it(finished_run):
@@ -141,6 +147,12 @@ def test_every_stage_leaves_its_output(finished_run):
     assert scores["bleu_lowercase"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score)
     assert scores["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
     assert "case:lc" in scores["bleu_lowercase"]["signature"] and "case:mixed" in scores["bleu"]["signature"]
+    assert report["references"][0]["path"] == str(data / "slice" / "test50.de")
+    # a .tsv test set: its references are read from the .tsv itself, and the report names that file
+    tsv_report = json.loads((run_dir / "eval" / "test10.json").read_text())
+    assert tsv_report["references"] == [{"path": str(data / "slice" / "test10.tsv"), "lines": TSV_LINES}]
+    tsv_hyps = (run_dir / "translations" / "test10.de").read_text(encoding="utf-8").splitlines()
+    assert len(tsv_hyps) == TSV_LINES
 
     # the model card and the report carry the scores; the end of the output names table and model
     card = (model / "README.md").read_text(encoding="utf-8")
@@ -171,7 +183,8 @@ def test_changed_decoding_redoes_only_what_follows_training(finished_run):
     weights = (run_dir / "model" / "model.safetensors").stat().st_mtime_ns, checkpoint.stat().st_mtime_ns
     code, out, err = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "eval.beam_size=1"])
     assert code == 0, out + err
-    assert _stage_lines(out, "run") == {"translate-test50", "evaluate-test50", "card", "report"}
+    assert _stage_lines(out, "run") == {"translate-test50", "evaluate-test50", "translate-test10", "evaluate-test10",
+                                        "card", "report"}
     assert ((run_dir / "model" / "model.safetensors").stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == weights
 
 

@@ -19,10 +19,12 @@ from typing import Iterator
 
 import numpy as np
 
+from txkit.corpus_spec import DESCRIPTION as CORPUS_SPEC_FORMATS
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
 from txkit.textio import check_text_file, count_lines, iter_lines
 
-CORPUS_FORMATS = ".tsv, .jsonl, .parquet, a prefix DIR/NAME for DIR/NAME.<src> + DIR/NAME.<tgt>, or hub:OWNER/NAME"
+CORPUS_FORMATS = CORPUS_SPEC_FORMATS
 _READER_VERSION = "1"  # bump when a reader changes what it yields, to invalidate cached datasets
 _TOKENIZE_VERSION = "1"  # same for the tokenization step
 
@@ -55,24 +57,23 @@ def load_parallel(
     `tokenize_dataset`. The result is cached under `cache_dir` (default: the `datasets` cache),
     keyed on the files' paths, sizes and modification times.
     """
-    spec_str = str(spec)
-    if spec_str.startswith("hub:"):
-        return _load_hub(spec_str[4:], src_lang, tgt_lang, hub_config, split, cache_dir)
-    path = Path(spec)
-    suffix = path.suffix.lower()
+    parsed = parse_corpus_spec(spec)
+    if parsed.is_hub:
+        return _load_hub(parsed.hub_id, src_lang, tgt_lang, hub_config, split, cache_dir)
+    path = parsed.path
     langs = (src_lang, tgt_lang)
-    if suffix == ".tsv":
+    if parsed.kind == "tsv":
         path = check_text_file(path)
         return _from_generator(_generate_tsv, dict(path=str(path), langs=langs, errors=errors), [path], cache_dir)
-    if suffix == ".jsonl":
+    if parsed.kind == "jsonl":
         path = check_text_file(path)
         return _from_generator(_generate_jsonl, dict(path=str(path), langs=langs, errors=errors), [path], cache_dir)
-    if suffix == ".parquet":
+    if parsed.kind == "parquet":
         if not path.is_file():
             raise TxkitError(f"{path}: no such file")
         return _load_parquet(path, src_lang, tgt_lang, cache_dir)
 
-    src_path, tgt_path = Path(f"{spec}.{src_lang}"), Path(f"{spec}.{tgt_lang}")
+    src_path, tgt_path = parsed.files(src_lang, tgt_lang)
     if not (src_path.exists() and tgt_path.exists()):
         if path.is_file():
             raise TxkitError(f"{path}: unknown corpus format (expected {CORPUS_FORMATS})")

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
 from txkit.runs import RECIPE_FILE, is_run_dir, resolve_model
 
@@ -130,9 +131,7 @@ def _datasets_from(recipe: dict | None) -> list[str] | None:
     train = str(((recipe or {}).get("data") or {}).get("train") or "")
     if not train:
         return None
-    if train.startswith("hub:"):
-        return [train[4:]]
-    return [Path(train).parent.name or Path(train).name]
+    return [parse_corpus_spec(train).collection]
 
 
 def _architecture_rows(config: dict) -> list[tuple[str, str]]:

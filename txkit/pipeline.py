@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from txkit import runs
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
 
@@ -315,10 +316,7 @@ def stage_average(run: _Run) -> None:
 
 def corpus_name(spec: str) -> str:
     """The short name of a test corpus: `multi30k/test2016` -> test2016, `hub:wmt/wmt14` -> wmt14-test."""
-    if spec.startswith("hub:"):
-        return spec[4:].split("/")[-1] + "-test"
-    name = Path(spec).name
-    return name[: -len(Path(name).suffix)] if Path(name).suffix in (".tsv", ".jsonl", ".parquet") else name
+    return parse_corpus_spec(spec).name
 
 
 def _test_sets(run: _Run) -> dict[str, str]:
@@ -386,7 +384,7 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
         hyp_file = run.run_dir / TRANSLATIONS_DIR / f"{name}.{d.tgt_lang}"
         hyps = read_lines(hyp_file)
         _, refs = _load_test(run, spec)
-        ref_path = str(resolve_data_path(spec)) + ("" if spec.startswith("hub:") else f".{d.tgt_lang}")
+        ref_path = parse_corpus_spec(resolve_data_path(spec)).target_file(d.tgt_lang)
         system = {"path": str(hyp_file), "model": str(run.run_dir / runs.FINAL_MODEL), "lines": len(hyps)}
         report = build_report(
             hyps, [refs], system=system, references=[{"path": ref_path, "lines": len(refs)}],
@@ -398,7 +396,7 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
         lowercased["name"] = "BLEU (lowercased)"
         scores = report["scores"]
         report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "chrf": scores["chrf"]}
-        corpus = spec[4:] if spec.startswith("hub:") else Path(spec).parent.name or name
+        corpus = parse_corpus_spec(spec).collection
         report["dataset"] = {"type": corpus, "name": f"{corpus} {name}" if corpus != name else name}
         folder.mkdir(parents=True, exist_ok=True)
         write_report(out, report)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
 
 DATA_ENV = "TXKIT_DATA"
@@ -434,7 +435,7 @@ def data_root() -> Path:
 
 def resolve_data_path(path: str | os.PathLike) -> Path | str:
     """An absolute path as is; a relative one under $TXKIT_DATA (`~` expanded); `hub:` specs unchanged."""
-    if str(path).startswith("hub:"):
+    if parse_corpus_spec(path).is_hub:
         return str(path)
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else data_root() / p
@@ -448,12 +449,7 @@ def resolve_tokenizer_path(recipe: Recipe, run_dir: str | os.PathLike) -> Path:
 
 def corpus_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
     """The files a local corpus spec reads (a prefix: PREFIX.SRC and PREFIX.TGT); [] for `hub:` specs."""
-    path = resolve_data_path(spec)
-    if isinstance(path, str):  # hub:
-        return []
-    if path.suffix.lower() in (".tsv", ".jsonl", ".parquet"):
-        return [path]
-    return [Path(f"{path}.{src_lang}"), Path(f"{path}.{tgt_lang}")]
+    return parse_corpus_spec(resolve_data_path(spec)).files(src_lang, tgt_lang)
 
 
 def check_data_files(recipe: Recipe) -> None:
