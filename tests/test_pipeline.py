@@ -194,3 +194,29 @@ def test_changed_training_of_a_finished_run_is_refused(finished_run):
     assert code == 2
     assert "error:" in err and "train.lr=0.005 (the recipe now says 0.001)" in err and "--output-dir" in err
     assert "Traceback" not in err
+
+
+def test_every_search_option_changes_what_a_translation_depends_on():
+    """`txkit run` re-translates when any search option changes: the keys come from SearchOptions' fields, so
+    a search option added there (one line) is covered here and by the stage without another list."""
+    import dataclasses
+    import typing
+
+    from txkit.options import DecodeOptions, SearchOptions
+    from txkit.pipeline import _Run, translate_inputs
+    from txkit.recipe import EvalSection, Recipe, load_recipe
+
+    assert issubclass(EvalSection, SearchOptions) and issubclass(DecodeOptions, SearchOptions)
+    base = translate_inputs(_Run(Recipe(), Path("run"), print), "multi30k/test2016")
+    hints = typing.get_type_hints(SearchOptions)
+    for f in dataclasses.fields(SearchOptions):
+        tp, default = hints[f.name], getattr(SearchOptions(), f.name)
+        if typing.get_origin(tp) is typing.Literal:
+            changed = next(a for a in typing.get_args(tp) if a != default)
+        else:
+            changed = not default if tp is bool else default + 1
+        recipe = load_recipe(None, [f"eval.{f.name}={changed}"])
+        inputs = translate_inputs(_Run(recipe, Path("run"), print), "multi30k/test2016")
+        assert inputs != base, f"eval.{f.name} does not re-translate"
+    recipe = load_recipe(None, ["eval.lowercase=true"])  # scoring, not searching: the translation stays
+    assert translate_inputs(_Run(recipe, Path("run"), print), "multi30k/test2016") == base

@@ -16,11 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from txkit.errors import TxkitError
+from txkit.options import BLEU_TOKENIZERS, METRICS
 from txkit.textio import decode_lines
 
-METRICS = ("bleu", "chrf", "ter")
-# sacreBLEU's tokenizers for BLEU that need no extra package or download.
-TOKENIZERS = ("13a", "intl", "none", "zh", "char")
+TOKENIZERS = BLEU_TOKENIZERS  # sacreBLEU's tokenizers for BLEU that need no extra package or download
 CONFIDENCE = 0.95
 
 _loaded_metrics: dict = {}

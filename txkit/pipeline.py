@@ -23,6 +23,7 @@ the previous output or none, never a half-written one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -36,6 +37,7 @@ from typing import Callable
 from txkit import runs
 from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
+from txkit.options import SearchOptions
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
 
 STAGES_DIR = "stages"
@@ -50,8 +52,9 @@ _TRAIN_KEYS_IGNORED = {
     "train.save_every_minutes", "train.keep_last", "train.eval_every_steps",
 }  # fmt: skip
 _TOKENIZER_KEYS = ("data.train", "data.src_lang", "data.tgt_lang", "data.hub_config", "data.max_sentences")
-_DECODE_KEYS = ("eval.beam_size", "eval.length_penalty", "eval.lp_form", "eval.max_len_a", "eval.max_len_b",
-                "eval.max_tokens")  # fmt: skip
+# Every search option re-translates when it changes: the keys come from SearchOptions' fields, so a new
+# search key is noticed without a list to keep by hand.
+_DECODE_KEYS = tuple(f"eval.{f.name}" for f in dataclasses.fields(SearchOptions))
 
 
 @dataclass
@@ -336,6 +339,11 @@ def _load_test(run: _Run, spec: str):
     return list(ds["src"]), list(ds["tgt"])
 
 
+def translate_inputs(run: _Run, spec: str) -> dict:
+    """What a test set's translation depends on: every search option, the test set and the model."""
+    return {**run.keys(_DECODE_KEYS), "test": spec, "model": run.fingerprints.get("average")}
+
+
 def stage_translate(run: _Run) -> None:
     """Translate every test set with RUN/model; one marker per test set, so a finished one is kept."""
     from txkit.decoding import DecodeOptions, Translator, load_model
@@ -344,14 +352,13 @@ def stage_translate(run: _Run) -> None:
     model_dir = run.run_dir / runs.FINAL_MODEL
     todo = {}
     for name, spec in _test_sets(run).items():
-        inputs = {**run.keys(_DECODE_KEYS), "test": spec, "model": run.fingerprints["average"]}
+        inputs = translate_inputs(run, spec)
         if not run.done(f"translate-{name}", inputs):
             todo[name] = (spec, inputs)
     if not todo:
         return
     model, src_tok, tgt_tok = load_model(model_dir)
-    options = DecodeOptions(beam_size=e.beam_size, length_penalty=e.length_penalty, lp_form=e.lp_form,
-                            max_len_a=e.max_len_a, max_len_b=e.max_len_b, max_tokens=e.max_tokens)  # fmt: skip
+    options = DecodeOptions(**e.search_options())
     translator = Translator(model, src_tok, tgt_tok, options)
     folder = run.run_dir / TRANSLATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -51,11 +51,7 @@ def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
     for f in files:
         if not Path(f).is_file():
             raise TxkitError(f"tokenizer.files: file not found: {f}")
-    build_tokenizer(
-        files, tmp, vocab_size=t.vocab_size, model=t.model, joint=t.joint, src_lang=d.src_lang,
-        min_frequency=t.min_frequency, limit_alphabet=t.limit_alphabet, normalization=t.normalization,
-        byte_fallback=t.byte_fallback, show_progress=False, stats=False,
-    )  # fmt: skip
+    build_tokenizer(files, tmp, src_lang=d.src_lang, show_progress=False, stats=False, **t.tokenizer_options())
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.rmdir()  # an empty folder

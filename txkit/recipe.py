@@ -30,16 +30,22 @@ import yaml
 
 from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
+from txkit.options import (
+    ACTIVATIONS,
+    BEST_METRICS,
+    BLEU_TOKENIZERS,
+    MIXED_PRECISION,
+    SCHEDULES,
+    SearchOptions,
+    TokenizerOptions,
+    setting,
+)
 
 DATA_ENV = "TXKIT_DATA"
 DEFAULT_DATA_DIR = "./data"
 
 
-def _key(default, help: str, **kw):
-    """A recipe key: its default and the one-line help shown in the documentation."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+_key = setting  # a recipe key: its default and the one-line help shown in the documentation
 
 
 # ----------------------------------------------------------------------------- sections
@@ -58,7 +64,7 @@ class ModelSection:
     dropout: float | None = _key(None, "residual / embedding dropout P_drop")
     attention_dropout: float | None = _key(None, "dropout on attention probabilities (paper: 0)")
     activation_dropout: float | None = _key(None, "dropout after the FFN activation (paper: 0)")
-    activation_function: Literal["relu", "gelu"] | None = _key(None, "FFN activation (paper: relu)")
+    activation_function: Literal[ACTIVATIONS] | None = _key(None, "FFN activation (paper: relu)")
     normalize_before: bool | None = _key(None, "pre-norm residual blocks (paper: false, post-norm)")
     label_smoothing: float | None = _key(None, "eps_ls of the training loss (paper: 0.1)")
     max_position_embeddings: int | None = _key(None, "longest sequence the sinusoidal table covers")
@@ -70,17 +76,11 @@ class ModelSection:
 
 
 @dataclass
-class TokenizerSection:
-    """The subword vocabulary; built from the training data before training when `path` does not exist."""
+class TokenizerSection(TokenizerOptions):
+    """The subword vocabulary (the options of txkit.options.TokenizerOptions, then where it lives and what it
+    learns from); built from the training data before training when `path` does not exist."""
 
     path: str = _key("tokenizer", "tokenizer folder; relative = inside the run directory; built if missing")
-    vocab_size: int = _key(37000, "vocabulary size to build (paper en-de: ~37000 shared BPE)")
-    model: Literal["bpe", "unigram"] = _key("bpe", "subword model to build")
-    joint: bool = _key(True, "one vocabulary shared by source and target (paper: true)")
-    min_frequency: int = _key(2, "BPE: minimum pair frequency for a merge")
-    limit_alphabet: int = _key(1000, "BPE: most distinct characters kept; rarer ones are spelled as bytes")
-    normalization: str = _key("NFKC", "Unicode normalization: NFKC, NFC, NFKD, NFD or none")
-    byte_fallback: bool = _key(True, "spell characters outside the vocabulary as UTF-8 bytes (no <unk>)")
     files: list[str] = _key([], "text files to learn it from; empty = both sides of data.train (max_sentences of it)")
 
 
@@ -111,7 +111,7 @@ class TrainSection:
     max_epochs: int = _key(0, "stop after this many passes over the data; 0 = no limit")
     max_tokens: int = _key(4096, "tokens per batch per process (max of source and target, padding included)")
     accumulation: int = _key(1, "batches accumulated per update (fairseq's update_freq)")
-    lr_schedule: Literal["noam", "inverse_sqrt", "linear", "cosine"] = _key(
+    lr_schedule: Literal[SCHEDULES] = _key(
         "noam", "noam = the paper's d_model^-0.5*min(step^-0.5, step*warmup^-1.5); others warm up to `lr`"
     )
     warmup_steps: int = _key(4000, "linear warmup steps (paper: 4000)")
@@ -122,12 +122,12 @@ class TrainSection:
     adam_eps: float = _key(1e-9, "Adam epsilon (paper: 1e-9)")
     weight_decay: float = _key(0.0, "decoupled weight decay (AdamW); 0 = plain Adam as in the paper")
     clip_norm: float = _key(0.0, "clip the gradient norm to this; 0 = no clipping")
-    mixed_precision: Literal["no", "bf16", "fp16"] = _key("no", "bf16, or fp16 with dynamic loss scaling")
+    mixed_precision: Literal[MIXED_PRECISION] = _key("no", "bf16, or fp16 with dynamic loss scaling")
     save_every_steps: int = _key(0, "write a checkpoint every N updates; 0 = off")
     save_every_minutes: float = _key(10.0, "write a checkpoint every N minutes (paper: 10); 0 = off")
     keep_last: int = _key(5, "keep only the last K checkpoints; 0 = keep all")
     eval_every_steps: int = _key(1000, "validate every N updates (and at the end); 0 = only at the end")
-    best_metric: Literal["bleu", "loss", "ppl"] = _key("bleu", "validation metric that picks RUN/best")
+    best_metric: Literal[BEST_METRICS] = _key("bleu", "validation metric that picks RUN/best")
     patience: int = _key(0, "stop after N validations without a better best_metric; 0 = never")
     seed: int = _key(1, "seed of initialisation, dropout and batch order")
     log_every_steps: int = _key(100, "log training loss, learning rate and throughput every N updates")
@@ -135,17 +135,12 @@ class TrainSection:
 
 
 @dataclass
-class EvalSection:
-    """Decoding for validation BLEU and for `txkit run`'s test sets: the paper's beam search by default."""
+class EvalSection(SearchOptions):
+    """Decoding for validation BLEU and for `txkit run`'s test sets (the search keys are txkit.options'
+    SearchOptions: the paper's beam search by default), then scoring and the final model."""
 
-    beam_size: int = _key(4, "beam size (paper: 4)")
-    length_penalty: float = _key(0.6, "GNMT length penalty alpha (paper: 0.6)")
-    max_len_a: float = _key(1.0, "output length limit a * source length + b (paper: a=1)")
-    max_len_b: int = _key(50, "output length limit a * source length + b (paper: b=50)")
-    lp_form: Literal["gnmt", "hf"] = _key("gnmt", "length penalty form: gnmt (5+|Y|)^a/6^a (paper) or hf |Y|^a")
-    max_tokens: int = _key(4096, "decoding batch budget in source tokens, padding included")
     lowercase: bool = _key(False, "case-insensitive BLEU")
-    tokenize: str = _key("13a", "sacreBLEU tokenizer for BLEU: 13a, intl, none, zh, char")
+    tokenize: Literal[BLEU_TOKENIZERS] = _key("13a", "sacreBLEU tokenizer for BLEU: 13a, intl, none, zh, char")
     average_last: int = _key(5, "checkpoints averaged into the final model (paper base: 5, big: 20)")
     test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
 

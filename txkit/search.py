@@ -34,7 +34,8 @@ from typing import Protocol
 
 import torch
 
-LP_FORMS = ("gnmt", "hf")
+from txkit.options import LP_FORMS
+
 
 
 @dataclass(order=True)

@@ -504,10 +504,7 @@ class Trainer:
         loss, nll, tokens = acc.reduce(sums, reduction="sum").tolist()
         metrics = {"val/loss": loss / tokens, "val/nll_loss": nll / tokens, "val/ppl": math.exp(min(nll / tokens, 50))}
         e = r.eval
-        options = DecodeOptions(
-            beam_size=e.beam_size, length_penalty=e.length_penalty, lp_form=e.lp_form,
-            max_len_a=e.max_len_a, max_len_b=e.max_len_b, max_tokens=e.max_tokens,
-        )  # fmt: skip
+        options = DecodeOptions(**e.search_options())
         translator = Translator(self.unwrapped, self.src_tok, self.tgt_tok, options)
         started = time.perf_counter()
         with acc.split_between_processes(list(self.valid_src)) as part, acc.autocast():
