@@ -133,13 +133,14 @@ def test_model_card_metadata_parses_and_its_scores_are_the_eval_reports(
     from huggingface_hub import ModelCard
 
     from txkit.evaluation import build_report, write_report
+    from txkit.options import ScoreOptions
     from txkit.recipe import load_recipe
 
     ref_path = shared_data / "multi30k" / "test2016.de"
     refs = ref_path.read_text(encoding="utf-8").splitlines()[:N_LINES]
     report = build_report(
         txkit_outputs["beam"], [refs], system={"path": "beam.de", "lines": N_LINES},
-        references=[{"path": str(ref_path), "lines": N_LINES}], metrics=("bleu", "chrf"), bootstrap=100,
+        references=[{"path": str(ref_path), "lines": N_LINES}], options=ScoreOptions(bootstrap=100),
     )  # fmt: skip
     write_report(tmp_path / "report.json", report)
     recipe = load_recipe(REPO / "tests" / "recipes" / "tiny.yaml").to_dict()

@@ -7,6 +7,7 @@ the command line all derive from.
     DecodeOptions     SearchOptions plus what only translating files needs (n-best, sampling, device, ...)
     TokenizerOptions  how to build a vocabulary: the recipe's `tokenizer` section, `build_tokenizer`'s
                       defaults and `txkit tokenizer build`'s options
+    ScoreOptions      how translations are scored (txkit.evaluation), handed around as one object
 
 Each field carries its help text (`setting(default, help)`), which the recipe documentation and the
 command line show. Light module: the standard library only, so the recipe schema and `txkit --help` can
@@ -139,3 +140,18 @@ class TokenizerOptions:
     def tokenizer_options(self) -> dict:
         """The TokenizerOptions fields of this object (also of the recipe's tokenizer section)."""
         return {f.name: getattr(self, f.name) for f in fields(TokenizerOptions)}
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+@dataclass
+class ScoreOptions:
+    """How txkit.evaluation scores translations (sacreBLEU's defaults, 95% bootstrap intervals)."""
+
+    metrics: tuple[str, ...] = setting(("bleu", "chrf"), "any of bleu, chrf, ter")
+    lowercase: bool = setting(False, "case-insensitive BLEU and chrF (TER is always case-insensitive, as in sacreBLEU)")
+    tokenize: str = setting("13a", "BLEU's tokenizer: 13a (WMT), intl, none, zh, char")
+    chrf_word_order: int = setting(0, "0 for chrF, 2 for chrF++")
+    bootstrap: int = setting(1000, "bootstrap samples for the intervals and the paired test; 0 = no interval")
+    seed: int | None = setting(12345, "the resampling seed (sacreBLEU's default)")

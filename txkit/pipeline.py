@@ -37,7 +37,7 @@ from typing import Callable
 from txkit import runs
 from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
-from txkit.options import SearchOptions
+from txkit.options import ScoreOptions, SearchOptions
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
 
 STAGES_DIR = "stages"
@@ -393,13 +393,12 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
         _, refs = _load_test(run, spec)
         ref_path = parse_corpus_spec(resolve_data_path(spec)).target_file(d.tgt_lang)
         system = {"path": str(hyp_file), "model": str(run.run_dir / runs.FINAL_MODEL), "lines": len(hyps)}
+        options = ScoreOptions(metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES)
         report = build_report(
-            hyps, [refs], system=system, references=[{"path": ref_path, "lines": len(refs)}],
-            metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES,
-        )  # fmt: skip
+            hyps, [refs], system=system, references=[{"path": ref_path, "lines": len(refs)}], options=options
+        )
         # The Multi30k literature reports BLEU on lowercased text: a separate entry, never instead of cased BLEU.
-        lowercased = score(hyps, [refs], metrics=("bleu",), lowercase=True, tokenize=e.tokenize,
-                           bootstrap=BOOTSTRAP_SAMPLES)["bleu"]  # fmt: skip
+        lowercased = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu",), lowercase=True))["bleu"]
         lowercased["name"] = "BLEU (lowercased)"
         scores = report["scores"]
         report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "chrf": scores["chrf"]}

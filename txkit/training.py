@@ -492,6 +492,7 @@ class Trainer:
 
         from txkit.decoding import DecodeOptions, Translator
         from txkit.evaluation import score
+        from txkit.options import ScoreOptions
 
         acc, r = self.accelerator, self.recipe
         sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # smoothed loss, nll, tokens
@@ -512,8 +513,8 @@ class Trainer:
         hyps = gather_object(hyps)
         bleu = [None]
         if acc.is_main_process and hyps:
-            bleu[0] = score(hyps, [list(self.valid_refs)], metrics=("bleu",), lowercase=e.lowercase,
-                            tokenize=e.tokenize, bootstrap=0)["bleu"]["score"]  # fmt: skip
+            options = ScoreOptions(metrics=("bleu",), lowercase=e.lowercase, tokenize=e.tokenize, bootstrap=0)
+            bleu[0] = score(hyps, [list(self.valid_refs)], options)["bleu"]["score"]
         if acc.num_processes > 1:
             broadcast_object_list(bleu, from_process=0)
         if bleu[0] is not None:
