@@ -20,6 +20,7 @@ from txkit.averaging import load_weights
 from txkit.checkpointing import read_log
 from txkit.cli import main
 from txkit.errors import TxkitError
+from txkit.pipeline import training_hooks
 from txkit.recipe import load_recipe
 from txkit.schedule import build_optimizer, build_scheduler, learning_rate, training_flops
 from txkit.training import Trainer, train
@@ -39,7 +40,7 @@ def data_env(shared_data):
 def trained_run(data_env, tmp_path_factory):
     """The test recipe as written: 20 updates, builds its tokenizer, validates and saves every 10."""
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    result = train(load_recipe(RECIPE), run_dir)
+    result = train(load_recipe(RECIPE), run_dir, hooks=training_hooks())
     return run_dir, result
 
 
@@ -187,7 +188,7 @@ def test_early_stopping_after_patience_validations(trained_run, tmp_path):
     # first improves on it, and the run stops after `patience` of them
     overrides = [f"tokenizer.path={tokenizer}", "train.lr=1e-9", "train.eval_every_steps=1", "train.patience=2",
                  "train.save_every_steps=0", "data.valid_max_sentences=10"]  # fmt: skip
-    result = train(load_recipe(RECIPE, overrides), tmp_path / "run")
+    result = train(load_recipe(RECIPE, overrides), tmp_path / "run", hooks=training_hooks())
     assert result.stop_reason == "early_stopping" and result.step == 3
     best = json.loads((tmp_path / "run" / runs.BEST / "val_metrics.json").read_text())
     assert best["step"] == 1 and best["val/bleu"] == result.best_score

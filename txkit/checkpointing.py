@@ -110,15 +110,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_model_folder(folder: Path, model, src_tok, tgt_tok) -> None:
-    """A standard model folder: weights (safetensors), config, generation config, code, tokenizer(s), and
-    a model card (README.md) from the run's recipe; `txkit run` rewrites it with the test scores."""
-    from txkit.hub import write_model_card
+def save_model_folder(folder: Path, model, src_tok, tgt_tok, on_model_folder=None) -> None:
+    """A standard model folder: weights (safetensors), config, generation config, code, tokenizer(s); then
+    `on_model_folder(folder)` (the caller's model card writer: the training stage imports no sharing code)."""
     from txkit.tokenization import save_tokenizers
 
     model.save_pretrained(folder)
     save_tokenizers(src_tok, tgt_tok, folder)
-    write_model_card(folder)
+    if on_model_folder is not None:
+        on_model_folder(folder)
 
 
 def save_checkpoint(
@@ -132,6 +132,7 @@ def save_checkpoint(
     trainer_state: dict,
     rank_state: dict,
     keep_last: int = 0,
+    on_model_folder=None,
 ) -> Path:
     """Write RUN/checkpoints/checkpoint-{step}; every process calls this (each writes its rank file).
 
@@ -139,6 +140,7 @@ def save_checkpoint(
         model: the unwrapped model.
         trainer_state: JSON-able counters, written by the main process.
         rank_state: this process's sampler state; its RNG states are added here.
+        on_model_folder: called with the model folder before it is renamed (see `save_model_folder`).
     """
     final = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step)
     tmp = final.with_name(final.name + ".tmp")
@@ -150,7 +152,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     torch.save({**rank_state, "rng": capture_rng()}, state_dir / rank_file(accelerator.process_index))
     if accelerator.is_main_process:
-        save_model_folder(tmp, model, *tokenizers)
+        save_model_folder(tmp, model, *tokenizers, on_model_folder)
         torch.save(optimizer.state_dict(), state_dir / OPTIMIZER)
         torch.save(scheduler.state_dict(), state_dir / SCHEDULER)
         if accelerator.scaler is not None:
@@ -187,13 +189,13 @@ def clean_partial(run_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def save_best(run_dir: Path, model, tokenizers: tuple, metrics: dict) -> Path:
+def save_best(run_dir: Path, model, tokenizers: tuple, metrics: dict, on_model_folder=None) -> Path:
     """Replace RUN/best with the current model (main process only); `best/val_metrics.json` says why."""
     final = run_dir / runs.BEST
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model_folder(tmp, model, *tokenizers)
+    save_model_folder(tmp, model, *tokenizers, on_model_folder)
     (tmp / "val_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     replace_dir(tmp, final)
     return final

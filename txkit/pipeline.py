@@ -238,7 +238,7 @@ def stage_train(run: _Run) -> bool:
         what = f"continuing from {latest.name}" if latest is not None else "from scratch"
         run.start("train", f"{what} to step {max_steps}")
         try:
-            result = train(run.recipe, run.run_dir, resume=True)
+            result = train(run.recipe, run.run_dir, resume=True, hooks=training_hooks())
         finally:
             wall += time.monotonic() - started
             _write_partial_wall_time(run, wall)
@@ -255,6 +255,21 @@ def stage_train(run: _Run) -> bool:
     run.finish("train", inputs, [checkpoints[-1], run.run_dir / TRAINING_INFO], started,
                step=step, stop_reason=stop_reason)  # fmt: skip
     return True
+
+
+def training_hooks():
+    """What training gets from the later stages (validation BLEU, model cards of checkpoints), handed in
+    because the training stage imports neither (txkit.training.TrainHooks)."""
+    from txkit.evaluation import score
+    from txkit.hub import write_model_card
+    from txkit.training import TrainHooks
+
+    def bleu(hyps: list[str], refs: list[str], eval_section) -> float:
+        options = ScoreOptions(metrics=("bleu",), lowercase=eval_section.lowercase, tokenize=eval_section.tokenize,
+                               bootstrap=0)  # fmt: skip
+        return score(hyps, [refs], options)["bleu"]["score"]
+
+    return TrainHooks(bleu=bleu, model_folder_saved=write_model_card)
 
 
 def _read_partial_wall_time(run: _Run) -> float:

@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from txkit import runs
 from txkit.errors import TxkitError
@@ -54,15 +55,36 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def train(recipe: Recipe, output_dir: str | os.PathLike, resume: bool | str | os.PathLike | None = None) -> TrainResult:
+@dataclass
+class TrainHooks:
+    """What training needs from later stages, handed in so that the training stage imports none of them
+    (txkit.pipeline.training_hooks() gives the ones `txkit train` and `txkit run` use).
+
+    bleu: (hypotheses, references, the recipe's eval section) -> BLEU of the validation translations;
+        None = validate by loss and perplexity only (no translating).
+    model_folder_saved: called with each model folder written (checkpoints, RUN/best) before it gets its
+        final name, e.g. to write its model card.
+    """
+
+    bleu: Callable[[list[str], list[str], Any], float] | None = None
+    model_folder_saved: Callable[[Path], Any] | None = None
+
+
+def train(
+    recipe: Recipe,
+    output_dir: str | os.PathLike,
+    resume: bool | str | os.PathLike | None = None,
+    hooks: TrainHooks | None = None,
+) -> TrainResult:
     """Train a model as `recipe` says, in the run directory `output_dir`.
 
     Args:
         resume: True = continue from the latest complete checkpoint of `output_dir` (start fresh when there
             is none); a checkpoint path = continue from it; None/False = a new run (an error when
             `output_dir` already has checkpoints, so nothing is overwritten by mistake).
+        hooks: validation BLEU and model cards (see TrainHooks); default: none.
     """
-    trainer = Trainer(recipe, output_dir, resume)
+    trainer = Trainer(recipe, output_dir, resume, hooks)
     try:
         return trainer.fit()
     finally:
@@ -78,12 +100,13 @@ class Trainer:
     `train()` is the entry point; the class is public so that tests can drive single steps.
     """
 
-    def __init__(self, recipe: Recipe, output_dir: str | os.PathLike, resume=None):
+    def __init__(self, recipe: Recipe, output_dir: str | os.PathLike, resume=None, hooks: TrainHooks | None = None):
         import torch
 
         from txkit import checkpointing as ckpt
 
         self.recipe = recipe
+        self.hooks = hooks or TrainHooks()
         t = recipe.train
         check_data_files(recipe)
         self.run_dir = ckpt.prepare_run_dir(output_dir)
@@ -485,14 +508,12 @@ class Trainer:
         self.interval = _new_interval()
 
     def validate(self) -> dict:
-        """Loss and perplexity on the validation set, and BLEU of its translations decoded as `txkit
-        translate` decodes (Translator + DecodeOptions from the recipe's eval section)."""
+        """Loss and perplexity on the validation set, and (with a `hooks.bleu`) BLEU of its translations
+        decoded as `txkit translate` decodes (Translator + DecodeOptions from the recipe's eval section)."""
         import torch
         from accelerate.utils import broadcast_object_list, gather_object
 
         from txkit.decoding import DecodeOptions, Translator
-        from txkit.evaluation import score
-        from txkit.options import ScoreOptions
 
         acc, r = self.accelerator, self.recipe
         sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # smoothed loss, nll, tokens
@@ -505,21 +526,20 @@ class Trainer:
         loss, nll, tokens = acc.reduce(sums, reduction="sum").tolist()
         metrics = {"val/loss": loss / tokens, "val/nll_loss": nll / tokens, "val/ppl": math.exp(min(nll / tokens, 50))}
         e = r.eval
-        options = DecodeOptions(**e.search_options())
-        translator = Translator(self.unwrapped, self.src_tok, self.tgt_tok, options)
-        started = time.perf_counter()
-        with acc.split_between_processes(list(self.valid_src)) as part, acc.autocast():
-            hyps = translator.translate(part)
-        hyps = gather_object(hyps)
-        bleu = [None]
-        if acc.is_main_process and hyps:
-            options = ScoreOptions(metrics=("bleu",), lowercase=e.lowercase, tokenize=e.tokenize, bootstrap=0)
-            bleu[0] = score(hyps, [list(self.valid_refs)], options)["bleu"]["score"]
-        if acc.num_processes > 1:
-            broadcast_object_list(bleu, from_process=0)
-        if bleu[0] is not None:
-            metrics["val/bleu"] = bleu[0]
-        metrics["val/decode_seconds"] = time.perf_counter() - started
+        if self.hooks.bleu is not None:  # BLEU of the validation set translated as `txkit translate` does
+            translator = Translator(self.unwrapped, self.src_tok, self.tgt_tok, DecodeOptions(**e.search_options()))
+            started = time.perf_counter()
+            with acc.split_between_processes(list(self.valid_src)) as part, acc.autocast():
+                hyps = translator.translate(part)
+            hyps = gather_object(hyps)
+            bleu = [None]
+            if acc.is_main_process and hyps:
+                bleu[0] = self.hooks.bleu(hyps, list(self.valid_refs), e)
+            if acc.num_processes > 1:
+                broadcast_object_list(bleu, from_process=0)
+            if bleu[0] is not None:
+                metrics["val/bleu"] = bleu[0]
+            metrics["val/decode_seconds"] = time.perf_counter() - started
         self.model.train()
         self._update_best(metrics)
         metrics["val/best"] = self.best["score"]
@@ -541,7 +561,8 @@ class Trainer:
         if best is None or (value > best if higher_is_better else value < best):
             self.best.update(score=value, step=self.step, bad_evals=0)
             if self.accelerator.is_main_process:
-                save_best(self.run_dir, self.unwrapped, (self.src_tok, self.tgt_tok), {"step": self.step, **metrics})
+                save_best(self.run_dir, self.unwrapped, (self.src_tok, self.tgt_tok), {"step": self.step, **metrics},
+                          on_model_folder=self.hooks.model_folder_saved)  # fmt: skip
         else:
             self.best["bad_evals"] += 1
 
@@ -558,7 +579,7 @@ class Trainer:
         path = save_checkpoint(
             self.accelerator, self.run_dir, self.step, self.unwrapped, (self.src_tok, self.tgt_tok), self.optimizer,
             self.scheduler, trainer_state, {"sampler": self.sampler.state_dict()},
-            keep_last=self.recipe.train.keep_last,
+            keep_last=self.recipe.train.keep_last, on_model_folder=self.hooks.model_folder_saved,
         )  # fmt: skip
         self._info(f"step {self.step}: saved {path}")
         return path
