@@ -205,14 +205,19 @@ def test_finished_sentences_leave_the_batch_without_changing_results(lp_form):
     limits = [4, 12, 7, 12, 2, 9]
     decoder = TableDecoder(table, len(limits))
     together = beam_search(decoder, limits, EOS, beam_size=3, alpha=0.6, lp_form=lp_form, nbest=3)
+    steps_alone = []
     for sentence, limit in enumerate(limits):
         alone_decoder = TableDecoder(lambda s, p, sentence=sentence: table(sentence, p), 1)
         (alone,) = beam_search(alone_decoder, [limit], EOS, beam_size=3, alpha=0.6, lp_form=lp_form, nbest=3)
         assert [h.tokens for h in together[sentence]] == [h.tokens for h in alone]
         scores = [h.score for h in together[sentence]]
         assert scores == sorted(scores, reverse=True) and len(scores) == 3
-    # the work shrinks as sentences finish: fewer row-steps than keeping the whole batch to the end
-    assert decoder.row_steps < decoder.steps * len(limits) * 3
+        steps_alone.append(alone_decoder.steps)
+    # A sentence occupies the batch only while it is searched (1 row at the first step, then 3 beams), so the
+    # work is what the sentences cost alone; a sentence that stayed after finishing would add rows.
+    assert len(set(steps_alone)) > 1  # the premise: sentences finish at different steps
+    assert decoder.steps == max(steps_alone)
+    assert decoder.row_steps == sum(1 + 3 * (n - 1) for n in steps_alone)
 
 
 def test_greedy_takes_the_most_likely_token_and_stops_at_eos():
@@ -287,3 +292,10 @@ def test_chunked_top_candidates_equal_a_topk_over_all_continuations(vocab):
         values, index = top_candidates(scores, log_probs, 8)
         expected = (scores.unsqueeze(-1) + log_probs.view(A, k, vocab)).view(A, k * vocab).topk(8, dim=-1)
         assert torch.equal(values, expected.values) and torch.equal(index, expected.indices)
+
+
+def test_hypotheses_are_equal_only_with_the_same_tokens():
+    """Tests compare search results with ==: that must compare the translations, not only their scores."""
+    assert Hypothesis(-1.0, [4, 5], -2.0) == Hypothesis(-1.0, [4, 5], -2.0)
+    assert Hypothesis(-1.0, [4, 5], -2.0) != Hypothesis(-1.0, [5, 4], -2.0)
+    assert Hypothesis(-1.0, [4], -2.0) < Hypothesis(-0.5, [], -1.0)  # ranked by score

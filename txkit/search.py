@@ -46,6 +46,12 @@ class Hypothesis:
     tokens: list[int] = field(compare=False)
     log_prob: float = field(compare=False)
 
+    def __eq__(self, other) -> bool:
+        """Equal hypotheses are the same translation: tokens and scores (ordering is by score alone)."""
+        if not isinstance(other, Hypothesis):
+            return NotImplemented
+        return (self.score, self.tokens, self.log_prob) == (other.score, other.tokens, other.log_prob)
+
 
 class StepDecoder(Protocol):
     """What the search needs from a model: one decoder step at a time over a set of rows."""
