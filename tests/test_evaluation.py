@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from conftest import run_cli
 from txkit import evaluation
 from txkit.errors import TxkitError
 from txkit.options import ScoreOptions
@@ -67,15 +68,7 @@ def corpus(shared_data, tmp_path_factory):
 
 def _txkit(capsys, *args) -> tuple[int, str, str]:
     """Run `txkit ...` in this process; returns (exit code, stdout, stderr)."""
-    from txkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(list(args), capsys)
 
 
 # ----------------------------------------------------------------------------- exact agreement with sacreBLEU

@@ -16,9 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from hub_server import HubServer
-from test_export import small_trained_model  # noqa: F401  (a shared fixture)
-from typer.testing import CliRunner
 
 from txkit import hub
 from txkit.errors import TxkitError
@@ -32,10 +31,10 @@ TRAINING_INFO = dict(
 
 
 @pytest.fixture(scope="module")
-def model_folder(small_trained_model, tmp_path_factory) -> Path:  # noqa: F811
+def model_folder(trained_model, tmp_path_factory) -> Path:
     """A copy of the trained model with a training record, as a run's final model has one."""
     folder = tmp_path_factory.mktemp("share") / "model"
-    shutil.copytree(small_trained_model, folder)
+    shutil.copytree(trained_model, folder)
     (folder / hub.TRAINING_INFO_FILE).write_text(json.dumps(TRAINING_INFO))
     return folder
 
@@ -52,10 +51,8 @@ def txkit_translate(model: str, src: Path, out: Path, *args: str, env: dict | No
     """`txkit translate MODEL -i SRC -o OUT ...`, in this process or (with env) in a fresh one."""
     argv = ["translate", model, "-i", str(src), "-o", str(out), "--max-len-a", "0", "--max-len-b", str(MAX_NEW), *args]
     if env is None:
-        from txkit.cli import app
-
-        result = CliRunner().invoke(app, argv)
-        assert result.exit_code == 0, result.output + repr(result.exception)
+        code, stdout, stderr = run_cli(argv)
+        assert code == 0, stdout + stderr
     else:
         done = subprocess.run([sys.executable, "-m", "txkit", *argv], env=env, capture_output=True, text=True, cwd=REPO)
         assert done.returncode == 0, done.stderr[-3000:]

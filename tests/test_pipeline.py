@@ -4,14 +4,13 @@ stages after training; a changed training key of a finished run is refused."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from txkit.cli import main
+from conftest import run_cli
 
 TEST_LINES = 50
 TSV_LINES = 10  # a second test set, in one .tsv file
@@ -55,15 +54,6 @@ eval:
 """
 
 
-def _cli(args: list[str]) -> tuple[int, str, str]:
-    """Run the txkit CLI in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-    return exit_info.value.code, out.getvalue(), err.getvalue()
-
-
 def _stage_lines(out: str, verb: str) -> set[str]:
     return {line.split(":")[0].split()[1] for line in out.splitlines() if line.startswith(f"{verb} ")}
 
@@ -99,8 +89,8 @@ def finished_run(workspace):
     """An interrupted first `txkit run` (stopped at step 6), then a second that finishes it."""
     root, data, recipe = workspace
     run_dir = root / "run"
-    first = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.stop_after_steps=6"])
-    second = _cli(["run", str(recipe), "-o", str(run_dir)])
+    first = run_cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.stop_after_steps=6"])
+    second = run_cli(["run", str(recipe), "-o", str(run_dir)])
     return run_dir, data, recipe, first, second
 
 
@@ -169,7 +159,7 @@ def test_every_stage_leaves_its_output(finished_run):
 def test_a_second_run_skips_every_finished_stage(finished_run):
     run_dir, _, recipe, _, _ = finished_run
     before = _outputs(run_dir)
-    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir)])
+    code, out, err = run_cli(["run", str(recipe), "-o", str(run_dir)])
     assert code == 0, out + err
     assert _stage_lines(out, "run") == set()
     assert _stage_lines(out, "skip") == ALL_STAGES | {"data"}
@@ -177,11 +167,14 @@ def test_a_second_run_skips_every_finished_stage(finished_run):
     assert "test50" in out and f"model:  {run_dir / 'model'}" in out
 
 
-def test_changed_decoding_redoes_only_what_follows_training(finished_run):
-    run_dir, _, recipe, _, _ = finished_run
+def test_changed_decoding_redoes_only_what_follows_training(finished_run, tmp_path):
+    # on a copy: the shared run stays as the other tests expect it, whatever their order
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir, symlinks=True)
+    recipe = finished_run[2]
     checkpoint = run_dir / "checkpoints" / "checkpoint-00000012" / "model.safetensors"
     weights = (run_dir / "model" / "model.safetensors").stat().st_mtime_ns, checkpoint.stat().st_mtime_ns
-    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "eval.beam_size=1"])
+    code, out, err = run_cli(["run", str(recipe), "-o", str(run_dir), "--set", "eval.beam_size=1"])
     assert code == 0, out + err
     assert _stage_lines(out, "run") == {"translate-test50", "evaluate-test50", "translate-test10", "evaluate-test10",
                                         "card", "report"}
@@ -190,7 +183,7 @@ def test_changed_decoding_redoes_only_what_follows_training(finished_run):
 
 def test_changed_training_of_a_finished_run_is_refused(finished_run):
     run_dir, _, recipe, _, _ = finished_run
-    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.lr=0.001"])
+    code, out, err = run_cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.lr=0.001"])
     assert code == 2
     assert "error:" in err and "train.lr=0.005 (the recipe now says 0.001)" in err and "--output-dir" in err
     assert "Traceback" not in err

@@ -136,12 +136,11 @@ def test_recipes_in_the_repository_load():
 
 
 def test_cli_lists_every_key(capsys):
-    from txkit.cli import main
+    from conftest import run_cli
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--list-keys"])
-    assert exit_info.value.code in (0, None)
-    lines = capsys.readouterr().out.splitlines()
+    code, out, _ = run_cli(["train", "--list-keys"], capsys)
+    assert code == 0
+    lines = out.splitlines()
     assert [line.split()[0] for line in lines] == all_keys()
     assert any(line.startswith("train.max_steps") and "100000" in line for line in lines)
 

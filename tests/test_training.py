@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_cli
 from txkit import runs
 from txkit.averaging import load_weights
 from txkit.checkpointing import read_log
-from txkit.cli import main
 from txkit.errors import TxkitError
 from txkit.pipeline import training_hooks
 from txkit.recipe import load_recipe
@@ -89,8 +89,8 @@ def test_small_recipe_trains_checkpoints_and_validates(trained_run):
     validations = [r for r in records if "val/loss" in r]
     assert [r["step"] for r in validations] == [10, 20]
     assert validations[-1]["val/loss"] < validations[0]["val/loss"]
-    for r in validations:
-        assert 0 <= r["val/bleu"] <= 100 and r["val/ppl"] == pytest.approx(math.exp(r["val/nll_loss"]))
+    for r in validations:  # (the BLEU itself: test_checkpoint_translates_like_txkit_translate)
+        assert "val/bleu" in r and r["val/ppl"] == pytest.approx(math.exp(r["val/nll_loss"]))
 
     # keep_last 2 keeps both; a checkpoint is a full model folder plus the training state
     checkpoints = runs.list_checkpoints(run_dir)
@@ -121,12 +121,41 @@ def test_small_recipe_trains_checkpoints_and_validates(trained_run):
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_checkpoint_translates_like_txkit_translate(trained_run):
+def test_checkpoint_translates_like_txkit_translate(trained_run, data_env, tmp_path, capsys):
+    """Validation translates as `txkit translate` does: the BLEU logged at step 20 is sacreBLEU's score of what
+    `txkit translate` outputs with that step's checkpoint for the validation sentences (recipe: the first
+    40 of multi30k/val, beam 2, source + 10)."""
+    import sacrebleu
+
     from txkit.decoding import translate_lines
 
     run_dir, _ = trained_run
-    out = translate_lines(runs.latest_checkpoint(run_dir), ["A man rides a bike.", ""], beam_size=2, max_len_b=10)
-    assert len(out) == 2 and out[1] == ""
+    checkpoint = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(20)
+    sources = (data_env / "multi30k" / "val.en").read_text(encoding="utf-8").splitlines()[:40]
+    refs = (data_env / "multi30k" / "val.de").read_text(encoding="utf-8").splitlines()[:40]
+    (tmp_path / "val.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    args = ["translate", checkpoint, "-i", tmp_path / "val.en", "-o", tmp_path / "hyp.de", "-b", "2", "--max-len-b", "10"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    hyps = (tmp_path / "hyp.de").read_text(encoding="utf-8").splitlines()
+    assert hyps == translate_lines(checkpoint, sources, beam_size=2, max_len_b=10)
+    assert len(hyps) == 40  # (20 updates of this tiny model mostly end at once: see the next test for BLEU)
+    (logged,) = [r["val/bleu"] for r in read_log(run_dir / runs.LOG_FILE) if r["step"] == 20 and "val/bleu" in r]
+    assert logged == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_validation_bleu_is_sacrebleus_with_the_recipes_case_and_tokenizer(data_env, lowercase):
+    """The BLEU that training logs comes from the hook `txkit train` and `txkit run` hand it: sacreBLEU on the
+    recipe's eval.lowercase and eval.tokenize (on real sentences, where case changes the score)."""
+    import sacrebleu
+
+    refs = (data_env / "multi30k" / "val.de").read_text(encoding="utf-8").splitlines()[:200]
+    hyps = [" ".join(line.lower().split()[:-1]) if i % 3 else line for i, line in enumerate(refs)]
+    section = load_recipe(RECIPE, [f"eval.lowercase={str(lowercase).lower()}", "eval.tokenize=intl"]).eval
+    got = training_hooks().bleu(hyps, refs, section)
+    assert got == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=lowercase, tokenize="intl").score)
+    assert 20 < got < 100 and got != pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=not lowercase).score)
 
 
 def test_existing_run_needs_resume(trained_run):
@@ -275,10 +304,9 @@ def test_training_flops_is_six_times_parameters_per_token():
 
 
 def _cli_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", *map(str, args)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
+    code, _, err = run_cli(["train", *args], capsys)
+    assert code == 2
+    err = err.strip()
     assert len(err.splitlines()) == 1, err
     return err
 
