@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from txkit import runs
+from txkit.runs import read_log  # noqa: F401  (the one log reader; report.read_log stays importable)
 from txkit.errors import TxkitError
 
 PNG_NAME = "report.png"
@@ -45,28 +46,6 @@ class ReportFiles:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def read_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a log.jsonl, oldest first; a last line cut by a kill is ignored."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TxkitError(f"{path}: no training log (is it a run directory written by txkit train?)") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the line being written when the run was killed
-                continue
-            raise TxkitError(f"{path} line {number}: not valid JSON") from None
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
 
 
 def _number(value) -> float | None:

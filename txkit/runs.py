@@ -16,6 +16,8 @@ Light module: no torch import.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -84,3 +86,25 @@ def resolve_model(path_or_id: str | Path) -> str:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
         return text  # a Hub id
     raise TxkitError(f"{path_or_id}: no such model folder, run directory or Hub id")
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a log.jsonl, oldest first; a last line cut by a kill is ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TxkitError(f"{path}: no training log (is it a run directory written by txkit train?)") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the line being written when the run was killed
+                continue
+            raise TxkitError(f"{path} line {number}: not valid JSON") from None
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
