@@ -18,7 +18,6 @@ import torch
 from conftest import run_cli
 from txkit import runs
 from txkit.averaging import load_weights
-from txkit.checkpointing import read_log
 from txkit.errors import TxkitError
 from txkit.pipeline import training_hooks
 from txkit.recipe import load_recipe
@@ -70,7 +69,7 @@ def _assert_same_weights(a: dict, b: dict):
 
 
 def _train_records(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in read_log(run_dir / runs.LOG_FILE) if "train/loss" in r}
+    return {r["step"]: r for r in runs.read_log(run_dir / runs.LOG_FILE) if "train/loss" in r}
 
 
 # ----------------------------------------------------------------------------- a whole run
@@ -79,7 +78,7 @@ def _train_records(run_dir: Path) -> dict[int, dict]:
 def test_small_recipe_trains_checkpoints_and_validates(trained_run):
     run_dir, result = trained_run
     assert result.step == 20 and result.stop_reason == "max_steps"
-    records = read_log(run_dir / runs.LOG_FILE)
+    records = runs.read_log(run_dir / runs.LOG_FILE)
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 4  # log_every_steps 5
     assert losses[-1] < losses[0] - 0.5, losses  # the loss falls
@@ -140,7 +139,7 @@ def test_checkpoint_translates_like_txkit_translate(trained_run, data_env, tmp_p
     hyps = (tmp_path / "hyp.de").read_text(encoding="utf-8").splitlines()
     assert hyps == translate_lines(checkpoint, sources, beam_size=2, max_len_b=10)
     assert len(hyps) == 40  # (20 updates of this tiny model mostly end at once: see the next test for BLEU)
-    (logged,) = [r["val/bleu"] for r in read_log(run_dir / runs.LOG_FILE) if r["step"] == 20 and "val/bleu" in r]
+    (logged,) = [r["val/bleu"] for r in runs.read_log(run_dir / runs.LOG_FILE) if r["step"] == 20 and "val/bleu" in r]
     assert logged == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
 
 

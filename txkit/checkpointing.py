@@ -34,14 +34,12 @@ from txkit import runs
 from txkit.averaging import recover_dir, replace_dir
 from txkit.errors import TxkitError
 
-TRAINER_STATE = "trainer_state.json"
-OPTIMIZER = "optimizer.pt"
-SCHEDULER = "scheduler.pt"
-SCALER = "scaler.pt"
-
-
-def rank_file(rank: int) -> str:
-    return f"rank-{rank:05d}.pt"
+# The names are runs.py's (the run directory's layout); these aliases keep this module's code short.
+TRAINER_STATE = runs.TRAINER_STATE
+OPTIMIZER = runs.OPTIMIZER_STATE
+SCHEDULER = runs.SCHEDULER_STATE
+SCALER = runs.SCALER_STATE
+rank_file = runs.rank_file
 
 
 # ----------------------------------------------------------------------------- the run directory
@@ -196,7 +194,7 @@ def save_best(run_dir: Path, model, tokenizers: tuple, metrics: dict, on_model_f
     if tmp.exists():
         shutil.rmtree(tmp)
     save_model_folder(tmp, model, *tokenizers, on_model_folder)
-    (tmp / "val_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (tmp / runs.VAL_METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     replace_dir(tmp, final)
     return final
 
@@ -250,21 +248,15 @@ class RunLog:
         log reads as one uninterrupted run (the resumed run logs those steps again, with the same values)."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the kill
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line + "\n")
+        # read_log drops a last line cut by the kill; RunLog.write wrote each record as json.dumps(record)
+        kept = [json.dumps(record) + "\n" for record in runs.read_log(self.path) if record["step"] <= step]
         write_text_atomic(self.path, "".join(kept))
 
     def has_train_record(self, step: int) -> bool:
         """Whether the log holds training values logged at `step` (a run's last, partial interval)."""
         if not (self.enabled and self.path.is_file()):
             return False
-        return any(r.get("step") == step and "train/loss" in r for r in read_log(self.path))
+        return any(r.get("step") == step and "train/loss" in r for r in runs.read_log(self.path))
 
     def start_fresh(self) -> None:
         if self.enabled and self.path.exists():
@@ -282,9 +274,3 @@ def _json_number(v):
     if isinstance(v, float) and not np.isfinite(v):
         return str(v)  # JSON has no NaN / Infinity
     return v
-
-
-def read_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a run's log.jsonl."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

@@ -40,10 +40,10 @@ from txkit.errors import TxkitError
 from txkit.options import ScoreOptions, SearchOptions
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
 
-STAGES_DIR = "stages"
-TRANSLATIONS_DIR = "translations"
-EVAL_DIR = "eval"  # the same folder txkit.report reads
-TRAINING_INFO = "training_info.json"  # the name txkit.hub's model card reads
+STAGES_DIR = runs.STAGES_DIR  # the run directory's names are runs.py's
+TRANSLATIONS_DIR = runs.TRANSLATIONS_DIR
+EVAL_DIR = runs.EVAL_DIR
+TRAINING_INFO = runs.TRAINING_INFO
 BOOTSTRAP_SAMPLES = 1000  # for the 95% confidence intervals of the test scores
 
 # Recipe keys that change how training runs but not the model it reaches (or that only stop it early).
@@ -273,7 +273,7 @@ def training_hooks():
 
 
 def _read_partial_wall_time(run: _Run) -> float:
-    path = run.run_dir / STAGES_DIR / "train.wall_time"
+    path = run.run_dir / STAGES_DIR / runs.TRAIN_WALL_TIME
     try:
         return float(path.read_text())
     except (FileNotFoundError, ValueError):
@@ -282,14 +282,14 @@ def _read_partial_wall_time(run: _Run) -> float:
 
 def _write_partial_wall_time(run: _Run, seconds: float) -> None:
     """Training wall time summed over interrupted `txkit run`s (what the model card reports)."""
-    path = run.run_dir / STAGES_DIR / "train.wall_time"
+    path = run.run_dir / STAGES_DIR / runs.TRAIN_WALL_TIME
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, f"{seconds:.1f}\n")
 
 
 def _training_info(run: _Run, checkpoint: Path, wall_time_s: float | None) -> dict:
     """training_info.json for the model card: steps and tokens from the last checkpoint's trainer state."""
-    state_file = checkpoint / runs.TRAINING_STATE / "trainer_state.json"
+    state_file = checkpoint / runs.TRAINING_STATE / runs.TRAINER_STATE
     state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
     counters = state.get("counters", {})
     info = {
@@ -435,7 +435,7 @@ def stage_card(run: _Run, reports: dict[str, dict]) -> None:
               "scores": {name: run.fingerprints[f"evaluate-{name}"] for name in reports}}  # fmt: skip
     if run.done("card", inputs):
         return
-    started = run.start("card", f"{model_dir / 'README.md'}")
+    started = run.start("card", f"{model_dir / runs.MODEL_CARD}")
     info_file = run.run_dir / TRAINING_INFO
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else None
     path = write_model_card(model_dir, recipe=run.recipe, eval_report=list(reports.values()), training_info=info,

@@ -23,9 +23,9 @@ from txkit import runs
 from txkit.runs import read_log  # noqa: F401  (the one log reader; report.read_log stays importable)
 from txkit.errors import TxkitError
 
-PNG_NAME = "report.png"
-MARKDOWN_NAME = "report.md"
-EVAL_DIR = "eval"
+PNG_NAME = runs.REPORT_PNG  # the run directory's names are runs.py's
+MARKDOWN_NAME = runs.REPORT_MARKDOWN
+EVAL_DIR = runs.EVAL_DIR
 FIGSIZE = (12.0, 8.0)  # inches; at DPI pixels per inch: 1200 x 800
 DPI = 100
 

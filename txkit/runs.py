@@ -1,15 +1,23 @@
-"""The layout of a run directory, shared by training, decoding, averaging and sharing.
+"""The layout of a run directory: every file and folder name in it is declared here, and its log is read here.
 
     RUN_DIR/
       recipe.yaml                 the resolved recipe (every key, after overrides)
-      log.jsonl                   every logged value, one JSON object per line
+      log.jsonl                   every logged value, one JSON object per line (read_log)
       tensorboard/                accelerate's TensorBoard tracker
+      tokenizer/                  the recipe's tokenizer when tokenizer.path is relative (the recipe says where)
       checkpoints/
-        checkpoint-00001000/      a `save_pretrained` model folder (+ tokenizer, generation config)
-          training_state/         optimizer, scheduler, RNG states, sampler position (resuming only)
+        checkpoint-00001000/      a `save_pretrained` model folder (+ tokenizer, generation config, README.md)
+          training_state/         trainer_state.json, optimizer.pt, scheduler.pt, scaler.pt (fp16),
+                                  rank-00000.pt ... (RNG states, sampler position): for resuming only
         checkpoint-00002000.tmp/  being written; renamed when complete, never read
-      best/                       model folder of the best validation checkpoint
-      model/                      the shareable final model (averaged), written by `txkit run`
+      best/                       model folder of the best validation checkpoint (+ val_metrics.json)
+      model/                      the shareable final model (averaged), written by `txkit run` (+ README.md,
+                                  recipe.yaml, training_info.json)
+      training_info.json          steps, tokens, hardware, wall time: what the model card reports
+      stages/<stage>.done         `txkit run`'s markers (and train.wall_time)
+      translations/<test>.<tgt>   `txkit run`'s test translations
+      eval/<test>.json            their scores
+      report.png, report.md       `txkit report`'s curves and summary
 
 Light module: no torch import.
 """
@@ -29,7 +37,26 @@ BEST = "best"
 FINAL_MODEL = "model"
 RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "log.jsonl"
+TRAINING_INFO = "training_info.json"
+STAGES_DIR = "stages"
+TRAIN_WALL_TIME = "train.wall_time"  # in STAGES_DIR
+TRANSLATIONS_DIR = "translations"
+EVAL_DIR = "eval"
+REPORT_PNG = "report.png"
+REPORT_MARKDOWN = "report.md"
+MODEL_CARD = "README.md"  # in model folders
+VAL_METRICS = "val_metrics.json"  # in BEST
+# in a checkpoint's TRAINING_STATE folder
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+SCHEDULER_STATE = "scheduler.pt"
+SCALER_STATE = "scaler.pt"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rank_file(rank: int) -> str:
+    """A process's RNG and sampler state in a checkpoint's TRAINING_STATE folder."""
+    return f"rank-{rank:05d}.pt"
 
 
 def checkpoint_name(step: int) -> str:
