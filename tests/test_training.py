@@ -239,11 +239,11 @@ def test_nan_step_is_skipped_and_counted(trained_run, tmp_path, capfd):
         assert not trainer.train_step([batches[1]])
         err = capfd.readouterr().err
         assert "step 2: loss nan" in err and "input_ids (" in err and "skipped" in err
-        assert trainer.counters["skipped_steps"] == 1 and trainer.step == 1
+        assert trainer.state.skipped_steps == 1 and trainer.state.step == 1
         weight.data[5, 0] = saved
         for name, param in trainer.unwrapped.named_parameters():  # nothing was applied
             assert torch.equal(param, before[name]), name
-        assert trainer.train_step([batches[1]]) and trainer.step == 2  # and training goes on
+        assert trainer.train_step([batches[1]]) and trainer.state.step == 2  # and training goes on
     finally:
         trainer.close()
 

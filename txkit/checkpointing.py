@@ -215,10 +215,6 @@ def find_resume_checkpoint(run_dir: Path, resume: bool | str | os.PathLike | Non
     return path
 
 
-def load_trainer_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / runs.TRAINING_STATE / TRAINER_STATE).read_text(encoding="utf-8"))
-
-
 def load_rank_state(checkpoint: Path, rank: int) -> dict | None:
     """This process's RNG and sampler state, or None when the checkpoint was written by fewer processes."""
     path = checkpoint / runs.TRAINING_STATE / rank_file(rank)

@@ -289,15 +289,16 @@ def _write_partial_wall_time(run: _Run, seconds: float) -> None:
 
 def _training_info(run: _Run, checkpoint: Path, wall_time_s: float | None) -> dict:
     """training_info.json for the model card: steps and tokens from the last checkpoint's trainer state."""
-    state_file = checkpoint / runs.TRAINING_STATE / runs.TRAINER_STATE
-    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
-    counters = state.get("counters", {})
+    from txkit.train_state import TrainState
+
+    has_state = (checkpoint / runs.TRAINING_STATE / runs.TRAINER_STATE).is_file()
+    state = TrainState.from_checkpoint(checkpoint) if has_state else None
     info = {
-        "steps": state.get("step", runs.checkpoint_step(checkpoint)),
-        "src_tokens": counters.get("tokens_src"),
-        "tgt_tokens": counters.get("tokens_tgt"),
+        "steps": state.step if state else runs.checkpoint_step(checkpoint),
+        "src_tokens": state.tokens_src if state else None,
+        "tgt_tokens": state.tokens_tgt if state else None,
         "wall_time_s": round(wall_time_s, 1) if wall_time_s else None,
-        "hardware": _hardware(state.get("world_size", 1)) if wall_time_s else None,
+        "hardware": _hardware(state.world_size if state else 1) if wall_time_s else None,
         "date": datetime.date.today().isoformat(),
     }
     return {k: v for k, v in info.items() if v is not None}

@@ -37,6 +37,7 @@ from txkit.errors import TxkitError
 from txkit.prepare import build_recipe_tokenizer, load_corpus
 from txkit.recipe import Recipe, check_data_files, resolve_tokenizer_path
 from txkit.schedule import peak_flops, training_flops
+from txkit.train_state import TrainState, new_interval
 
 MAX_NONFINITE_IN_A_ROW = 10
 
@@ -253,10 +254,7 @@ class Trainer:
         from txkit import checkpointing as ckpt
 
         acc, t = self.accelerator, self.recipe.train
-        self.step = 0
-        self.counters = dict(skipped_steps=0, overflow_steps=0, tokens_src=0, tokens_tgt=0, train_seconds=0.0)
-        self.best = dict(score=None, step=None, bad_evals=0)
-        self.interval = _new_interval()
+        self.state = TrainState(accumulation=t.accumulation, world_size=acc.num_processes)
         self.nonfinite_in_a_row = 0
         # Dropout masks differ between processes (each sees other data); derived from (seed, rank).
         seed = int(np.random.SeedSequence([t.seed, acc.process_index]).generate_state(1)[0])
@@ -266,15 +264,12 @@ class Trainer:
         if self.resume_from is None:
             self.log.start_fresh()
             return
-        state = ckpt.load_trainer_state(self.resume_from)
-        self.step = int(state["step"])
-        self.counters.update(state["counters"])
-        self.best.update(state["best"])
-        self.interval.update(state.get("interval", {}))
+        saved = TrainState.from_checkpoint(self.resume_from)
+        self.state.load_state_dict(saved.state_dict())
         ckpt.load_optimizer_states(self.resume_from, self.optimizer, self.scheduler, acc.scaler, acc.device)
-        if state["world_size"] != acc.num_processes:
+        if saved.world_size != acc.num_processes:
             self._info(
-                f"warning: resuming a run of {state['world_size']} processes on {acc.num_processes}: "
+                f"warning: resuming a run of {saved.world_size} processes on {acc.num_processes}: "
                 "the batches (and so the weights) will differ from an uninterrupted run"
             )
         rank_state = ckpt.load_rank_state(self.resume_from, acc.process_index)
@@ -284,10 +279,11 @@ class Trainer:
         else:
             ckpt.restore_rng(rank_state["rng"])  # last: nothing may draw random numbers after this
         self.sampler.load_state_dict(rank_state["sampler"])
-        self.log.truncate_after(self.step)
-        if self.log.has_train_record(self.step):  # a finished run logged its last partial interval already
-            self.interval = _new_interval()
-        self._info(f"resumed from {self.resume_from} at step {self.step}")
+        self.log.truncate_after(self.state.step)
+        if self.log.has_train_record(self.state.step):  # a finished run logged its last partial interval already
+            self.state.interval = new_interval()
+        self.state.accumulation, self.state.world_size = t.accumulation, acc.num_processes
+        self._info(f"resumed from {self.resume_from} at step {self.state.step}")
 
     # -- one update --------------------------------------------------------------------------------
 
@@ -338,7 +334,7 @@ class Trainer:
                     acc.backward(loss_sum * scale)
             except torch.OutOfMemoryError:
                 raise TxkitError(
-                    f"step {self.step + 1}: out of GPU memory on a batch of shape {_shapes(batch)} "
+                    f"step {self.state.step + 1}: out of GPU memory on a batch of shape {_shapes(batch)} "
                     f"(train.max_tokens={t.max_tokens}); lower train.max_tokens and raise train.accumulation "
                     "to keep the tokens per step"
                 ) from None
@@ -355,33 +351,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - started
         if acc.optimizer_step_was_skipped:  # fp16 overflow: the scaler lowered the loss scale
-            self.counters["overflow_steps"] += 1
+            self.state.overflow_steps += 1
             return False
         self.scheduler.step()
-        self.step += 1
+        self.state.step += 1
         added = dict(loss=loss_total, nll=nll_total, tgt=n_tgt, src=n_src, steps=1, seconds=elapsed, flops=flops)
         for key, value in added.items():
-            self.interval[key] += value
-        self.interval.update(grad_norm=grad_norm, lr=lr)
-        self.counters["tokens_src"] += int(n_src)
-        self.counters["tokens_tgt"] += int(n_tgt)
-        self.counters["train_seconds"] += elapsed
+            self.state.interval[key] += value
+        self.state.interval.update(grad_norm=grad_norm, lr=lr)
+        self.state.tokens_src += int(n_src)
+        self.state.tokens_tgt += int(n_tgt)
+        self.state.train_seconds += elapsed
         return True
 
     def _skip_nonfinite(self, loss_total: float, grad_norm: float, batches) -> bool:
         self.optimizer.zero_grad(set_to_none=True)
-        self.counters["skipped_steps"] += 1
+        self.state.skipped_steps += 1
         self.nonfinite_in_a_row += 1
         what = f"loss {loss_total}" if not math.isfinite(loss_total) else f"gradient norm {grad_norm}"
         shapes = "; ".join(_shapes(b) for b in batches)
         print(
-            f"warning: step {self.step + 1}: {what} on process {self.accelerator.process_index}'s batches "
-            f"[{shapes}]; update skipped ({self.counters['skipped_steps']} skipped so far)",
+            f"warning: step {self.state.step + 1}: {what} on process {self.accelerator.process_index}'s batches "
+            f"[{shapes}]; update skipped ({self.state.skipped_steps} skipped so far)",
             file=sys.stderr,
         )
         if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
             raise TxkitError(
-                f"step {self.step + 1}: {MAX_NONFINITE_IN_A_ROW} updates in a row had a non-finite {what.split()[0]}; "
+                f"step {self.state.step + 1}: {MAX_NONFINITE_IN_A_ROW} updates in a row had a non-finite {what.split()[0]}; "
                 "training diverged (lower train.lr, set train.clip_norm, or use bf16 instead of fp16)"
             )
         return False
@@ -399,14 +395,14 @@ class Trainer:
 
         acc, t = self.accelerator, self.recipe.train
         stream = self._batch_stream()
-        result = TrainResult(run_dir=self.run_dir, step=self.step, stop_reason="max_steps")
+        result = TrainResult(run_dir=self.run_dir, step=self.state.step, stop_reason="max_steps")
         last_save = time.monotonic()
-        saved_at = evaluated_at = self.step if self.resume_from is not None else -1
+        saved_at = evaluated_at = self.state.step if self.resume_from is not None else -1
         self.bar = tqdm(
-            total=t.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+            total=t.max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
             disable=not acc.is_main_process, file=sys.stderr,
         )  # fmt: skip
-        while self.step < t.max_steps:
+        while self.state.step < t.max_steps:
             micro = list(itertools.islice(stream, t.accumulation))
             if not micro:
                 result.stop_reason = "max_epochs"
@@ -414,33 +410,33 @@ class Trainer:
             if not self.train_step(micro):
                 continue
             self.bar.update(1)
-            if t.log_every_steps and self.step % t.log_every_steps == 0:
+            if t.log_every_steps and self.state.step % t.log_every_steps == 0:
                 self._log_train()
-            if t.eval_every_steps and self.step % t.eval_every_steps == 0 and self.valid_batches is not None:
+            if t.eval_every_steps and self.state.step % t.eval_every_steps == 0 and self.valid_batches is not None:
                 result.val = self.validate()
-                evaluated_at = self.step
-            if (t.save_every_steps and self.step % t.save_every_steps == 0) or self._time_to_save(last_save):
+                evaluated_at = self.state.step
+            if (t.save_every_steps and self.state.step % t.save_every_steps == 0) or self._time_to_save(last_save):
                 result.last_checkpoint = self.save()
-                saved_at, last_save = self.step, time.monotonic()
-            if t.patience and self.best["bad_evals"] >= t.patience:
+                saved_at, last_save = self.state.step, time.monotonic()
+            if t.patience and self.state.bad_evals >= t.patience:
                 result.stop_reason = "early_stopping"
-                self._info(f"early stopping at step {self.step}: val/{t.best_metric} did not improve in "
+                self._info(f"early stopping at step {self.state.step}: val/{t.best_metric} did not improve in "
                            f"{t.patience} validations")  # fmt: skip
                 break
-            if t.stop_after_steps and self.step >= t.stop_after_steps:
+            if t.stop_after_steps and self.state.step >= t.stop_after_steps:
                 result.stop_reason = "stop_after_steps"  # as if killed here: no final validation or save
                 break
         if result.stop_reason != "stop_after_steps":
-            if self.interval["steps"]:
+            if self.state.interval["steps"]:
                 self._log_train()
-            if evaluated_at != self.step and self.valid_batches is not None:
+            if evaluated_at != self.state.step and self.valid_batches is not None:
                 result.val = self.validate()
-            if saved_at != self.step:
+            if saved_at != self.state.step:
                 result.last_checkpoint = self.save()
         self.bar.close()
-        result.step = self.step
-        result.skipped_steps = self.counters["skipped_steps"]
-        result.best_score = self.best["score"]
+        result.step = self.state.step
+        result.skipped_steps = self.state.skipped_steps
+        result.best_score = self.state.best_score
         if (self.run_dir / runs.BEST).is_dir():
             result.best_dir = self.run_dir / runs.BEST
         if result.last_checkpoint is None:
@@ -477,11 +473,11 @@ class Trainer:
 
     def _record(self, values: dict) -> None:
         """Every logged value goes to RUN/log.jsonl and TensorBoard."""
-        self.log.write(self.step, values)
-        self.accelerator.log(values, step=self.step)
+        self.log.write(self.state.step, values)
+        self.accelerator.log(values, step=self.state.step)
 
     def _log_train(self) -> None:
-        iv = self.interval
+        iv = self.state.interval
         if not iv["steps"]:
             return
         seconds = max(iv["seconds"], 1e-9)
@@ -495,8 +491,8 @@ class Trainer:
             "train/tgt_tok_per_s": iv["tgt"] / seconds,
             "train/tgt_tok_per_step": iv["tgt"] / iv["steps"],
             "train/epoch": self.sampler.epoch + self.sampler.position / max(len(self.sampler), 1),
-            "train/skipped_steps": self.counters["skipped_steps"],
-            "train/overflow_steps": self.counters["overflow_steps"],
+            "train/skipped_steps": self.state.skipped_steps,
+            "train/overflow_steps": self.state.overflow_steps,
         }
         if self.mfu_peak:
             values["train/mfu"] = iv["flops"] / seconds / self.mfu_peak
@@ -505,7 +501,7 @@ class Trainer:
             loss=f"{values['train/loss']:.3f}", lr=f"{iv['lr']:.2e}", tok_s=f"{values['train/tgt_tok_per_s']:.0f}",
             refresh=False,
         )  # fmt: skip
-        self.interval = _new_interval()
+        self.state.interval = new_interval()
 
     def validate(self) -> dict:
         """Loss and perplexity on the validation set, and (with a `hooks.bleu`) BLEU of its translations
@@ -542,10 +538,10 @@ class Trainer:
             metrics["val/decode_seconds"] = time.perf_counter() - started
         self.model.train()
         self._update_best(metrics)
-        metrics["val/best"] = self.best["score"]
+        metrics["val/best"] = self.state.best_score
         self._record(metrics)
         shown = ", ".join(f"{k[4:]} {metrics[k]:.3f}" for k in ("val/loss", "val/ppl", "val/bleu") if k in metrics)
-        self._info(f"step {self.step}: validation {shown}")
+        self._info(f"step {self.state.step}: validation {shown}")
         return metrics
 
     def _update_best(self, metrics: dict) -> None:
@@ -557,31 +553,26 @@ class Trainer:
         if value is None:  # BLEU without a decoded sentence: fall back to the loss
             name, value = "loss", metrics["val/loss"]
         higher_is_better = name == "bleu"
-        best = self.best["score"]
+        best = self.state.best_score
         if best is None or (value > best if higher_is_better else value < best):
-            self.best.update(score=value, step=self.step, bad_evals=0)
+            self.state.best_score, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
             if self.accelerator.is_main_process:
-                save_best(self.run_dir, self.unwrapped, (self.src_tok, self.tgt_tok), {"step": self.step, **metrics},
+                save_best(self.run_dir, self.unwrapped, (self.src_tok, self.tgt_tok), {"step": self.state.step, **metrics},
                           on_model_folder=self.hooks.model_folder_saved)  # fmt: skip
         else:
-            self.best["bad_evals"] += 1
+            self.state.bad_evals += 1
 
     def save(self) -> Path:
         from txkit.checkpointing import save_checkpoint
 
-        trainer_state = {
-            "counters": self.counters,
-            "best": self.best,
-            "interval": self.interval,
-            "epoch": self.sampler.epoch,
-            "accumulation": self.recipe.train.accumulation,
-        }
+        self.state.epoch = self.sampler.epoch
+        trainer_state = self.state.state_dict()
         path = save_checkpoint(
-            self.accelerator, self.run_dir, self.step, self.unwrapped, (self.src_tok, self.tgt_tok), self.optimizer,
+            self.accelerator, self.run_dir, self.state.step, self.unwrapped, (self.src_tok, self.tgt_tok), self.optimizer,
             self.scheduler, trainer_state, {"sampler": self.sampler.state_dict()},
             keep_last=self.recipe.train.keep_last, on_model_folder=self.hooks.model_folder_saved,
         )  # fmt: skip
-        self._info(f"step {self.step}: saved {path}")
+        self._info(f"step {self.state.step}: saved {path}")
         return path
 
     def _info(self, message: str) -> None:
@@ -597,10 +588,6 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _new_interval() -> dict:
-    return dict(loss=0.0, nll=0.0, tgt=0.0, src=0.0, steps=0, seconds=0.0, flops=0.0, grad_norm=0.0, lr=0.0)
 
 
 def _shapes(batch: dict) -> str:
