@@ -22,6 +22,7 @@ from txkit.errors import TxkitError
 from txkit.pipeline import training_hooks
 from txkit.recipe import load_recipe
 from txkit.schedule import build_optimizer, build_scheduler, learning_rate, training_flops
+from txkit.train_setup import build_trainer
 from txkit.training import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,7 +229,7 @@ def test_early_stopping_after_patience_validations(trained_run, tmp_path):
 
 def test_nan_step_is_skipped_and_counted(trained_run, tmp_path, capfd):
     tokenizer = trained_run[0] / "tokenizer"
-    trainer = Trainer(load_recipe(RECIPE, [f"tokenizer.path={tokenizer}", "model.dropout=0"]), tmp_path / "run")
+    trainer = build_trainer(load_recipe(RECIPE, [f"tokenizer.path={tokenizer}", "model.dropout=0"]), tmp_path / "run")
     try:
         batches = list(trainer.sampler)[:2]
         assert trainer.train_step([batches[0]])
@@ -336,3 +337,51 @@ def test_unwritable_output_dir_is_one_line(capsys, tmp_path, data_env):
         locked.mkdir(mode=0o555)
         err = _cli_error(capsys, RECIPE, "-o", locked / "run")
         assert "Permission denied" in err
+
+
+# ----------------------------------------------------------------------------- the trainer on hand-made parts
+
+
+def test_trainer_steps_on_hand_made_components_and_its_state_round_trips(tmp_path):
+    """A Trainer built from a model, tokenizer stand-ins, a two-pair batch and an optimizer made here (no
+    recipe file, no corpus): each step applies one update, counts its tokens, and the loss of a fixed batch
+    falls; the state survives state_dict()/load_state_dict()."""
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from txkit.batching import TokenBatchSampler, TokenizedPairs
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+    from txkit.train_state import TrainState, new_interval
+    from txkit.training import TrainComponents
+
+    recipe = load_recipe(None, ["train.lr_schedule=inverse_sqrt", "train.lr=0.01", "train.warmup_steps=1",
+                                "train.clip_norm=1.0"])  # fmt: skip
+    torch.manual_seed(0)
+    config = TxkitConfig(vocab_size=16, d_model=16, attention_heads=2, ffn_dim=32, encoder_layers=1,
+                         decoder_layers=1, dropout=0.0, label_smoothing=0.0)  # fmt: skip
+    model = TxkitForConditionalGeneration(config)
+    pairs = TokenizedPairs(Dataset.from_dict({"input_ids": [[5, 6, 7, 2], [8, 9, 2]], "labels": [[10, 11, 2], [12, 2]]}))
+    sampler = TokenBatchSampler(pairs.src_lengths, pairs.tgt_lengths, 64, seed=1, shuffle=False)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, build_optimizer(model, recipe.train))
+    scheduler = build_scheduler(optimizer.optimizer, recipe.train, config.d_model)
+    components = TrainComponents(model=model, optimizer=optimizer, scheduler=scheduler, src_tok=None, tgt_tok=None,
+                                 pairs=pairs, sampler=sampler)  # fmt: skip
+    trainer = Trainer(recipe, tmp_path, accelerator, components)
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
+        losses = []
+        for step in range(1, 31):
+            assert trainer.train_step([[0, 1]])
+            interval = trainer.state.interval
+            losses.append(interval["loss"] / interval["tgt"])
+            trainer.state.interval = new_interval()  # as the training log does after each line
+            assert trainer.state.step == step and trainer.state.tokens_tgt == 5 * step  # 3 + 2 target tokens
+        assert trainer.state.tokens_src == 7 * 30 and trainer.state.skipped_steps == 0
+        assert any(not torch.equal(p, before[n]) for n, p in trainer.unwrapped.named_parameters())
+        assert losses[-1] < 0.5 * losses[0], losses  # it learns the batch by heart
+        restored = TrainState()
+        restored.load_state_dict(trainer.state.state_dict())
+        assert restored == trainer.state
+    finally:
+        trainer.close()

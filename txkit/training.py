@@ -34,8 +34,7 @@ from typing import Any, Callable
 
 from txkit import runs
 from txkit.errors import TxkitError
-from txkit.prepare import build_recipe_tokenizer, load_corpus
-from txkit.recipe import Recipe, check_data_files, resolve_tokenizer_path
+from txkit.recipe import Recipe
 from txkit.schedule import peak_flops, training_flops
 from txkit.train_state import TrainState, new_interval
 
@@ -85,7 +84,9 @@ def train(
             `output_dir` already has checkpoints, so nothing is overwritten by mistake).
         hooks: validation BLEU and model cards (see TrainHooks); default: none.
     """
-    trainer = Trainer(recipe, output_dir, resume, hooks)
+    from txkit.train_setup import build_trainer
+
+    trainer = build_trainer(recipe, output_dir, resume, hooks)
     try:
         return trainer.fit()
     finally:
@@ -95,157 +96,60 @@ def train(
 # ----------------------------------------------------------------------------- the trainer
 
 
-class Trainer:
-    """Holds one run's pieces (accelerator, data, model, optimizer, schedule, sampler) and trains.
+@dataclass
+class TrainComponents:
+    """What a Trainer trains with, built before it (txkit.train_setup builds them from a recipe)."""
 
-    `train()` is the entry point; the class is public so that tests can drive single steps.
+    model: Any  # prepared by the accelerator (DDP-wrapped on several processes)
+    optimizer: Any  # prepared by the accelerator
+    scheduler: Any  # the learning-rate schedule, on the unwrapped optimizer
+    src_tok: Any
+    tgt_tok: Any
+    pairs: Any  # txkit.batching.TokenizedPairs of the training data
+    sampler: Any  # txkit.batching.TokenBatchSampler over `pairs`, this process's shard
+    valid_pairs: Any = None  # TokenizedPairs of the validation data, or None
+    valid_batches: list | None = None  # this process's validation batches (lists of indices)
+    valid_src: list = field(default_factory=list)  # validation sources and references, as text
+    valid_refs: list = field(default_factory=list)
+    tokenizer_dir: Path | None = None
+
+
+class Trainer:
+    """Trains built components: one update at a time (`train_step`), or the whole loop with validation,
+    checkpoints and logs (`fit`). Its counters are a TrainState (`self.state`), saved in every checkpoint.
+
+    `train()` is the entry point from a recipe; tests build a Trainer from hand-made components.
     """
 
-    def __init__(self, recipe: Recipe, output_dir: str | os.PathLike, resume=None, hooks: TrainHooks | None = None):
-        import torch
-
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: str | os.PathLike,
+        accelerator,
+        components: TrainComponents,
+        resume_from: Path | None = None,
+        hooks: TrainHooks | None = None,
+    ):
+        """Train `components` (built by txkit.train_setup from a recipe, or by hand) in `run_dir`; the
+        recipe's train section says how. `resume_from`: a checkpoint whose state to continue from."""
         from txkit import checkpointing as ckpt
 
         self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.accelerator = accelerator
+        self.resume_from = resume_from
         self.hooks = hooks or TrainHooks()
-        t = recipe.train
-        check_data_files(recipe)
-        self.run_dir = ckpt.prepare_run_dir(output_dir)
-        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise TxkitError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU")
-        self.accelerator = self._make_accelerator()
-        acc = self.accelerator
-        self.resume_from = ckpt.find_resume_checkpoint(self.run_dir, resume)
-        if self.resume_from is None and runs.list_checkpoints(self.run_dir):
-            latest = runs.latest_checkpoint(self.run_dir)
-            raise TxkitError(
-                f"{self.run_dir} already holds checkpoints (latest: {latest.name}); pass --resume to continue "
-                "that run or choose another --output-dir"
-            )
-        if acc.is_main_process:
-            ckpt.clean_partial(self.run_dir)
-            ckpt.write_recipe(self.run_dir, recipe)
-        self.log = ckpt.RunLog(self.run_dir / runs.LOG_FILE, enabled=acc.is_main_process)
-
-        self._setup_tokenizer()
-        self._setup_data()
-        self._setup_model()
-        # TensorBoard's hparams take numbers, strings and booleans only
-        hparams = {k.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in recipe.flat().items()}  # fmt: skip
-        acc.init_trackers("tensorboard", config=hparams)
-        self._setup_state()  # last: it restores the random number generators when resuming
-
-    # -- setup -------------------------------------------------------------------------------------
-
-    def _make_accelerator(self):
-        import torch
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
-
-        # Without CUDA, a plain Accelerator() under torchrun forms no process group (every process would
-        # train alone on its shard); cpu=True makes it a gloo group, so data parallelism is real.
-        return Accelerator(
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=self.recipe.train.mixed_precision,
-            log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
-        )
-
-    def _setup_tokenizer(self) -> None:
-        """Load the recipe's tokenizer; the main process builds it first when it does not exist."""
-        from txkit.tokenization import load_tokenizers
-
-        path = resolve_tokenizer_path(self.recipe, self.run_dir)
-        if self.accelerator.is_main_process and not (path / "tokenizer.json").is_file():
-            if path.exists() and any(path.iterdir()):
-                raise TxkitError(f"tokenizer.path {path}: exists but is not a tokenizer folder (no tokenizer.json)")
-            t = self.recipe.tokenizer
-            self._info(f"building the tokenizer in {path} ({t.model}, {t.vocab_size} tokens)")
-            build_recipe_tokenizer(self.recipe, path)
-        self.accelerator.wait_for_everyone()
-        self.tokenizer_dir = path
-        self.src_tok, self.tgt_tok = load_tokenizers(path)
-
-    def _setup_data(self) -> None:
-        from txkit.batching import TokenBatchSampler, TokenizedPairs
-        from txkit.data import tokenize_dataset
-
-        r, acc = self.recipe, self.accelerator
-        d = r.data
-        with acc.main_process_first():  # one process fills the datasets cache, the others read it
-            train_ds = load_corpus(r, d.train, "train")
-            if d.max_sentences:
-                train_ds = train_ds.select(range(min(d.max_sentences, len(train_ds))))
-            train_ids, report = tokenize_dataset(
-                train_ds, self.src_tok, self.tgt_tok, num_proc=d.num_proc, max_len=d.max_len,
-                max_ratio=d.max_ratio or math.inf, dedup=d.dedup, name=f"data.train {d.train}",
-            )  # fmt: skip
-            self.valid_src, self.valid_refs, valid_ids = [], [], None
-            if d.valid:
-                valid_ds = load_corpus(r, d.valid, "validation")
-                if d.valid_max_sentences:
-                    valid_ds = valid_ds.select(range(min(d.valid_max_sentences, len(valid_ds))))
-                self.valid_src, self.valid_refs = valid_ds["src"], valid_ds["tgt"]
-                positions = r.model.max_position_embeddings or 1024
-                valid_ids, _ = tokenize_dataset(
-                    valid_ds, self.src_tok, self.tgt_tok, max_len=positions, max_ratio=math.inf,
-                    name=f"data.valid {d.valid}",
-                )
-        self._info(f"data.train: {report}")
-        self.pairs = TokenizedPairs(train_ids)
-        self.sampler = TokenBatchSampler(
-            self.pairs.src_lengths, self.pairs.tgt_lengths, r.train.max_tokens, seed=r.train.seed,
-            num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True,
-        )  # fmt: skip
-        self.valid_pairs = self.valid_batches = None
-        if valid_ids is not None:
-            self.valid_pairs = TokenizedPairs(valid_ids)
-            longest = int(max(self.valid_pairs.src_lengths.max(), self.valid_pairs.tgt_lengths.max()))
-            valid_sampler = TokenBatchSampler(
-                self.valid_pairs.src_lengths, self.valid_pairs.tgt_lengths, max(r.train.max_tokens, longest + 8),
-                num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=False,
-            )  # fmt: skip
-            self.valid_batches = list(valid_sampler)
-
-    def _setup_model(self) -> None:
-        import torch
-        from transformers import GenerationConfig
-
-        from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
-        from txkit.schedule import build_optimizer, build_scheduler
-        from txkit.tokenization import config_kwargs_from_tokenizer
-
-        r, acc = self.recipe, self.accelerator
-        config = TxkitConfig.from_preset(
-            r.model.preset, **config_kwargs_from_tokenizer(self.src_tok, self.tgt_tok), **r.model.config_overrides()
-        )
-        if r.data.max_len > config.max_position_embeddings:
-            raise TxkitError(
-                f"data.max_len ({r.data.max_len}) exceeds model.max_position_embeddings "
-                f"({config.max_position_embeddings})"
-            )
-        if self.resume_from is not None:
-            model = TxkitForConditionalGeneration.from_pretrained(self.resume_from, dtype=torch.float32)
-            _check_same_architecture(model.config, config, self.resume_from)
-        else:
-            torch.manual_seed(r.train.seed)  # the same initial weights on every process
-            model = TxkitForConditionalGeneration(config)
-        e = r.eval
-        # For `model.generate` users: the paper's beam and alpha (in transformers' score/|Y|^alpha form).
-        model.generation_config = GenerationConfig(
-            num_beams=e.beam_size, length_penalty=e.length_penalty,
-            max_length=min(config.max_position_embeddings, r.data.max_len + e.max_len_b),
-            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-            decoder_start_token_id=config.decoder_start_token_id,
-        )  # fmt: skip
-        self.config = config
-        optimizer = build_optimizer(model, r.train)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        # Not prepared (accelerate's wrapper steps once per process); stepped only after an applied update.
-        self.scheduler = build_scheduler(self.optimizer.optimizer, r.train, config.d_model)
-        self.unwrapped = acc.unwrap_model(self.model)
+        self.log = ckpt.RunLog(self.run_dir / runs.LOG_FILE, enabled=accelerator.is_main_process)
+        c = components
+        self.model, self.optimizer, self.scheduler = c.model, c.optimizer, c.scheduler
+        self.src_tok, self.tgt_tok, self.tokenizer_dir = c.src_tok, c.tgt_tok, c.tokenizer_dir
+        self.pairs, self.sampler = c.pairs, c.sampler
+        self.valid_pairs, self.valid_batches = c.valid_pairs, c.valid_batches
+        self.valid_src, self.valid_refs = c.valid_src, c.valid_refs
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.config = self.unwrapped.config
         self.n_params = sum(p.numel() for p in self.unwrapped.parameters())
+        self._setup_state()  # last: it restores the random number generators when resuming
 
     def _setup_state(self) -> None:
         import numpy as np
@@ -592,16 +496,3 @@ class Trainer:
 
 def _shapes(batch: dict) -> str:
     return f"input_ids {tuple(batch['input_ids'].shape)}, labels {tuple(batch['labels'].shape)}"
-
-
-_ARCHITECTURE_KEYS = ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim", "vocab_size",
-                      "tgt_vocab_size", "normalize_before", "activation_function")  # fmt: skip
-
-
-def _check_same_architecture(saved, wanted, checkpoint: Path) -> None:
-    for key in _ARCHITECTURE_KEYS:
-        if getattr(saved, key) != getattr(wanted, key):
-            raise TxkitError(
-                f"{checkpoint}: has {key}={getattr(saved, key)} but the recipe gives {getattr(wanted, key)}; "
-                "resume with the recipe the run was started with"
-            )
