@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=1, help="processes for Dataset.map")
     args = parser.parse_args()
 
-    from txkit.data import count_lines, load_parallel, tokenize_dataset
+    from txkit.data import load_parallel, tokenize_dataset
+    from txkit.textio import count_lines
     from txkit.tokenization import build_tokenizer, load_tokenizer
 
     prefix = args.data / "multi30k" / "train"

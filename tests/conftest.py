@@ -40,11 +40,93 @@ def head(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `txkit ARGS` in-process through the real entry point; (exit code, stdout, stderr)."""
+def run_cli(args: list, capsys=None) -> tuple[int, str, str]:
+    """Run `txkit ARGS` in-process through the real entry point; (exit code, stdout, stderr).
+
+    The one CLI harness of the tests. With pytest's `capsys` the output is read from it; without (e.g. in a
+    module-scoped fixture) it is captured by redirecting sys.stdout and sys.stderr.
+    """
+    import contextlib
+    import io
+
     from txkit.cli import main
 
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
+    def call() -> int:
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            return exc.code or 0
+        return 0
+
+    if capsys is not None:
+        capsys.readouterr()  # only this command's output
+        code = call()
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = call()
+    return code, out.getvalue(), err.getvalue()
+
+
+# ----------------------------------------------------------------------------- the one trained model
+
+SMALL = dict(
+    d_model=64, attention_heads=4, ffn_dim=256, encoder_layers=2, decoder_layers=2, max_position_embeddings=128
+)
+TRAIN_PAIRS = 6000
+TRAIN_STEPS = 200
+
+
+def train_small_model(out_dir: Path, data: Path, steps: int = TRAIN_STEPS) -> Path:
+    """A joint BPE vocabulary (1000) and a 2+2-layer d_model 64 Transformer trained on Multi30k en-de."""
+    import random
+    import shutil
+
+    import torch
+
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+    from txkit.tokenization import build_tokenizer, load_tokenizer
+
+    m30k = data / "multi30k"
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tokenizer([m30k / "train.en", m30k / "train.de"], tmp, vocab_size=1000, show_progress=False, stats=False)
+    tok = load_tokenizer(tmp)
+    src = m30k.joinpath("train.en").read_text(encoding="utf-8").splitlines()[:TRAIN_PAIRS]
+    tgt = m30k.joinpath("train.de").read_text(encoding="utf-8").splitlines()[:TRAIN_PAIRS]
+    src_ids, tgt_ids = tok(src)["input_ids"], tok(tgt)["input_ids"]
+
+    torch.manual_seed(0)
+    config = TxkitConfig(vocab_size=len(tok), dropout=0.0, **SMALL)
+    model = TxkitForConditionalGeneration(config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    batches = [order[i : i + 32] for i in range(0, len(order), 32)]  # ~450 source tokens each
+    rng = random.Random(0)
+
+    def pad(seqs, value):
+        longest = max(map(len, seqs))
+        return torch.tensor([s + [value] * (longest - len(s)) for s in seqs])
+
+    for _ in range(steps):
+        batch = rng.choice(batches)
+        x = pad([src_ids[i] for i in batch], config.pad_token_id)
+        y = pad([tgt_ids[i] for i in batch], -100)
+        loss = model(input_ids=x, attention_mask=x.ne(config.pad_token_id), labels=y).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(tmp)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, shared_data) -> Path:
+    """The test suite's one trained model (decoding, export, sharing): trained once per session, in a folder
+    of pytest's session temp dir."""
+    folder = tmp_path_factory.getbasetemp() / "trained-model"
+    if not (folder / "model.safetensors").is_file():
+        train_small_model(folder, shared_data)
+    return folder

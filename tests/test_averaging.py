@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_cli
 from txkit import runs
 from txkit.averaging import average_checkpoints, last_checkpoints, load_weights
-from txkit.cli import main
 from txkit.errors import TxkitError
 from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
 
@@ -38,9 +38,9 @@ def _word_tokenizer(size: int):
 
 
 def _run_cli(*args: str) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    assert exit_info.value.code in (0, None)
+    code, out, err = run_cli(list(args))
+    assert code == 0, out + err
+    print(out, end="")
 
 
 @pytest.fixture
@@ -116,9 +116,8 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_model(run_dir, tmp_path, ca
     precious = tmp_path / "notes"
     precious.mkdir()
     (precious / "todo.txt").write_text("keep me")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["average", "--last", "2", str(run_dir), "--out", str(precious)])
-    assert exit_info.value.code == 2
-    assert "refusing to overwrite" in capsys.readouterr().err
+    code, _, err = run_cli(["average", "--last", "2", str(run_dir), "--out", str(precious)], capsys)
+    assert code == 2
+    assert "refusing to overwrite" in err
     assert (precious / "todo.txt").read_text() == "keep me"
     shutil.rmtree(precious)

@@ -1,11 +1,10 @@
-"""txkit.decoding and `txkit translate` on a small model trained for a few seconds on Multi30k en-de:
+"""txkit.decoding and `txkit translate` on the test suite's trained model (tests/conftest.py) of Multi30k en-de:
 line count and order, batch independence, equivalence with `generate`, n-best, streaming, limits."""
 
 from __future__ import annotations
 
 import os
 import queue
-import random
 import shutil
 import subprocess
 import sys
@@ -15,61 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from txkit.cli import main
+from conftest import run_cli
 from txkit.decoding import DecodeOptions, Translator, length_sorted_batches, load_model
 from txkit.errors import TxkitError
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_POSITIONS = 64
-TRAIN_STEPS = 150
+MAX_POSITIONS = 128  # conftest's trained_model
 
 
 def _head(path: Path, n: int) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [next(f).rstrip("\n") for _ in range(n)]
-
-
-@pytest.fixture(scope="session")
-def trained_model(shared_data, tmp_path_factory) -> Path:
-    """A d_model-64 Transformer trained with Adam for a few seconds on 3000 Multi30k pairs: enough for
-    varied, sentence-dependent outputs of different lengths (a random model's are degenerate)."""
-    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
-    from txkit.tokenization import config_kwargs_from_tokenizer, save_tokenizers, train_tokenizer
-
-    root = tmp_path_factory.mktemp("translate-model")
-    src = _head(shared_data / "multi30k" / "train.en", 3000)
-    tgt = _head(shared_data / "multi30k" / "train.de", 3000)
-    (root / "train.en").write_text("\n".join(src) + "\n", encoding="utf-8")
-    (root / "train.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
-    tok = train_tokenizer([root / "train.en", root / "train.de"], vocab_size=1000, show_progress=False)
-    config = TxkitConfig(
-        **config_kwargs_from_tokenizer(tok), d_model=64, attention_heads=4, ffn_dim=128, encoder_layers=2,
-        decoder_layers=2, dropout=0.0, label_smoothing=0.0, max_position_embeddings=MAX_POSITIONS,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = TxkitForConditionalGeneration(config)
-    pairs = [(s, t) for s, t in zip(tok(src)["input_ids"], tok(tgt)["input_ids"]) if max(len(s), len(t)) <= 48]
-    train_briefly(model, pairs)
-    out = root / "model"
-    model.save_pretrained(out)
-    save_tokenizers(tok, tok, out)
-    return out
-
-
-def train_briefly(model, pairs: list[tuple[list[int], list[int]]]) -> None:
-    """TRAIN_STEPS Adam updates on random batches of 32 (source ids, target ids) pairs."""
-    rng = random.Random(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(TRAIN_STEPS):
-        batch = rng.sample(pairs, 32)
-        source = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s, _ in batch], batch_first=True)
-        labels = torch.nn.utils.rnn.pad_sequence(
-            [torch.tensor(t) for _, t in batch], batch_first=True, padding_value=-100
-        )
-        loss = model(input_ids=source, attention_mask=source.ne(0).long(), labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
 
 @pytest.fixture(scope="session")
@@ -82,10 +37,12 @@ def test_sources(shared_data) -> list[str]:
     return _head(shared_data / "multi30k" / "test2016.en", 300)
 
 
-def run_cli(args: list[str]) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    return exit_info.value.code or 0
+def _exit_code(args: list) -> int:
+    """`txkit ARGS` through the suite's CLI harness; its output goes on to pytest's capture (capsys)."""
+    code, out, err = run_cli(args)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return code
 
 
 AWKWARD = [
@@ -95,7 +52,7 @@ AWKWARD = [
     "Two dogs 🐶🐕 play in the snow ❄️.",
     "一个男人在骑自行车。 A man rides a bike.",
     "control\tchars\x0bvertical tab\x0cform feed\x1cfile sep\x85next line\u2028line sep end.",
-    " ".join(["A very long sentence about a dog running on the beach"] * 20),  # over 64 positions
+    " ".join(["A very long sentence about a dog running on the beach"] * 20),  # over 128 positions
     "\x00\x07",
     "A girl in a pink dress climbs into a wooden playhouse.",
     "",
@@ -107,7 +64,7 @@ def test_file_translation_keeps_line_count_and_order(trained_model, loaded, tmp_
     # lines end at "\n" ("\r\n" too): \x0b, \x0c, \x1c, \x85, \u2028 inside a line are content, not line ends
     source.write_bytes((AWKWARD[0] + "\r\n" + "\n".join(AWKWARD[1:]) + "\n").encode("utf-8"))
     output = tmp_path / "out.txt"
-    assert run_cli(["translate", str(trained_model), "-i", str(source), "-o", str(output), "--device", "cpu"]) == 0
+    assert _exit_code(["translate", str(trained_model), "-i", str(source), "-o", str(output), "--device", "cpu"]) == 0
     lines = output.read_bytes().decode("utf-8").split("\n")
     assert lines[-1] == "" and len(lines) == len(AWKWARD) + 1
     lines = lines[:-1]
@@ -117,7 +74,7 @@ def test_file_translation_keeps_line_count_and_order(trained_model, loaded, tmp_
             assert got == ""
         else:  # each line translated on its own gives the same: nothing shifted
             assert got == translator.translate([line])[0] and got
-    assert "1 source line(s) longer than the model's 64 positions were truncated: line 7" in capsys.readouterr().err
+    assert "1 source line(s) longer than the model's 128 positions were truncated: line 7" in capsys.readouterr().err
     assert not list(tmp_path.glob(".out.txt.tmp*"))
 
 
@@ -171,7 +128,7 @@ def test_nbest_output_format(trained_model, loaded, tmp_path):
     lines = ["A dog runs.", "", "Two men are talking on a street."]
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = tmp_path / "nbest.txt"
-    assert run_cli(["translate", str(trained_model), "-i", str(source), "-o", str(output), "--nbest", "3"]) == 0
+    assert _exit_code(["translate", str(trained_model), "-i", str(source), "-o", str(output), "--nbest", "3"]) == 0
     rows = [line.split(" ||| ") for line in output.read_text(encoding="utf-8").splitlines()]
     assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     best = Translator(*loaded, DecodeOptions()).translate(lines)
@@ -221,7 +178,7 @@ def test_length_limit_is_source_length_plus_50_capped_at_max_positions(trained_m
         return logits
 
     model.output_logits = never_eos  # this instance only: every hypothesis runs to its limit
-    lines = ["A dog.", "A man in a red shirt.", " ".join(["A long line"] * 30)]
+    lines = ["A dog.", "A man in a red shirt.", " ".join(["A long line"] * 60)]
     n_source = [len(ids) for ids in src_tok(lines)["input_ids"]]  # source tokens including </s>
     for options, expected in [
         (DecodeOptions(), [min(n + 50, MAX_POSITIONS) for n in n_source]),
@@ -234,7 +191,7 @@ def test_length_limit_is_source_length_plus_50_capped_at_max_positions(trained_m
 
 
 def test_overlong_lines_can_be_left_empty(loaded):
-    lines = ["A dog.", " ".join(["A dog on the beach"] * 30), "A cat."]
+    lines = ["A dog.", " ".join(["A dog on the beach"] * 40), "A cat."]
     translator = Translator(*loaded, DecodeOptions(overlong="empty"))
     out = translator.translate(lines)
     assert out[1] == "" and out[0] and out[2] and translator.overlong == [1]
@@ -272,16 +229,16 @@ def test_load_model_from_a_run_directory(trained_model, tmp_path):
 
 
 def test_cli_errors_are_one_line_and_leave_no_output(trained_model, tmp_path, capsys):
-    assert run_cli(["translate", str(trained_model), "-i", str(tmp_path / "nope.txt")]) == 2
+    assert _exit_code(["translate", str(trained_model), "-i", str(tmp_path / "nope.txt")]) == 2
     assert capsys.readouterr().err.strip() == f"error: input file not found: {tmp_path / 'nope.txt'}"
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"A dog.\nA \xff cat.\n")
     output = tmp_path / "out.txt"
-    assert run_cli(["translate", str(trained_model), "-i", str(bad), "-o", str(output)]) == 2
+    assert _exit_code(["translate", str(trained_model), "-i", str(bad), "-o", str(output)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {bad} line 2: not valid UTF-8 (byte 0xff)"
     assert not output.exists() and list(tmp_path.iterdir()) == [bad]
-    assert run_cli(["translate", str(trained_model), "--nbest", "5", "-i", str(bad)]) == 2
+    assert _exit_code(["translate", str(trained_model), "--nbest", "5", "-i", str(bad)]) == 2
     assert "nbest (5) cannot exceed the beam size (4)" in capsys.readouterr().err
 
 
@@ -299,7 +256,7 @@ def test_eval_with_a_model_translates_with_this_search_and_scores(trained_model,
     ref.write_text("".join(line + "\n" for line in references), "utf-8")
     report, hyp_out = tmp_path / "report.json", tmp_path / "hyp.de"
     args = ["eval", str(trained_model), "--src", str(src), "--ref", str(ref), "--beam-size", "2"]
-    assert run_cli(args + ["--json", str(report), "--hyp-out", str(hyp_out), "--bootstrap", "0"]) == 0
+    assert _exit_code(args + ["--json", str(report), "--hyp-out", str(hyp_out), "--bootstrap", "0"]) == 0
     model, src_tok, tgt_tok = loaded
     expected = Translator(model, src_tok, tgt_tok, DecodeOptions(beam_size=2)).translate(_head(src, 40))
     assert hyp_out.read_text("utf-8").splitlines() == expected

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF, TER
 
+from conftest import run_cli
 from txkit import evaluation
 from txkit.errors import TxkitError
+from txkit.options import ScoreOptions
 
 REPO = Path(__file__).resolve().parents[1]
 # Lines of newstest2014 for the tests that score many times: a metric pass over all 3003 lines
@@ -66,15 +68,7 @@ def corpus(shared_data, tmp_path_factory):
 
 def _txkit(capsys, *args) -> tuple[int, str, str]:
     """Run `txkit ...` in this process; returns (exit code, stdout, stderr)."""
-    from txkit.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(list(args), capsys)
 
 
 # ----------------------------------------------------------------------------- exact agreement with sacreBLEU
@@ -113,11 +107,11 @@ def test_cli_reproduces_sacrebleu(corpus, capsys, lowercase, n_refs):
 def test_variants_reproduce_sacrebleu(corpus):
     hyps = corpus["hyp"][:N_HEAD]
     refs = [corpus["ref"][:N_HEAD]]
-    results = evaluation.score(hyps, refs, metrics=("bleu",), tokenize="intl", lowercase=True, bootstrap=0)
+    results = evaluation.score(hyps, refs, ScoreOptions(metrics=("bleu",), tokenize="intl", lowercase=True, bootstrap=0))
     assert results["bleu"]["score"] == BLEU(tokenize="intl", lowercase=True).corpus_score(hyps, refs).score
-    results = evaluation.score(hyps, refs, metrics=("bleu",), tokenize="none", bootstrap=0)
+    results = evaluation.score(hyps, refs, ScoreOptions(metrics=("bleu",), tokenize="none", bootstrap=0))
     assert results["bleu"]["score"] == BLEU(tokenize="none").corpus_score(hyps, refs).score
-    results = evaluation.score(hyps, refs, metrics=("chrf",), chrf_word_order=2, bootstrap=0)
+    results = evaluation.score(hyps, refs, ScoreOptions(metrics=("chrf",), chrf_word_order=2, bootstrap=0))
     assert results["chrf"]["name"] == "chrF2++"
     assert results["chrf"]["score"] == CHRF(word_order=2).corpus_score(hyps, refs).score
 
@@ -152,14 +146,14 @@ def test_metric_modules_load_offline(monkeypatch):
 
 
 def test_bootstrap_ci_contains_score_and_follows_sacrebleu(corpus):
-    results = evaluation.score(corpus["hyp"], [corpus["ref"]], metrics=("bleu", "chrf"), bootstrap=1000)
+    results = evaluation.score(corpus["hyp"], [corpus["ref"]], ScoreOptions(metrics=("bleu", "chrf"), bootstrap=1000))
     for result in results.values():
         low, high = result["ci"]
         assert low < result["score"] < high
         assert 0.05 < high - low < 2.0
 
     hyps, refs = corpus["hyp"][:N_HEAD], [corpus["ref"][:N_HEAD]]
-    result = evaluation.score(hyps, refs, metrics=("bleu",), bootstrap=1000, seed=12345)["bleu"]
+    result = evaluation.score(hyps, refs, ScoreOptions(metrics=("bleu",), bootstrap=1000, seed=12345))["bleu"]
     low, high = result["ci"]
 
     # Same draws as sacreBLEU's `--confidence` (seed 12345): the same bootstrap mean and spread.
@@ -172,20 +166,20 @@ def test_bootstrap_ci_contains_score_and_follows_sacrebleu(corpus):
     assert result["bootstrap_mean"] == pytest.approx(mean, abs=1e-4)
     assert (high - low) / 2 == pytest.approx(half_width, abs=1e-4)
 
-    again = evaluation.score(hyps, refs, metrics=("bleu",), bootstrap=1000, seed=12345)["bleu"]
+    again = evaluation.score(hyps, refs, ScoreOptions(metrics=("bleu",), bootstrap=1000, seed=12345))["bleu"]
     assert again["ci"] == result["ci"]
-    other = evaluation.score(hyps, refs, metrics=("bleu",), bootstrap=1000, seed=7)["bleu"]
+    other = evaluation.score(hyps, refs, ScoreOptions(metrics=("bleu",), bootstrap=1000, seed=7))["bleu"]
     assert other["ci"] != result["ci"]
 
 
 def test_paired_bootstrap(corpus):
     hyps, worse, refs = corpus["hyp"][:N_HEAD], corpus["worse"][:N_HEAD], [corpus["ref"][:N_HEAD]]
-    better = evaluation.paired_bootstrap(hyps, worse, refs, metric="bleu", n=1000)
+    better = evaluation.paired_bootstrap(hyps, worse, refs, metric="bleu", options=ScoreOptions(bootstrap=1000))
     assert better["difference"] > 10
     assert better["p_value"] == pytest.approx(1 / 1001)
     assert better["system"]["ci"][0] > better["baseline"]["ci"][1]
 
-    same = evaluation.paired_bootstrap(hyps, list(hyps), refs, metric="bleu", n=1000)
+    same = evaluation.paired_bootstrap(hyps, list(hyps), refs, metric="bleu", options=ScoreOptions(bootstrap=1000))
     assert same["difference"] == 0.0
     assert same["p_value"] == 1.0
 
@@ -197,7 +191,9 @@ def test_paired_bootstrap_follows_sacrebleu_on_close_systems(corpus):
     ref = corpus["ref"][:N_HEAD]
     system_a = corpus["hyp"][:N_HEAD]
     system_b = [_perturb(line, i + 1) for i, line in enumerate(ref)]
-    ours = evaluation.paired_bootstrap(system_a, system_b, [ref], metric="chrf", n=500, seed=12345)
+    ours = evaluation.paired_bootstrap(
+        system_a, system_b, [ref], metric="chrf", options=ScoreOptions(bootstrap=500, seed=12345)
+    )
     assert 0.01 < ours["p_value"] < 1.0
 
     metric = CHRF()

@@ -1,87 +1,29 @@
 """The Marian export: same logits and translations as txkit, refusals, and CTranslate2 for real.
 
 The model under test is a small Transformer trained for a few hundred updates on Multi30k en-de (a
-random model repeats one token, which would hide search differences). `small_trained_model` is shared
-with tests/test_hub.py through a folder in pytest's session temp dir, so it is trained once per session.
+random model repeats one token, which would hide search differences): tests/conftest.py's `trained_model`,
+the one trained model of the test suite.
 """
 
 from __future__ import annotations
 
-import random
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from conftest import SMALL, run_cli
 from txkit.errors import TxkitError
 from txkit.export import export_marian, marian_blockers, marian_feature_order, pad_last_order
 from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
 from txkit.modeling.modeling_txkit import sinusoidal_positions
 
-SMALL = dict(
-    d_model=64, attention_heads=4, ffn_dim=256, encoder_layers=2, decoder_layers=2, max_position_embeddings=128
-)
-TRAIN_PAIRS = 6000
-TRAIN_STEPS = 200
 N_TEST = 300  # Multi30k test2016 sentences translated by txkit and CTranslate2
 
 
-# --------------------------------------------------------------------------------------------------
-# The shared model (also imported by test_hub.py)
-# --------------------------------------------------------------------------------------------------
-
-
-def train_small_model(out_dir: Path, data: Path, steps: int = TRAIN_STEPS) -> Path:
-    """A joint BPE vocabulary (1000) and a 2+2-layer d_model 64 Transformer trained on Multi30k en-de."""
-    from txkit.tokenization import build_tokenizer, load_tokenizer
-
-    m30k = data / "multi30k"
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tokenizer([m30k / "train.en", m30k / "train.de"], tmp, vocab_size=1000, show_progress=False, stats=False)
-    tok = load_tokenizer(tmp)
-    src = m30k.joinpath("train.en").read_text(encoding="utf-8").splitlines()[:TRAIN_PAIRS]
-    tgt = m30k.joinpath("train.de").read_text(encoding="utf-8").splitlines()[:TRAIN_PAIRS]
-    src_ids, tgt_ids = tok(src)["input_ids"], tok(tgt)["input_ids"]
-
-    torch.manual_seed(0)
-    config = TxkitConfig(vocab_size=len(tok), dropout=0.0, **SMALL)
-    model = TxkitForConditionalGeneration(config).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
-    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-    batches = [order[i : i + 32] for i in range(0, len(order), 32)]  # ~450 source tokens each
-    rng = random.Random(0)
-
-    def pad(seqs, value):
-        longest = max(map(len, seqs))
-        return torch.tensor([s + [value] * (longest - len(s)) for s in seqs])
-
-    for _ in range(steps):
-        batch = rng.choice(batches)
-        x = pad([src_ids[i] for i in batch], config.pad_token_id)
-        y = pad([tgt_ids[i] for i in batch], -100)
-        loss = model(input_ids=x, attention_mask=x.ne(config.pad_token_id), labels=y).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval().save_pretrained(tmp)
-    tmp.rename(out_dir)
-    return out_dir
-
-
-@pytest.fixture(scope="session")
-def small_trained_model(tmp_path_factory, shared_data) -> Path:
-    folder = tmp_path_factory.getbasetemp() / "small-trained-model"
-    if not (folder / "model.safetensors").is_file():
-        train_small_model(folder, shared_data)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def marian_dir(small_trained_model, tmp_path_factory) -> Path:
-    return export_marian(small_trained_model, tmp_path_factory.mktemp("export") / "marian")
+def marian_dir(trained_model, tmp_path_factory) -> Path:
+    return export_marian(trained_model, tmp_path_factory.mktemp("export") / "marian")
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +67,7 @@ def test_pad_moves_last_and_the_rest_keeps_its_order():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_export_is_a_builtin_marian_model_with_identical_logits(small_trained_model, marian_dir):
+def test_export_is_a_builtin_marian_model_with_identical_logits(trained_model, marian_dir):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 
     files = {p.name for p in marian_dir.iterdir()}
@@ -134,8 +76,8 @@ def test_export_is_a_builtin_marian_model_with_identical_logits(small_trained_mo
     marian = AutoModelForSeq2SeqLM.from_pretrained(marian_dir, dtype=torch.float32).eval()  # no trust_remote_code
     assert type(marian) is MarianMTModel and "auto_map" not in marian.config.to_dict()
 
-    txkit_model = TxkitForConditionalGeneration.from_pretrained(small_trained_model, dtype=torch.float32).eval()
-    tok, marian_tok = AutoTokenizer.from_pretrained(small_trained_model), AutoTokenizer.from_pretrained(marian_dir)
+    txkit_model = TxkitForConditionalGeneration.from_pretrained(trained_model, dtype=torch.float32).eval()
+    tok, marian_tok = AutoTokenizer.from_pretrained(trained_model), AutoTokenizer.from_pretrained(marian_dir)
     order = pad_last_order(len(tok), tok.pad_token_id)
     assert marian_tok.pad_token_id == len(tok) - 1 and marian_tok.convert_ids_to_tokens(len(tok) - 1) == "<pad>"
 
@@ -157,7 +99,7 @@ def test_export_is_a_builtin_marian_model_with_identical_logits(small_trained_mo
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # -inf (the <pad> logit) equals -inf
 
 
-def test_greedy_and_beam_outputs_equal_txkits(small_trained_model, marian_dir, test_sentences):
+def test_greedy_and_beam_outputs_equal_txkits(trained_model, marian_dir, test_sentences):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     lines = test_sentences[:24]
@@ -166,7 +108,7 @@ def test_greedy_and_beam_outputs_equal_txkits(small_trained_model, marian_dir, t
     order = pad_last_order(len(marian_tok), 0)
     special = {marian.config.eos_token_id, marian.config.pad_token_id}
     for beam in (1, 4):
-        want = _txkit_hypotheses(small_trained_model, lines, beam, max_len=40)
+        want = _txkit_hypotheses(trained_model, lines, beam, max_len=40)
         out = marian.generate(
             **marian_tok(lines, return_tensors="pt", padding=True), num_beams=beam, length_penalty=0.6,
             max_new_tokens=40, do_sample=False,
@@ -199,11 +141,11 @@ def test_pre_norm_model_is_refused_naming_the_setting(tmp_path):
     assert marian_blockers(TxkitConfig(vocab_size=64, activation_function="gelu", scale_embedding=False)) == []
 
 
-def test_gelu_unscaled_model_exports_with_identical_logits(small_trained_model, tmp_path):
+def test_gelu_unscaled_model_exports_with_identical_logits(trained_model, tmp_path):
     """Settings the paper does not use but Marian expresses: GELU and unscaled embeddings."""
     from transformers import AutoTokenizer, MarianMTModel
 
-    tok = AutoTokenizer.from_pretrained(small_trained_model)
+    tok = AutoTokenizer.from_pretrained(trained_model)
     torch.manual_seed(1)
     config = TxkitConfig(vocab_size=len(tok), activation_function="gelu", scale_embedding=False, **SMALL)
     model = TxkitForConditionalGeneration(config).eval()
@@ -222,17 +164,13 @@ def test_gelu_unscaled_model_exports_with_identical_logits(small_trained_model, 
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_export_refuses_to_overwrite_and_cli_reports_errors(small_trained_model, marian_dir, tmp_path):
-    from txkit.cli import app
-
+def test_export_refuses_to_overwrite_and_cli_reports_errors(trained_model, marian_dir, tmp_path):
     with pytest.raises(TxkitError, match="exists and is not empty"):
-        export_marian(small_trained_model, marian_dir)
+        export_marian(trained_model, marian_dir)
     with pytest.raises(TxkitError, match="not a txkit model \\(model_type 'marian'\\)"):
         export_marian(marian_dir, tmp_path / "again")
-    result = CliRunner().invoke(
-        app, ["export", str(small_trained_model), "--format", "onnx", "--out", str(tmp_path / "x")]
-    )
-    assert result.exit_code != 0 and "choose one of marian" in str(result.exception)
+    code, _, err = run_cli(["export", trained_model, "--format", "onnx", "--out", tmp_path / "x"])
+    assert code == 2 and "choose one of marian" in err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,17 +178,13 @@ def test_export_refuses_to_overwrite_and_cli_reports_errors(small_trained_model,
 # --------------------------------------------------------------------------------------------------
 
 
-def test_ctranslate2_conversion_translates_like_txkit(small_trained_model, test_sentences, tmp_path):
+def test_ctranslate2_conversion_translates_like_txkit(trained_model, test_sentences, tmp_path):
     ctranslate2 = pytest.importorskip("ctranslate2")
     from transformers import AutoTokenizer
 
-    from txkit.cli import app
-
     marian_out, ct2_out = tmp_path / "marian", tmp_path / "ct2"
-    result = CliRunner().invoke(
-        app, ["export", str(small_trained_model), "--format", "marian", "--out", str(marian_out), "--ct2", str(ct2_out)]
-    )
-    assert result.exit_code == 0, result.output + repr(result.exception)
+    code, out, err = run_cli(["export", trained_model, "--format", "marian", "--out", marian_out, "--ct2", ct2_out])
+    assert code == 0, out + err
     assert (ct2_out / "model.bin").is_file()
 
     marian_tok = AutoTokenizer.from_pretrained(marian_out)
@@ -259,7 +193,7 @@ def test_ctranslate2_conversion_translates_like_txkit(small_trained_model, test_
     sources = [marian_tok.convert_ids_to_tokens(marian_tok(line)["input_ids"]) for line in test_sentences]
     max_len = 60
     for beam in (1, 4):
-        want = _txkit_hypotheses(small_trained_model, test_sentences, beam, max_len)
+        want = _txkit_hypotheses(trained_model, test_sentences, beam, max_len)
         results = translator.translate_batch(
             sources, beam_size=beam, length_penalty=0.6, max_decoding_length=max_len, max_batch_size=64
         )

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from txkit import fetch
-from txkit.cli import main
 from txkit.errors import TxkitError
 from txkit.recipe import load_recipe
 
@@ -101,10 +101,8 @@ def test_cli_reports_a_failed_fetch_in_one_line(multi30k_server, tmp_path, monke
     (multi30k_server / "val.en.gz").unlink()  # the server answers 404
     monkeypatch.setenv("TXKIT_DATA", str(tmp_path / "data"))
     recipe = _write_recipe(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["run", str(recipe), "--output-dir", str(tmp_path / "run")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    code, _, err = run_cli(["run", recipe, "--output-dir", tmp_path / "run"], capsys)
+    assert code == 2
     assert "error: cannot download" in err and "val.en.gz: HTTP 404" in err and "Traceback" not in err
 
 

@@ -16,9 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from hub_server import HubServer
-from test_export import small_trained_model  # noqa: F401  (a shared fixture)
-from typer.testing import CliRunner
 
 from txkit import hub
 from txkit.errors import TxkitError
@@ -32,10 +31,10 @@ TRAINING_INFO = dict(
 
 
 @pytest.fixture(scope="module")
-def model_folder(small_trained_model, tmp_path_factory) -> Path:  # noqa: F811
+def model_folder(trained_model, tmp_path_factory) -> Path:
     """A copy of the trained model with a training record, as a run's final model has one."""
     folder = tmp_path_factory.mktemp("share") / "model"
-    shutil.copytree(small_trained_model, folder)
+    shutil.copytree(trained_model, folder)
     (folder / hub.TRAINING_INFO_FILE).write_text(json.dumps(TRAINING_INFO))
     return folder
 
@@ -52,10 +51,8 @@ def txkit_translate(model: str, src: Path, out: Path, *args: str, env: dict | No
     """`txkit translate MODEL -i SRC -o OUT ...`, in this process or (with env) in a fresh one."""
     argv = ["translate", model, "-i", str(src), "-o", str(out), "--max-len-a", "0", "--max-len-b", str(MAX_NEW), *args]
     if env is None:
-        from txkit.cli import app
-
-        result = CliRunner().invoke(app, argv)
-        assert result.exit_code == 0, result.output + repr(result.exception)
+        code, stdout, stderr = run_cli(argv)
+        assert code == 0, stdout + stderr
     else:
         done = subprocess.run([sys.executable, "-m", "txkit", *argv], env=env, capture_output=True, text=True, cwd=REPO)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -133,13 +130,14 @@ def test_model_card_metadata_parses_and_its_scores_are_the_eval_reports(
     from huggingface_hub import ModelCard
 
     from txkit.evaluation import build_report, write_report
+    from txkit.options import ScoreOptions
     from txkit.recipe import load_recipe
 
     ref_path = shared_data / "multi30k" / "test2016.de"
     refs = ref_path.read_text(encoding="utf-8").splitlines()[:N_LINES]
     report = build_report(
         txkit_outputs["beam"], [refs], system={"path": "beam.de", "lines": N_LINES},
-        references=[{"path": str(ref_path), "lines": N_LINES}], metrics=("bleu", "chrf"), bootstrap=100,
+        references=[{"path": str(ref_path), "lines": N_LINES}], options=ScoreOptions(bootstrap=100),
     )  # fmt: skip
     write_report(tmp_path / "report.json", report)
     recipe = load_recipe(REPO / "tests" / "recipes" / "tiny.yaml").to_dict()

@@ -4,16 +4,16 @@ stages after training; a changed training key of a finished run is refused."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from txkit.cli import main
+from conftest import run_cli
 
 TEST_LINES = 50
+TSV_LINES = 10  # a second test set, in one .tsv file
 
 RECIPE = """\
 model:
@@ -50,17 +50,8 @@ eval:
   beam_size: 2
   max_len_b: 10
   average_last: 2
-  test: [slice/test50]
+  test: [slice/test50, slice/test10.tsv]
 """
-
-
-def _cli(args: list[str]) -> tuple[int, str, str]:
-    """Run the txkit CLI in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        with pytest.raises(SystemExit) as exit_info:
-            main(args)
-    return exit_info.value.code, out.getvalue(), err.getvalue()
 
 
 def _stage_lines(out: str, verb: str) -> set[str]:
@@ -79,9 +70,13 @@ def workspace(shared_data, tmp_path_factory):
     data = root / "data"
     (data / "slice").mkdir(parents=True)
     (data / "multi30k").symlink_to(shared_data / "multi30k")
+    sides = {}
     for lang in ("en", "de"):
         lines = (shared_data / "multi30k" / f"test2016.{lang}").read_text(encoding="utf-8").splitlines()
         (data / "slice" / f"test50.{lang}").write_text("\n".join(lines[:TEST_LINES]) + "\n", encoding="utf-8")
+        sides[lang] = lines[TEST_LINES : TEST_LINES + TSV_LINES]
+    tsv = "".join(f"{en}\t{de}\n" for en, de in zip(sides["en"], sides["de"]))
+    (data / "slice" / "test10.tsv").write_text(tsv, encoding="utf-8")
     recipe = root / "tiny-run.yaml"
     recipe.write_text(RECIPE, encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
@@ -94,12 +89,13 @@ def finished_run(workspace):
     """An interrupted first `txkit run` (stopped at step 6), then a second that finishes it."""
     root, data, recipe = workspace
     run_dir = root / "run"
-    first = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.stop_after_steps=6"])
-    second = _cli(["run", str(recipe), "-o", str(run_dir)])
+    first = run_cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.stop_after_steps=6"])
+    second = run_cli(["run", str(recipe), "-o", str(run_dir)])
     return run_dir, data, recipe, first, second
 
 
-ALL_STAGES = {"tokenizer", "train", "average", "translate-test50", "evaluate-test50", "card", "report"}
+ALL_STAGES = {"tokenizer", "train", "average", "translate-test50", "evaluate-test50", "translate-test10",
+              "evaluate-test10", "card", "report"}
 
 
 def test_interrupted_training_stops_the_run_and_the_next_run_continues_it(finished_run):
@@ -141,6 +137,12 @@ def test_every_stage_leaves_its_output(finished_run):
     assert scores["bleu_lowercase"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score)
     assert scores["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
     assert "case:lc" in scores["bleu_lowercase"]["signature"] and "case:mixed" in scores["bleu"]["signature"]
+    assert report["references"][0]["path"] == str(data / "slice" / "test50.de")
+    # a .tsv test set: its references are read from the .tsv itself, and the report names that file
+    tsv_report = json.loads((run_dir / "eval" / "test10.json").read_text())
+    assert tsv_report["references"] == [{"path": str(data / "slice" / "test10.tsv"), "lines": TSV_LINES}]
+    tsv_hyps = (run_dir / "translations" / "test10.de").read_text(encoding="utf-8").splitlines()
+    assert len(tsv_hyps) == TSV_LINES
 
     # the model card and the report carry the scores; the end of the output names table and model
     card = (model / "README.md").read_text(encoding="utf-8")
@@ -157,7 +159,7 @@ def test_every_stage_leaves_its_output(finished_run):
 def test_a_second_run_skips_every_finished_stage(finished_run):
     run_dir, _, recipe, _, _ = finished_run
     before = _outputs(run_dir)
-    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir)])
+    code, out, err = run_cli(["run", str(recipe), "-o", str(run_dir)])
     assert code == 0, out + err
     assert _stage_lines(out, "run") == set()
     assert _stage_lines(out, "skip") == ALL_STAGES | {"data"}
@@ -165,19 +167,49 @@ def test_a_second_run_skips_every_finished_stage(finished_run):
     assert "test50" in out and f"model:  {run_dir / 'model'}" in out
 
 
-def test_changed_decoding_redoes_only_what_follows_training(finished_run):
-    run_dir, _, recipe, _, _ = finished_run
+def test_changed_decoding_redoes_only_what_follows_training(finished_run, tmp_path):
+    # on a copy: the shared run stays as the other tests expect it, whatever their order
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir, symlinks=True)
+    recipe = finished_run[2]
     checkpoint = run_dir / "checkpoints" / "checkpoint-00000012" / "model.safetensors"
     weights = (run_dir / "model" / "model.safetensors").stat().st_mtime_ns, checkpoint.stat().st_mtime_ns
-    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "eval.beam_size=1"])
+    code, out, err = run_cli(["run", str(recipe), "-o", str(run_dir), "--set", "eval.beam_size=1"])
     assert code == 0, out + err
-    assert _stage_lines(out, "run") == {"translate-test50", "evaluate-test50", "card", "report"}
+    assert _stage_lines(out, "run") == {"translate-test50", "evaluate-test50", "translate-test10", "evaluate-test10",
+                                        "card", "report"}
     assert ((run_dir / "model" / "model.safetensors").stat().st_mtime_ns, checkpoint.stat().st_mtime_ns) == weights
 
 
 def test_changed_training_of_a_finished_run_is_refused(finished_run):
     run_dir, _, recipe, _, _ = finished_run
-    code, out, err = _cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.lr=0.001"])
+    code, out, err = run_cli(["run", str(recipe), "-o", str(run_dir), "--set", "train.lr=0.001"])
     assert code == 2
     assert "error:" in err and "train.lr=0.005 (the recipe now says 0.001)" in err and "--output-dir" in err
     assert "Traceback" not in err
+
+
+def test_every_search_option_changes_what_a_translation_depends_on():
+    """`txkit run` re-translates when any search option changes: the keys come from SearchOptions' fields, so
+    a search option added there (one line) is covered here and by the stage without another list."""
+    import dataclasses
+    import typing
+
+    from txkit.options import DecodeOptions, SearchOptions
+    from txkit.pipeline import _Run, translate_inputs
+    from txkit.recipe import EvalSection, Recipe, load_recipe
+
+    assert issubclass(EvalSection, SearchOptions) and issubclass(DecodeOptions, SearchOptions)
+    base = translate_inputs(_Run(Recipe(), Path("run"), print), "multi30k/test2016")
+    hints = typing.get_type_hints(SearchOptions)
+    for f in dataclasses.fields(SearchOptions):
+        tp, default = hints[f.name], getattr(SearchOptions(), f.name)
+        if typing.get_origin(tp) is typing.Literal:
+            changed = next(a for a in typing.get_args(tp) if a != default)
+        else:
+            changed = not default if tp is bool else default + 1
+        recipe = load_recipe(None, [f"eval.{f.name}={changed}"])
+        inputs = translate_inputs(_Run(recipe, Path("run"), print), "multi30k/test2016")
+        assert inputs != base, f"eval.{f.name} does not re-translate"
+    recipe = load_recipe(None, ["eval.lowercase=true"])  # scoring, not searching: the translation stays
+    assert translate_inputs(_Run(recipe, Path("run"), print), "multi30k/test2016") == base

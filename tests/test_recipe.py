@@ -137,12 +137,11 @@ def test_recipes_in_the_repository_load():
 
 
 def test_cli_lists_every_key(capsys):
-    from txkit.cli import main
+    from conftest import run_cli
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--list-keys"])
-    assert exit_info.value.code in (0, None)
-    lines = capsys.readouterr().out.splitlines()
+    code, out, _ = run_cli(["train", "--list-keys"], capsys)
+    assert code == 0
+    lines = out.splitlines()
     assert [line.split()[0] for line in lines] == all_keys()
     assert any(line.startswith("train.max_steps") and "100000" in line for line in lines)
 
@@ -150,7 +149,7 @@ def test_cli_lists_every_key(capsys):
 def test_tokenizer_section_reaches_the_tokenizer_it_builds(monkeypatch, tmp_path, shared_data):
     import json
 
-    from txkit.recipe import build_recipe_tokenizer
+    from txkit.prepare import build_recipe_tokenizer
 
     monkeypatch.setenv("TXKIT_DATA", str(shared_data))
     overrides = [
@@ -161,3 +160,27 @@ def test_tokenizer_section_reaches_the_tokenizer_it_builds(monkeypatch, tmp_path
     spec = json.loads((tmp_path / "tok" / "tokenizer.json").read_text(encoding="utf-8"))
     assert spec["model"]["byte_fallback"] is False
     assert "NFC" in json.dumps(spec["normalizer"]) and "NFKC" not in json.dumps(spec["normalizer"])
+
+
+def test_preset_names_are_the_models_presets():
+    """The recipe reads the preset names from configuration_txkit.py without importing it."""
+    from txkit.modeling import PRESETS
+    from txkit.recipe import preset_names
+
+    assert preset_names() == list(PRESETS)
+
+
+def test_reading_a_recipe_imports_neither_torch_nor_transformers():
+    """The schema that every stage imports is light: the standard library and yaml."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from txkit.recipe import load_recipe, describe_keys; describe_keys(); "
+        "load_recipe('recipes/multi30k-en-de/transformer-tiny.yaml', ['train.max_steps=5']); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'tokenizers', 'numpy') if m in sys.modules); "
+        "print(','.join(heavy))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.strip() == ""

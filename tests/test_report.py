@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from txkit import report
-from txkit.cli import main
 from txkit.errors import TxkitError
 
 
@@ -46,10 +46,8 @@ def test_png_is_an_image_of_the_logged_curves(tmp_path, capsys):
 
     run_dir = tmp_path / "run"
     written = _write_run(run_dir)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["report", str(run_dir)])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    code, out, _ = run_cli(["report", run_dir], capsys)
+    assert code == 0
     png, md = run_dir / "report.png", run_dir / "report.md"
     assert str(png) in out and str(md) in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -101,10 +99,9 @@ def test_a_run_without_validation_or_scores(tmp_path):
 
 
 def test_not_a_run_directory(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["report", str(tmp_path)])
-    assert exit_info.value.code == 2
-    assert "no training log" in capsys.readouterr().err
+    code, _, err = run_cli(["report", tmp_path], capsys)
+    assert code == 2
+    assert "no training log" in err
     (tmp_path / "log.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(TxkitError, match="line 2: not valid JSON"):
         report.read_log(tmp_path / "log.jsonl")

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_cli
 from txkit import runs
 from txkit.averaging import load_weights
-from txkit.checkpointing import read_log
-from txkit.cli import main
 from txkit.errors import TxkitError
+from txkit.pipeline import training_hooks
 from txkit.recipe import load_recipe
 from txkit.schedule import build_optimizer, build_scheduler, learning_rate, training_flops
+from txkit.train_setup import build_trainer
 from txkit.training import Trainer, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def data_env(shared_data):
 def trained_run(data_env, tmp_path_factory):
     """The test recipe as written: 20 updates, builds its tokenizer, validates and saves every 10."""
     run_dir = tmp_path_factory.mktemp("train") / "run"
-    result = train(load_recipe(RECIPE), run_dir)
+    result = train(load_recipe(RECIPE), run_dir, hooks=training_hooks())
     return run_dir, result
 
 
@@ -69,7 +70,7 @@ def _assert_same_weights(a: dict, b: dict):
 
 
 def _train_records(run_dir: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in read_log(run_dir / runs.LOG_FILE) if "train/loss" in r}
+    return {r["step"]: r for r in runs.read_log(run_dir / runs.LOG_FILE) if "train/loss" in r}
 
 
 # ----------------------------------------------------------------------------- a whole run
@@ -78,7 +79,7 @@ def _train_records(run_dir: Path) -> dict[int, dict]:
 def test_small_recipe_trains_checkpoints_and_validates(trained_run):
     run_dir, result = trained_run
     assert result.step == 20 and result.stop_reason == "max_steps"
-    records = read_log(run_dir / runs.LOG_FILE)
+    records = runs.read_log(run_dir / runs.LOG_FILE)
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 4  # log_every_steps 5
     assert losses[-1] < losses[0] - 0.5, losses  # the loss falls
@@ -88,8 +89,8 @@ def test_small_recipe_trains_checkpoints_and_validates(trained_run):
     validations = [r for r in records if "val/loss" in r]
     assert [r["step"] for r in validations] == [10, 20]
     assert validations[-1]["val/loss"] < validations[0]["val/loss"]
-    for r in validations:
-        assert 0 <= r["val/bleu"] <= 100 and r["val/ppl"] == pytest.approx(math.exp(r["val/nll_loss"]))
+    for r in validations:  # (the BLEU itself: test_checkpoint_translates_like_txkit_translate)
+        assert "val/bleu" in r and r["val/ppl"] == pytest.approx(math.exp(r["val/nll_loss"]))
 
     # keep_last 2 keeps both; a checkpoint is a full model folder plus the training state
     checkpoints = runs.list_checkpoints(run_dir)
@@ -120,12 +121,41 @@ def test_small_recipe_trains_checkpoints_and_validates(trained_run):
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_checkpoint_translates_like_txkit_translate(trained_run):
+def test_checkpoint_translates_like_txkit_translate(trained_run, data_env, tmp_path, capsys):
+    """Validation translates as `txkit translate` does: the BLEU logged at step 20 is sacreBLEU's score of what
+    `txkit translate` outputs with that step's checkpoint for the validation sentences (recipe: the first
+    40 of multi30k/val, beam 2, source + 10)."""
+    import sacrebleu
+
     from txkit.decoding import translate_lines
 
     run_dir, _ = trained_run
-    out = translate_lines(runs.latest_checkpoint(run_dir), ["A man rides a bike.", ""], beam_size=2, max_len_b=10)
-    assert len(out) == 2 and out[1] == ""
+    checkpoint = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(20)
+    sources = (data_env / "multi30k" / "val.en").read_text(encoding="utf-8").splitlines()[:40]
+    refs = (data_env / "multi30k" / "val.de").read_text(encoding="utf-8").splitlines()[:40]
+    (tmp_path / "val.en").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    args = ["translate", checkpoint, "-i", tmp_path / "val.en", "-o", tmp_path / "hyp.de", "-b", "2", "--max-len-b", "10"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    hyps = (tmp_path / "hyp.de").read_text(encoding="utf-8").splitlines()
+    assert hyps == translate_lines(checkpoint, sources, beam_size=2, max_len_b=10)
+    assert len(hyps) == 40  # (20 updates of this tiny model mostly end at once: see the next test for BLEU)
+    (logged,) = [r["val/bleu"] for r in runs.read_log(run_dir / runs.LOG_FILE) if r["step"] == 20 and "val/bleu" in r]
+    assert logged == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_validation_bleu_is_sacrebleus_with_the_recipes_case_and_tokenizer(data_env, lowercase):
+    """The BLEU that training logs comes from the hook `txkit train` and `txkit run` hand it: sacreBLEU on the
+    recipe's eval.lowercase and eval.tokenize (on real sentences, where case changes the score)."""
+    import sacrebleu
+
+    refs = (data_env / "multi30k" / "val.de").read_text(encoding="utf-8").splitlines()[:200]
+    hyps = [" ".join(line.lower().split()[:-1]) if i % 3 else line for i, line in enumerate(refs)]
+    section = load_recipe(RECIPE, [f"eval.lowercase={str(lowercase).lower()}", "eval.tokenize=intl"]).eval
+    got = training_hooks().bleu(hyps, refs, section)
+    assert got == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=lowercase, tokenize="intl").score)
+    assert 20 < got < 100 and got != pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=not lowercase).score)
 
 
 def test_existing_run_needs_resume(trained_run):
@@ -187,7 +217,7 @@ def test_early_stopping_after_patience_validations(trained_run, tmp_path):
     # first improves on it, and the run stops after `patience` of them
     overrides = [f"tokenizer.path={tokenizer}", "train.lr=1e-9", "train.eval_every_steps=1", "train.patience=2",
                  "train.save_every_steps=0", "data.valid_max_sentences=10"]  # fmt: skip
-    result = train(load_recipe(RECIPE, overrides), tmp_path / "run")
+    result = train(load_recipe(RECIPE, overrides), tmp_path / "run", hooks=training_hooks())
     assert result.stop_reason == "early_stopping" and result.step == 3
     best = json.loads((tmp_path / "run" / runs.BEST / "val_metrics.json").read_text())
     assert best["step"] == 1 and best["val/bleu"] == result.best_score
@@ -199,7 +229,7 @@ def test_early_stopping_after_patience_validations(trained_run, tmp_path):
 
 def test_nan_step_is_skipped_and_counted(trained_run, tmp_path, capfd):
     tokenizer = trained_run[0] / "tokenizer"
-    trainer = Trainer(load_recipe(RECIPE, [f"tokenizer.path={tokenizer}", "model.dropout=0"]), tmp_path / "run")
+    trainer = build_trainer(load_recipe(RECIPE, [f"tokenizer.path={tokenizer}", "model.dropout=0"]), tmp_path / "run")
     try:
         batches = list(trainer.sampler)[:2]
         assert trainer.train_step([batches[0]])
@@ -210,11 +240,11 @@ def test_nan_step_is_skipped_and_counted(trained_run, tmp_path, capfd):
         assert not trainer.train_step([batches[1]])
         err = capfd.readouterr().err
         assert "step 2: loss nan" in err and "input_ids (" in err and "skipped" in err
-        assert trainer.counters["skipped_steps"] == 1 and trainer.step == 1
+        assert trainer.state.skipped_steps == 1 and trainer.state.step == 1
         weight.data[5, 0] = saved
         for name, param in trainer.unwrapped.named_parameters():  # nothing was applied
             assert torch.equal(param, before[name]), name
-        assert trainer.train_step([batches[1]]) and trainer.step == 2  # and training goes on
+        assert trainer.train_step([batches[1]]) and trainer.state.step == 2  # and training goes on
     finally:
         trainer.close()
 
@@ -274,10 +304,9 @@ def test_training_flops_is_six_times_parameters_per_token():
 
 
 def _cli_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", *map(str, args)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
+    code, _, err = run_cli(["train", *args], capsys)
+    assert code == 2
+    err = err.strip()
     assert len(err.splitlines()) == 1, err
     return err
 
@@ -308,3 +337,51 @@ def test_unwritable_output_dir_is_one_line(capsys, tmp_path, data_env):
         locked.mkdir(mode=0o555)
         err = _cli_error(capsys, RECIPE, "-o", locked / "run")
         assert "Permission denied" in err
+
+
+# ----------------------------------------------------------------------------- the trainer on hand-made parts
+
+
+def test_trainer_steps_on_hand_made_components_and_its_state_round_trips(tmp_path):
+    """A Trainer built from a model, tokenizer stand-ins, a two-pair batch and an optimizer made here (no
+    recipe file, no corpus): each step applies one update, counts its tokens, and the loss of a fixed batch
+    falls; the state survives state_dict()/load_state_dict()."""
+    from accelerate import Accelerator
+    from datasets import Dataset
+
+    from txkit.batching import TokenBatchSampler, TokenizedPairs
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+    from txkit.train_state import TrainState, new_interval
+    from txkit.training import TrainComponents
+
+    recipe = load_recipe(None, ["train.lr_schedule=inverse_sqrt", "train.lr=0.01", "train.warmup_steps=1",
+                                "train.clip_norm=1.0"])  # fmt: skip
+    torch.manual_seed(0)
+    config = TxkitConfig(vocab_size=16, d_model=16, attention_heads=2, ffn_dim=32, encoder_layers=1,
+                         decoder_layers=1, dropout=0.0, label_smoothing=0.0)  # fmt: skip
+    model = TxkitForConditionalGeneration(config)
+    pairs = TokenizedPairs(Dataset.from_dict({"input_ids": [[5, 6, 7, 2], [8, 9, 2]], "labels": [[10, 11, 2], [12, 2]]}))
+    sampler = TokenBatchSampler(pairs.src_lengths, pairs.tgt_lengths, 64, seed=1, shuffle=False)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, build_optimizer(model, recipe.train))
+    scheduler = build_scheduler(optimizer.optimizer, recipe.train, config.d_model)
+    components = TrainComponents(model=model, optimizer=optimizer, scheduler=scheduler, src_tok=None, tgt_tok=None,
+                                 pairs=pairs, sampler=sampler)  # fmt: skip
+    trainer = Trainer(recipe, tmp_path, accelerator, components)
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
+        losses = []
+        for step in range(1, 31):
+            assert trainer.train_step([[0, 1]])
+            interval = trainer.state.interval
+            losses.append(interval["loss"] / interval["tgt"])
+            trainer.state.interval = new_interval()  # as the training log does after each line
+            assert trainer.state.step == step and trainer.state.tokens_tgt == 5 * step  # 3 + 2 target tokens
+        assert trainer.state.tokens_src == 7 * 30 and trainer.state.skipped_steps == 0
+        assert any(not torch.equal(p, before[n]) for n, p in trainer.unwrapped.named_parameters())
+        assert losses[-1] < 0.5 * losses[0], losses  # it learns the batch by heart
+        restored = TrainState()
+        restored.load_state_dict(trainer.state.state_dict())
+        assert restored == trainer.state
+    finally:
+        trainer.close()

@@ -34,14 +34,12 @@ import torch
 from txkit import atomic, runs
 from txkit.errors import TxkitError
 
-TRAINER_STATE = "trainer_state.json"
-OPTIMIZER = "optimizer.pt"
-SCHEDULER = "scheduler.pt"
-SCALER = "scaler.pt"
-
-
-def rank_file(rank: int) -> str:
-    return f"rank-{rank:05d}.pt"
+# The names are runs.py's (the run directory's layout); these aliases keep this module's code short.
+TRAINER_STATE = runs.TRAINER_STATE
+OPTIMIZER = runs.OPTIMIZER_STATE
+SCHEDULER = runs.SCHEDULER_STATE
+SCALER = runs.SCALER_STATE
+rank_file = runs.rank_file
 
 
 # ----------------------------------------------------------------------------- the run directory
@@ -126,15 +124,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     atomic.write_text(path, text)
 
 
-def save_model_folder(folder: Path, model, src_tok, tgt_tok) -> None:
-    """A standard model folder: weights (safetensors), config, generation config, code, tokenizer(s), and
-    a model card (README.md) from the run's recipe; `txkit run` rewrites it with the test scores."""
-    from txkit.hub import write_model_card
+def save_model_folder(folder: Path, model, src_tok, tgt_tok, on_model_folder=None) -> None:
+    """A standard model folder: weights (safetensors), config, generation config, code, tokenizer(s); then
+    `on_model_folder(folder)` (the caller's model card writer: the training stage imports no sharing code)."""
     from txkit.tokenization import save_tokenizers
 
     model.save_pretrained(folder)
     save_tokenizers(src_tok, tgt_tok, folder)
-    write_model_card(folder)
+    if on_model_folder is not None:
+        on_model_folder(folder)
 
 
 def save_checkpoint(
@@ -148,6 +146,7 @@ def save_checkpoint(
     trainer_state: dict,
     rank_state: dict,
     keep_last: int = 0,
+    on_model_folder=None,
 ) -> Path:
     """Write RUN/checkpoints/checkpoint-{step}; every process calls this (each writes its rank file).
 
@@ -155,6 +154,7 @@ def save_checkpoint(
         model: the unwrapped model.
         trainer_state: JSON-able counters, written by the main process.
         rank_state: this process's sampler state; its RNG states are added here.
+        on_model_folder: called with the model folder before it is renamed (see `save_model_folder`).
     """
     final = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step)
     # Every process writes into this folder, so its name is agreed on rather than random; it lives in the
@@ -168,7 +168,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     torch.save({**rank_state, "rng": capture_rng()}, state_dir / rank_file(accelerator.process_index))
     if accelerator.is_main_process:
-        save_model_folder(tmp, model, *tokenizers)
+        save_model_folder(tmp, model, *tokenizers, on_model_folder)
         torch.save(optimizer.state_dict(), state_dir / OPTIMIZER)
         torch.save(scheduler.state_dict(), state_dir / SCHEDULER)
         if accelerator.scaler is not None:
@@ -203,12 +203,12 @@ def clean_partial(run_dir: Path) -> None:
     atomic.recover_dir(run_dir / runs.BEST)
 
 
-def save_best(run_dir: Path, model, tokenizers: tuple, metrics: dict) -> Path:
+def save_best(run_dir: Path, model, tokenizers: tuple, metrics: dict, on_model_folder=None) -> Path:
     """Replace RUN/best with the current model (main process only); `best/val_metrics.json` says why."""
     final = run_dir / runs.BEST
     with atomic.building_dir(final) as tmp:
-        save_model_folder(tmp, model, *tokenizers)
-        (tmp / "val_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        save_model_folder(tmp, model, *tokenizers, on_model_folder)
+        (tmp / runs.VAL_METRICS).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return final
 
 
@@ -246,10 +246,6 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_trainer_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / runs.TRAINING_STATE / TRAINER_STATE).read_text(encoding="utf-8"))
-
-
 def load_rank_state(checkpoint: Path, rank: int) -> dict | None:
     """This process's RNG and sampler state, or None when the checkpoint was written by fewer processes."""
     path = checkpoint / runs.TRAINING_STATE / rank_file(rank)
@@ -283,23 +279,15 @@ class RunLog:
         log reads as one uninterrupted run (the resumed run logs those steps again, with the same values)."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = []
-        for number, line in enumerate(self.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the kill
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
-                raise TxkitError(f"{self.path} line {number}: not a log record with an integer \"step\"")
-            if record.get("step", 0) <= step:
-                kept.append(line + "\n")
+        # read_log drops a last line cut by the kill; RunLog.write wrote each record as json.dumps(record)
+        kept = [json.dumps(record) + "\n" for record in runs.read_log(self.path) if record["step"] <= step]
         write_text_atomic(self.path, "".join(kept))
 
     def has_train_record(self, step: int) -> bool:
         """Whether the log holds training values logged at `step` (a run's last, partial interval)."""
         if not (self.enabled and self.path.is_file()):
             return False
-        return any(r.get("step") == step and "train/loss" in r for r in read_log(self.path))
+        return any(r.get("step") == step and "train/loss" in r for r in runs.read_log(self.path))
 
     def start_fresh(self) -> None:
         if self.enabled and self.path.exists():
@@ -317,9 +305,3 @@ def _json_number(v):
     if isinstance(v, float) and not np.isfinite(v):
         return str(v)  # JSON has no NaN / Infinity
     return v
-
-
-def read_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a run's log.jsonl."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

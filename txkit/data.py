@@ -3,7 +3,7 @@
     load_parallel(spec, "en", "de")        a Dataset with string columns `src`, `tgt`
     tokenize_dataset(ds, src_tok, tgt_tok)  (Dataset with int columns `input_ids`, `labels`, FilterReport)
 
-Batching the result is txkit.batching's job.
+Batching the result is txkit.batching's job; reading plain text (UTF-8 checks, line counts) is txkit.textio's.
 
 Both loading and tokenizing go through the `datasets` cache: a second run over the same files with
 the same tokenizer reads the Arrow files written by the first instead of doing the work again.
@@ -15,72 +15,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from txkit.corpus_spec import DESCRIPTION as CORPUS_SPEC_FORMATS
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
-from txkit.textio import decode_lines
+from txkit.textio import check_text_file, count_lines, iter_lines
 
-CORPUS_FORMATS = ".tsv, .jsonl, .parquet, a prefix DIR/NAME for DIR/NAME.<src> + DIR/NAME.<tgt>, or hub:OWNER/NAME"
-ERRORS = ("strict", "replace")
+CORPUS_FORMATS = CORPUS_SPEC_FORMATS
 _READER_VERSION = "1"  # bump when a reader changes what it yields, to invalidate cached datasets
 _TOKENIZE_VERSION = "1"  # same for the tokenization step
-
-# --------------------------------------------------------------------------------------------------
-# Plain text
-# --------------------------------------------------------------------------------------------------
-
-# File signatures of formats that are not text, so that `train.en.gz` fails with a clear message.
-_SIGNATURES = [
-    (b"\x1f\x8b", "gzip"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"PK\x03\x04", "zip"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"PAR1", "Parquet"),
-    (b"ARROW1", "Arrow"),
-]
-
-
-def check_text_file(path: str | Path) -> Path:
-    """`path` as a Path, after checking that it exists and is not a compressed or binary file."""
-    path = Path(path)
-    if not path.exists():
-        raise TxkitError(f"{path}: no such file")
-    if path.is_dir():
-        raise TxkitError(f"{path}: is a directory, not a text file")
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    for signature, kind in _SIGNATURES:
-        if head.startswith(signature):
-            raise TxkitError(f"{path}: unknown format (a {kind} file); expected plain UTF-8 text, one sentence per line")
-    if b"\x00" in head:
-        raise TxkitError(f"{path}: unknown format (binary data); expected plain UTF-8 text, one sentence per line")
-    return path
-
-
-def iter_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
-    """The lines of a UTF-8 file without their line ending, streamed.
-
-    Lines end at "\\n" only (not at the other characters `str.splitlines` splits on, which would
-    misalign a parallel corpus). errors="strict" raises a TxkitError naming the file and line of
-    the first invalid byte; "replace" substitutes U+FFFD and goes on.
-    """
-    if errors not in ERRORS:
-        raise TxkitError(f"unknown errors mode {errors!r} (choose strict or replace)")
-    with open(path, "rb") as fh:
-        yield from decode_lines(fh, str(path), errors, hint="; use --errors replace to go on")
-
-
-def count_lines(path: str | Path) -> int:
-    """Number of lines (a last line without "\\n" counts), by a fast binary pass."""
-    count, last = 0, b"\n"
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            count += chunk.count(b"\n")
-            last = chunk[-1:]
-    return count + (last != b"\n")
-
 
 # --------------------------------------------------------------------------------------------------
 # Loading parallel corpora
@@ -111,24 +56,23 @@ def load_parallel(
     `tokenize_dataset`. The result is cached under `cache_dir` (default: the `datasets` cache),
     keyed on the files' paths, sizes and modification times.
     """
-    spec_str = str(spec)
-    if spec_str.startswith("hub:"):
-        return _load_hub(spec_str[4:], src_lang, tgt_lang, hub_config, split, cache_dir)
-    path = Path(spec)
-    suffix = path.suffix.lower()
+    parsed = parse_corpus_spec(spec)
+    if parsed.is_hub:
+        return _load_hub(parsed.hub_id, src_lang, tgt_lang, hub_config, split, cache_dir)
+    path = parsed.path
     langs = (src_lang, tgt_lang)
-    if suffix == ".tsv":
+    if parsed.kind == "tsv":
         path = check_text_file(path)
         return _from_generator(_generate_tsv, dict(path=str(path), langs=langs, errors=errors), [path], cache_dir)
-    if suffix == ".jsonl":
+    if parsed.kind == "jsonl":
         path = check_text_file(path)
         return _from_generator(_generate_jsonl, dict(path=str(path), langs=langs, errors=errors), [path], cache_dir)
-    if suffix == ".parquet":
+    if parsed.kind == "parquet":
         if not path.is_file():
             raise TxkitError(f"{path}: no such file")
         return _load_parquet(path, src_lang, tgt_lang, cache_dir)
 
-    src_path, tgt_path = Path(f"{spec}.{src_lang}"), Path(f"{spec}.{tgt_lang}")
+    src_path, tgt_path = parsed.files(src_lang, tgt_lang)
     if not (src_path.exists() and tgt_path.exists()):
         if path.is_file():
             raise TxkitError(f"{path}: unknown corpus format (expected {CORPUS_FORMATS})")

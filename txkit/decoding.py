@@ -21,69 +21,20 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence
 
 import torch
 
 from txkit.errors import TxkitError
+from txkit.options import DTYPES, DecodeOptions  # noqa: F401  (DecodeOptions: part of this module's API)
+from txkit.search import Hypothesis, beam_search, greedy_search, sample_search
+from txkit.step_decoder import step_decoder
 from txkit.textio import decode_lines
-from txkit.search import LP_FORMS, Hypothesis, beam_search, sample_search, step_decoder
 
-OVERLONG_POLICIES = ("truncate", "empty")
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 STREAM_CHUNK_LINES = 2000  # most lines translated together when streaming
 _STREAM_WAIT_S = 0.01  # a stream chunk closes when no line arrived for this long
-
-
-@dataclass
-class DecodeOptions:
-    """How to search and batch. Defaults are the paper's: beam 4, GNMT length penalty 0.6, source + 50."""
-
-    beam_size: int = 4  # 1 = greedy search (unless sampling)
-    length_penalty: float = 0.6  # alpha of the length penalty
-    lp_form: str = "gnmt"  # "gnmt": (5+|Y|)^a / 6^a (the paper); "hf": |Y|^a (transformers' beam search)
-    max_len_a: float = 1.0  # output limit = max_len_a * source tokens + max_len_b
-    max_len_b: int = 50
-    nbest: int = 1  # hypotheses per sentence (<= beam_size; with sampling, that many samples)
-    sampling: bool = False  # ancestral sampling instead of search
-    top_k: int = 0  # sampling: keep the k most likely tokens (0 = all)
-    top_p: float = 1.0  # sampling: keep the smallest set of tokens whose probability reaches p
-    temperature: float = 1.0  # sampling: divide logits by this
-    seed: int = 0  # sampling: random seed
-    max_tokens: int = 4096  # batch budget in source tokens, padding included
-    max_sentences: int | None = None  # at most this many sentences per batch
-    device: str | None = None  # load_model only: "cpu", "cuda", "cuda:1"; default: GPU when there is one
-    dtype: str | None = None  # load_model only: auto | fp32 | bf16 | fp16 (auto = bf16/fp16 on GPU, fp32 on CPU)
-    overlong: str = "truncate"  # sources over max positions: "truncate" or "empty" (see module docstring)
-
-    def check(self) -> None:
-        """Raise a TxkitError naming the first impossible option."""
-        if self.beam_size < 1:
-            raise TxkitError(f"beam size must be at least 1, not {self.beam_size}")
-        if self.nbest < 1:
-            raise TxkitError(f"nbest must be at least 1, not {self.nbest}")
-        if not self.sampling and self.nbest > self.beam_size:
-            raise TxkitError(f"nbest ({self.nbest}) cannot exceed the beam size ({self.beam_size})")
-        if self.lp_form not in LP_FORMS:
-            raise TxkitError(f"unknown length-penalty form {self.lp_form!r} (choose {' or '.join(LP_FORMS)})")
-        if self.overlong not in OVERLONG_POLICIES:
-            raise TxkitError(f"unknown overlong policy {self.overlong!r} (choose {' or '.join(OVERLONG_POLICIES)})")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise TxkitError(f"unknown dtype {self.dtype!r} (choose {', '.join(DTYPES)})")
-        if self.max_tokens < 1 or (self.max_sentences is not None and self.max_sentences < 1):
-            raise TxkitError("max_tokens and max_sentences must be positive")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise TxkitError("sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DecodeOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TxkitError(f"unknown decoding option(s): {', '.join(unknown)}")
-        return cls(**values)
 
 
 # ----------------------------------------------------------------------------- devices and models
@@ -344,12 +295,12 @@ class Translator:
                 [_sentence_seed(opts.seed, work.first_line + i, s) for s in range(opts.nbest)] for i in indices
             ]
             return sample_search(
-                decoder, max_lengths, self.eos_token_id, sampling=True, top_k=opts.top_k, top_p=opts.top_p,
+                decoder, max_lengths, self.eos_token_id, top_k=opts.top_k, top_p=opts.top_p,
                 temperature=opts.temperature, seeds=seeds, num_samples=opts.nbest,
                 alpha=opts.length_penalty, lp_form=opts.lp_form,
             )  # fmt: skip
         if opts.beam_size == 1:
-            return sample_search(
+            return greedy_search(
                 decoder, max_lengths, self.eos_token_id, alpha=opts.length_penalty, lp_form=opts.lp_form
             )
         return beam_search(

@@ -16,11 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from txkit.errors import TxkitError
+from txkit.options import BLEU_TOKENIZERS, METRICS, ScoreOptions
 from txkit.textio import decode_lines
 
-METRICS = ("bleu", "chrf", "ter")
-# sacreBLEU's tokenizers for BLEU that need no extra package or download.
-TOKENIZERS = ("13a", "intl", "none", "zh", "char")
+TOKENIZERS = BLEU_TOKENIZERS  # sacreBLEU's tokenizers for BLEU that need no extra package or download
 CONFIDENCE = 0.95
 
 _loaded_metrics: dict = {}
@@ -176,39 +175,27 @@ def _by_segment(refs: Sequence[Sequence[str]]) -> list[list[str]]:
     return [list(segment_refs) for segment_refs in zip(*refs)]
 
 
-def score(
-    hyps: Sequence[str],
-    refs: Sequence[Sequence[str]],
-    metrics: Sequence[str] = ("bleu", "chrf"),
-    lowercase: bool = False,
-    tokenize: str = "13a",
-    chrf_word_order: int = 0,
-    bootstrap: int = 1000,
-    seed: int | None = 12345,
-) -> dict:
+def score(hyps: Sequence[str], refs: Sequence[Sequence[str]], options: ScoreOptions | None = None) -> dict:
     """Corpus scores of one system, with 95% bootstrap confidence intervals.
 
     Args:
         hyps: one hypothesis per segment.
         refs: one list per reference stream, each aligned with hyps.
-        metrics: any of "bleu", "chrf", "ter".
-        lowercase: case-insensitive BLEU and chrF (TER is always case-insensitive, as in sacreBLEU).
-        tokenize: BLEU's tokenizer: 13a (WMT), intl, none, zh, char.
-        chrf_word_order: 0 for chrF, 2 for chrF++.
-        bootstrap: number of bootstrap samples for the interval; 0 skips it (ci is None).
-        seed: the resampling seed (sacreBLEU's default is 12345).
+        options: metrics, case, BLEU tokenizer, chrF word order, bootstrap samples (0 skips the interval:
+            ci is None) and seed; default ScoreOptions().
 
     Returns:
         {metric: {"name", "score", "signature", "ci": (low, high) | None, "bootstrap_mean", "details"}}
     """
-    _check_options(metrics, tokenize, chrf_word_order)
+    o = options or ScoreOptions()
+    _check_options(o.metrics, o.tokenize, o.chrf_word_order)
     _check_corpus(hyps, refs)
     refs_by_segment = _by_segment(refs)
-    counts = _resample_counts(len(hyps), bootstrap, seed) if bootstrap > 0 else None
+    counts = _resample_counts(len(hyps), o.bootstrap, o.seed) if o.bootstrap > 0 else None
     results = {}
-    for name in metrics:
-        options = _metric_options(name, lowercase, tokenize, chrf_word_order)
-        results[name], _ = _score_one(name, list(hyps), refs_by_segment, options, counts)
+    for name in o.metrics:
+        metric_options = _metric_options(name, o.lowercase, o.tokenize, o.chrf_word_order)
+        results[name], _ = _score_one(name, list(hyps), refs_by_segment, metric_options, counts)
     return results
 
 
@@ -217,11 +204,7 @@ def paired_bootstrap(
     hyps_b: Sequence[str],
     refs: Sequence[Sequence[str]],
     metric: str = "bleu",
-    lowercase: bool = False,
-    tokenize: str = "13a",
-    chrf_word_order: int = 0,
-    n: int = 1000,
-    seed: int | None = 12345,
+    options: ScoreOptions | None = None,
 ) -> dict:
     """Paired bootstrap resampling test (Koehn, 2004) of system A against baseline B on the same references.
 
@@ -230,21 +213,25 @@ def paired_bootstrap(
     resampled |A - B| centred on their mean, so p is the chance of a difference this large
     if the systems were equally good. Both systems are resampled with the same segments.
 
+    `options.bootstrap` is the number of samples (its `metrics` are not used: `metric` is tested).
+
     Returns:
         {"metric", "system": result of A, "baseline": result of B (both as in `score`, with ci),
          "difference": A - B, "p_value", "samples", "seed"}
     """
+    o = options or ScoreOptions()
+    n, seed = o.bootstrap, o.seed
     if n <= 0:
         raise TxkitError(f"the paired bootstrap needs a positive number of samples, got {n}")
-    _check_options([metric], tokenize, chrf_word_order)
+    _check_options([metric], o.tokenize, o.chrf_word_order)
     _check_corpus(hyps_a, refs)
     if len(hyps_b) != len(hyps_a):
         raise TxkitError(f"the baseline has {len(hyps_b)} lines but the system has {len(hyps_a)}")
     refs_by_segment = _by_segment(refs)
     counts = _resample_counts(len(hyps_a), n, seed)
-    options = _metric_options(metric, lowercase, tokenize, chrf_word_order)
-    result_a, boot_a = _score_one(metric, list(hyps_a), refs_by_segment, options, counts)
-    result_b, boot_b = _score_one(metric, list(hyps_b), refs_by_segment, options, counts)
+    metric_options = _metric_options(metric, o.lowercase, o.tokenize, o.chrf_word_order)
+    result_a, boot_a = _score_one(metric, list(hyps_a), refs_by_segment, metric_options, counts)
+    result_b, boot_b = _score_one(metric, list(hyps_b), refs_by_segment, metric_options, counts)
 
     observed = abs(result_a["score"] - result_b["score"])
     resampled = np.abs(boot_a - boot_b)
@@ -273,12 +260,7 @@ def build_report(
     references: list[dict],
     baseline_hyps: Sequence[str] | None = None,
     baseline: dict | None = None,
-    metrics: Sequence[str] = ("bleu", "chrf"),
-    lowercase: bool = False,
-    tokenize: str = "13a",
-    chrf_word_order: int = 0,
-    bootstrap: int = 1000,
-    seed: int | None = 12345,
+    options: ScoreOptions | None = None,
 ) -> dict:
     """Score a system (and compare it with a baseline) into the report `write_report` saves.
 
@@ -286,8 +268,9 @@ def build_report(
         system, references, baseline: what was scored, e.g. {"path": ..., "lines": ...}; copied
             into the report as given.
         baseline_hyps: the baseline's hypotheses; runs `paired_bootstrap` per metric.
-        The other arguments are those of `score`.
+        options: as for `score`.
     """
+    o = options or ScoreOptions()
     from txkit import __version__
 
     report = {
@@ -295,27 +278,25 @@ def build_report(
         "system": system,
         "references": references,
         "options": {
-            "metrics": list(metrics),
-            "lowercase": lowercase,
-            "tokenize": tokenize,
-            "chrf_word_order": chrf_word_order,
-            "bootstrap": bootstrap,
-            "seed": seed,
+            "metrics": list(o.metrics),
+            "lowercase": o.lowercase,
+            "tokenize": o.tokenize,
+            "chrf_word_order": o.chrf_word_order,
+            "bootstrap": o.bootstrap,
+            "seed": o.seed,
             "confidence": CONFIDENCE,
         },
     }
     if baseline_hyps is None:
-        report["scores"] = score(hyps, refs, metrics, lowercase, tokenize, chrf_word_order, bootstrap, seed)
+        report["scores"] = score(hyps, refs, o)
         return report
-    if bootstrap <= 0:
+    if o.bootstrap <= 0:
         raise TxkitError("a comparison with a baseline needs bootstrap samples (--bootstrap > 0)")
     report["scores"] = {}
     report["baseline"] = {**(baseline or {}), "scores": {}}
     report["significance"] = {}
-    for name in metrics:
-        test = paired_bootstrap(
-            hyps, baseline_hyps, refs, name, lowercase, tokenize, chrf_word_order, bootstrap, seed
-        )
+    for name in o.metrics:
+        test = paired_bootstrap(hyps, baseline_hyps, refs, name, o)
         report["scores"][name] = test["system"]
         report["baseline"]["scores"][name] = test["baseline"]
         report["significance"][name] = {

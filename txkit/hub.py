@@ -27,11 +27,13 @@ from typing import Sequence
 
 from txkit import atomic
 from txkit.modelfiles import check_model_folder
+from txkit import runs
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
 from txkit.runs import RECIPE_FILE, is_run_dir, resolve_model
 
-MODEL_CARD = "README.md"
-TRAINING_INFO_FILE = "training_info.json"
+MODEL_CARD = runs.MODEL_CARD  # the run directory's names are runs.py's
+TRAINING_INFO_FILE = runs.TRAINING_INFO
 TRAINING_INFO_KEYS = ("steps", "src_tokens", "tgt_tokens", "wall_time_s", "hardware", "date")
 TAGS = ["translation", "txkit"]
 # Never uploaded: optimizer/RNG states of a checkpoint (resuming only, several times the weights' size),
@@ -132,9 +134,7 @@ def _datasets_from(recipe: dict | None) -> list[str] | None:
     train = str(((recipe or {}).get("data") or {}).get("train") or "")
     if not train:
         return None
-    if train.startswith("hub:"):
-        return [train[4:]]
-    return [Path(train).parent.name or Path(train).name]
+    return [parse_corpus_spec(train).collection]
 
 
 def _architecture_rows(config: dict) -> list[tuple[str, str]]:

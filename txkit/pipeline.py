@@ -23,6 +23,7 @@ the previous output or none, never a half-written one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -34,13 +35,15 @@ from pathlib import Path
 from typing import Callable
 
 from txkit import atomic, runs
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
+from txkit.options import ScoreOptions, SearchOptions
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
 
-STAGES_DIR = "stages"
-TRANSLATIONS_DIR = "translations"
-EVAL_DIR = "eval"  # the same folder txkit.report reads
-TRAINING_INFO = "training_info.json"  # the name txkit.hub's model card reads
+STAGES_DIR = runs.STAGES_DIR  # the run directory's names are runs.py's
+TRANSLATIONS_DIR = runs.TRANSLATIONS_DIR
+EVAL_DIR = runs.EVAL_DIR
+TRAINING_INFO = runs.TRAINING_INFO
 BOOTSTRAP_SAMPLES = 1000  # for the 95% confidence intervals of the test scores
 
 # Recipe keys that change how training runs but not the model it reaches (or that only stop it early).
@@ -49,8 +52,9 @@ _TRAIN_KEYS_IGNORED = {
     "train.save_every_minutes", "train.keep_last", "train.eval_every_steps",
 }  # fmt: skip
 _TOKENIZER_KEYS = ("data.train", "data.src_lang", "data.tgt_lang", "data.hub_config", "data.max_sentences")
-_DECODE_KEYS = ("eval.beam_size", "eval.length_penalty", "eval.lp_form", "eval.max_len_a", "eval.max_len_b",
-                "eval.max_tokens")  # fmt: skip
+# Every search option re-translates when it changes: the keys come from SearchOptions' fields, so a new
+# search key is noticed without a list to keep by hand.
+_DECODE_KEYS = tuple(f"eval.{f.name}" for f in dataclasses.fields(SearchOptions))
 
 
 @dataclass
@@ -168,7 +172,7 @@ def stage_data(run: _Run, fetch: bool = True) -> None:
 
 
 def stage_tokenizer(run: _Run) -> None:
-    from txkit.recipe import build_recipe_tokenizer
+    from txkit.prepare import build_recipe_tokenizer
 
     inputs = {**run.keys(k for k in run.flat if k.startswith("tokenizer.")), **run.keys(_TOKENIZER_KEYS)}
     if run.done("tokenizer", inputs):
@@ -229,7 +233,7 @@ def stage_train(run: _Run) -> bool:
         what = f"continuing from {latest.name}" if latest is not None else "from scratch"
         run.start("train", f"{what} to step {max_steps}")
         try:
-            result = train(run.recipe, run.run_dir, resume=True)
+            result = train(run.recipe, run.run_dir, resume=True, hooks=training_hooks())
         finally:
             wall += time.monotonic() - started
             _write_partial_wall_time(run, wall)
@@ -248,8 +252,23 @@ def stage_train(run: _Run) -> bool:
     return True
 
 
+def training_hooks():
+    """What training gets from the later stages (validation BLEU, model cards of checkpoints), handed in
+    because the training stage imports neither (txkit.training.TrainHooks)."""
+    from txkit.evaluation import score
+    from txkit.hub import write_model_card
+    from txkit.training import TrainHooks
+
+    def bleu(hyps: list[str], refs: list[str], eval_section) -> float:
+        options = ScoreOptions(metrics=("bleu",), lowercase=eval_section.lowercase, tokenize=eval_section.tokenize,
+                               bootstrap=0)  # fmt: skip
+        return score(hyps, [refs], options)["bleu"]["score"]
+
+    return TrainHooks(bleu=bleu, model_folder_saved=write_model_card)
+
+
 def _read_partial_wall_time(run: _Run) -> float:
-    path = run.run_dir / STAGES_DIR / "train.wall_time"
+    path = run.run_dir / STAGES_DIR / runs.TRAIN_WALL_TIME
     try:
         return float(path.read_text())
     except (FileNotFoundError, ValueError):
@@ -258,22 +277,23 @@ def _read_partial_wall_time(run: _Run) -> float:
 
 def _write_partial_wall_time(run: _Run, seconds: float) -> None:
     """Training wall time summed over interrupted `txkit run`s (what the model card reports)."""
-    path = run.run_dir / STAGES_DIR / "train.wall_time"
+    path = run.run_dir / STAGES_DIR / runs.TRAIN_WALL_TIME
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, f"{seconds:.1f}\n")
 
 
 def _training_info(run: _Run, checkpoint: Path, wall_time_s: float | None) -> dict:
     """training_info.json for the model card: steps and tokens from the last checkpoint's trainer state."""
-    state_file = checkpoint / runs.TRAINING_STATE / "trainer_state.json"
-    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
-    counters = state.get("counters", {})
+    from txkit.train_state import TrainState
+
+    has_state = (checkpoint / runs.TRAINING_STATE / runs.TRAINER_STATE).is_file()
+    state = TrainState.from_checkpoint(checkpoint) if has_state else None
     info = {
-        "steps": state.get("step", runs.checkpoint_step(checkpoint)),
-        "src_tokens": counters.get("tokens_src"),
-        "tgt_tokens": counters.get("tokens_tgt"),
+        "steps": state.step if state else runs.checkpoint_step(checkpoint),
+        "src_tokens": state.tokens_src if state else None,
+        "tgt_tokens": state.tokens_tgt if state else None,
         "wall_time_s": round(wall_time_s, 1) if wall_time_s else None,
-        "hardware": _hardware(state.get("world_size", 1)) if wall_time_s else None,
+        "hardware": _hardware(state.world_size if state else 1) if wall_time_s else None,
         "date": datetime.date.today().isoformat(),
     }
     return {k: v for k, v in info.items() if v is not None}
@@ -310,10 +330,7 @@ def stage_average(run: _Run) -> None:
 
 def corpus_name(spec: str) -> str:
     """The short name of a test corpus: `multi30k/test2016` -> test2016, `hub:wmt/wmt14` -> wmt14-test."""
-    if spec.startswith("hub:"):
-        return spec[4:].split("/")[-1] + "-test"
-    name = Path(spec).name
-    return name[: -len(Path(name).suffix)] if Path(name).suffix in (".tsv", ".jsonl", ".parquet") else name
+    return parse_corpus_spec(spec).name
 
 
 def _test_sets(run: _Run) -> dict[str, str]:
@@ -327,10 +344,15 @@ def _test_sets(run: _Run) -> dict[str, str]:
 
 
 def _load_test(run: _Run, spec: str):
-    from txkit.recipe import load_corpus
+    from txkit.prepare import load_corpus
 
     ds = load_corpus(run.recipe, spec, "test")
     return list(ds["src"]), list(ds["tgt"])
+
+
+def translate_inputs(run: _Run, spec: str) -> dict:
+    """What a test set's translation depends on: every search option, the test set and the model."""
+    return {**run.keys(_DECODE_KEYS), "test": spec, "model": run.fingerprints.get("average")}
 
 
 def stage_translate(run: _Run) -> None:
@@ -341,14 +363,13 @@ def stage_translate(run: _Run) -> None:
     model_dir = run.run_dir / runs.FINAL_MODEL
     todo = {}
     for name, spec in _test_sets(run).items():
-        inputs = {**run.keys(_DECODE_KEYS), "test": spec, "model": run.fingerprints["average"]}
+        inputs = translate_inputs(run, spec)
         if not run.done(f"translate-{name}", inputs):
             todo[name] = (spec, inputs)
     if not todo:
         return
     model, src_tok, tgt_tok = load_model(model_dir)
-    options = DecodeOptions(beam_size=e.beam_size, length_penalty=e.length_penalty, lp_form=e.lp_form,
-                            max_len_a=e.max_len_a, max_len_b=e.max_len_b, max_tokens=e.max_tokens)  # fmt: skip
+    options = DecodeOptions(**e.search_options())
     translator = Translator(model, src_tok, tgt_tok, options)
     folder = run.run_dir / TRANSLATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -381,19 +402,18 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
         hyp_file = run.run_dir / TRANSLATIONS_DIR / f"{name}.{d.tgt_lang}"
         hyps = read_lines(hyp_file)
         _, refs = _load_test(run, spec)
-        ref_path = str(resolve_data_path(spec)) + ("" if spec.startswith("hub:") else f".{d.tgt_lang}")
+        ref_path = parse_corpus_spec(resolve_data_path(spec)).target_file(d.tgt_lang)
         system = {"path": str(hyp_file), "model": str(run.run_dir / runs.FINAL_MODEL), "lines": len(hyps)}
+        options = ScoreOptions(metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES)
         report = build_report(
-            hyps, [refs], system=system, references=[{"path": ref_path, "lines": len(refs)}],
-            metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES,
-        )  # fmt: skip
+            hyps, [refs], system=system, references=[{"path": ref_path, "lines": len(refs)}], options=options
+        )
         # The Multi30k literature reports BLEU on lowercased text: a separate entry, never instead of cased BLEU.
-        lowercased = score(hyps, [refs], metrics=("bleu",), lowercase=True, tokenize=e.tokenize,
-                           bootstrap=BOOTSTRAP_SAMPLES)["bleu"]  # fmt: skip
+        lowercased = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu",), lowercase=True))["bleu"]
         lowercased["name"] = "BLEU (lowercased)"
         scores = report["scores"]
         report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "chrf": scores["chrf"]}
-        corpus = spec[4:] if spec.startswith("hub:") else Path(spec).parent.name or name
+        corpus = parse_corpus_spec(spec).collection
         report["dataset"] = {"type": corpus, "name": f"{corpus} {name}" if corpus != name else name}
         folder.mkdir(parents=True, exist_ok=True)
         write_report(out, report)
@@ -411,7 +431,7 @@ def stage_card(run: _Run, reports: dict[str, dict]) -> None:
               "scores": {name: run.fingerprints[f"evaluate-{name}"] for name in reports}}  # fmt: skip
     if run.done("card", inputs):
         return
-    started = run.start("card", f"{model_dir / 'README.md'}")
+    started = run.start("card", f"{model_dir / runs.MODEL_CARD}")
     info_file = run.run_dir / TRAINING_INFO
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else None
     path = write_model_card(model_dir, recipe=run.recipe, eval_report=list(reports.values()), training_info=info,

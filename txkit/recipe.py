@@ -1,5 +1,5 @@
-"""Recipes: one YAML file per experiment, read into typed dataclasses, with command-line overrides; and the
-recipe's inputs made real (its corpora loaded, its tokenizer built).
+"""Recipes: one YAML file per experiment, read into typed dataclasses, with command-line overrides. The
+schema only: loading the recipe's corpora and building its tokenizer is txkit.prepare's job.
 
 A recipe has five sections, `model`, `tokenizer`, `data`, `train` and `eval`. Every key has a default
 (the paper's value where the paper gives one) and a help text, both declared below; a recipe only
@@ -28,17 +28,24 @@ from typing import Any, Literal
 
 import yaml
 
+from txkit.corpus_spec import parse_corpus_spec
 from txkit.errors import TxkitError
+from txkit.options import (
+    ACTIVATIONS,
+    BEST_METRICS,
+    BLEU_TOKENIZERS,
+    MIXED_PRECISION,
+    SCHEDULES,
+    SearchOptions,
+    TokenizerOptions,
+    setting,
+)
 
 DATA_ENV = "TXKIT_DATA"
 DEFAULT_DATA_DIR = "./data"
 
 
-def _key(default, help: str, **kw):
-    """A recipe key: its default and the one-line help shown in the documentation."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+_key = setting  # a recipe key: its default and the one-line help shown in the documentation
 
 
 # ----------------------------------------------------------------------------- sections
@@ -57,7 +64,7 @@ class ModelSection:
     dropout: float | None = _key(None, "residual / embedding dropout P_drop")
     attention_dropout: float | None = _key(None, "dropout on attention probabilities (paper: 0)")
     activation_dropout: float | None = _key(None, "dropout after the FFN activation (paper: 0)")
-    activation_function: Literal["relu", "gelu"] | None = _key(None, "FFN activation (paper: relu)")
+    activation_function: Literal[ACTIVATIONS] | None = _key(None, "FFN activation (paper: relu)")
     normalize_before: bool | None = _key(None, "pre-norm residual blocks (paper: false, post-norm)")
     label_smoothing: float | None = _key(None, "eps_ls of the training loss (paper: 0.1)")
     max_position_embeddings: int | None = _key(None, "longest sequence the sinusoidal table covers")
@@ -69,17 +76,11 @@ class ModelSection:
 
 
 @dataclass
-class TokenizerSection:
-    """The subword vocabulary; built from the training data before training when `path` does not exist."""
+class TokenizerSection(TokenizerOptions):
+    """The subword vocabulary (the options of txkit.options.TokenizerOptions, then where it lives and what it
+    learns from); built from the training data before training when `path` does not exist."""
 
     path: str = _key("tokenizer", "tokenizer folder; relative = inside the run directory; built if missing")
-    vocab_size: int = _key(37000, "vocabulary size to build (paper en-de: ~37000 shared BPE)")
-    model: Literal["bpe", "unigram"] = _key("bpe", "subword model to build")
-    joint: bool = _key(True, "one vocabulary shared by source and target (paper: true)")
-    min_frequency: int = _key(2, "BPE: minimum pair frequency for a merge")
-    limit_alphabet: int = _key(1000, "BPE: most distinct characters kept; rarer ones are spelled as bytes")
-    normalization: str = _key("NFKC", "Unicode normalization: NFKC, NFC, NFKD, NFD or none")
-    byte_fallback: bool = _key(True, "spell characters outside the vocabulary as UTF-8 bytes (no <unk>)")
     files: list[str] = _key([], "text files to learn it from; empty = both sides of data.train (max_sentences of it)")
 
 
@@ -110,7 +111,7 @@ class TrainSection:
     max_epochs: int = _key(0, "stop after this many passes over the data; 0 = no limit")
     max_tokens: int = _key(4096, "tokens per batch per process (max of source and target, padding included)")
     accumulation: int = _key(1, "batches accumulated per update (fairseq's update_freq)")
-    lr_schedule: Literal["noam", "inverse_sqrt", "linear", "cosine"] = _key(
+    lr_schedule: Literal[SCHEDULES] = _key(
         "noam", "noam = the paper's d_model^-0.5*min(step^-0.5, step*warmup^-1.5); others warm up to `lr`"
     )
     warmup_steps: int = _key(4000, "linear warmup steps (paper: 4000)")
@@ -121,12 +122,12 @@ class TrainSection:
     adam_eps: float = _key(1e-9, "Adam epsilon (paper: 1e-9)")
     weight_decay: float = _key(0.0, "decoupled weight decay (AdamW); 0 = plain Adam as in the paper")
     clip_norm: float = _key(0.0, "clip the gradient norm to this; 0 = no clipping")
-    mixed_precision: Literal["no", "bf16", "fp16"] = _key("no", "bf16, or fp16 with dynamic loss scaling")
+    mixed_precision: Literal[MIXED_PRECISION] = _key("no", "bf16, or fp16 with dynamic loss scaling")
     save_every_steps: int = _key(0, "write a checkpoint every N updates; 0 = off")
     save_every_minutes: float = _key(10.0, "write a checkpoint every N minutes (paper: 10); 0 = off")
     keep_last: int = _key(5, "keep only the last K checkpoints; 0 = keep all")
     eval_every_steps: int = _key(1000, "validate every N updates (and at the end); 0 = only at the end")
-    best_metric: Literal["bleu", "loss", "ppl"] = _key("bleu", "validation metric that picks RUN/best")
+    best_metric: Literal[BEST_METRICS] = _key("bleu", "validation metric that picks RUN/best")
     patience: int = _key(0, "stop after N validations without a better best_metric; 0 = never")
     seed: int = _key(1, "seed of initialisation, dropout and batch order")
     log_every_steps: int = _key(100, "log training loss, learning rate and throughput every N updates")
@@ -134,17 +135,12 @@ class TrainSection:
 
 
 @dataclass
-class EvalSection:
-    """Decoding for validation BLEU and for `txkit run`'s test sets: the paper's beam search by default."""
+class EvalSection(SearchOptions):
+    """Decoding for validation BLEU and for `txkit run`'s test sets (the search keys are txkit.options'
+    SearchOptions: the paper's beam search by default), then scoring and the final model."""
 
-    beam_size: int = _key(4, "beam size (paper: 4)")
-    length_penalty: float = _key(0.6, "GNMT length penalty alpha (paper: 0.6)")
-    max_len_a: float = _key(1.0, "output length limit a * source length + b (paper: a=1)")
-    max_len_b: int = _key(50, "output length limit a * source length + b (paper: b=50)")
-    lp_form: Literal["gnmt", "hf"] = _key("gnmt", "length penalty form: gnmt (5+|Y|)^a/6^a (paper) or hf |Y|^a")
-    max_tokens: int = _key(4096, "decoding batch budget in source tokens, padding included")
     lowercase: bool = _key(False, "case-insensitive BLEU")
-    tokenize: str = _key("13a", "sacreBLEU tokenizer for BLEU: 13a, intl, none, zh, char")
+    tokenize: Literal[BLEU_TOKENIZERS] = _key("13a", "sacreBLEU tokenizer for BLEU: 13a, intl, none, zh, char")
     average_last: int = _key(5, "checkpoints averaged into the final model (paper base: 5, big: 20)")
     test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
 
@@ -415,13 +411,25 @@ def validate(recipe: Recipe) -> None:
          "data.src_lang and data.tgt_lang must differ")
     need(bool(recipe.data.train), "data.train is required")
     need(recipe.tokenizer.vocab_size >= 16, "tokenizer.vocab_size is too small")
-    from txkit.modeling.configuration_txkit import PRESETS  # light: the presets are a dict
-
-    need(recipe.model.preset in PRESETS,
-         f"model.preset must be one of {', '.join(PRESETS)}, not {recipe.model.preset!r}")
+    presets = preset_names()
+    need(recipe.model.preset in presets,
+         f"model.preset must be one of {', '.join(presets)}, not {recipe.model.preset!r}")
     for key in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
         value = getattr(recipe.model, key)
         need(value is None or 0 <= value < 1, f"model.{key} must lie in [0, 1)")
+
+
+def preset_names() -> list[str]:
+    """The names of TxkitConfig's presets, read from their one declaration (`PRESETS` in
+    txkit/modeling/configuration_txkit.py) without importing it: that module imports transformers and torch
+    (seconds), which reading a recipe must not cost. tests/test_recipe.py checks it against the import."""
+    import ast
+
+    source = Path(__file__).parent / "modeling" / "configuration_txkit.py"
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "PRESETS":
+            return [key.value for key in node.value.keys]
+    raise RuntimeError(f"{source}: no PRESETS dict")  # a bug: the presets moved
 
 
 # ----------------------------------------------------------------------------- paths
@@ -434,7 +442,7 @@ def data_root() -> Path:
 
 def resolve_data_path(path: str | os.PathLike) -> Path | str:
     """An absolute path as is; a relative one under $TXKIT_DATA (`~` expanded); `hub:` specs unchanged."""
-    if str(path).startswith("hub:"):
+    if parse_corpus_spec(path).is_hub:
         return str(path)
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else data_root() / p
@@ -448,12 +456,7 @@ def resolve_tokenizer_path(recipe: Recipe, run_dir: str | os.PathLike) -> Path:
 
 def corpus_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
     """The files a local corpus spec reads (a prefix: PREFIX.SRC and PREFIX.TGT); [] for `hub:` specs."""
-    path = resolve_data_path(spec)
-    if isinstance(path, str):  # hub:
-        return []
-    if path.suffix.lower() in (".tsv", ".jsonl", ".parquet"):
-        return [path]
-    return [Path(f"{path}.{src_lang}"), Path(f"{path}.{tgt_lang}")]
+    return parse_corpus_spec(resolve_data_path(spec)).files(src_lang, tgt_lang)
 
 
 def check_data_files(recipe: Recipe) -> None:
@@ -464,66 +467,3 @@ def check_data_files(recipe: Recipe) -> None:
             if not f.is_file():
                 root = os.environ.get(DATA_ENV) or f"{DEFAULT_DATA_DIR} ({DATA_ENV} unset)"
                 raise TxkitError(f"{key}: data file not found: {f} (relative paths resolve against {DATA_ENV}={root})")
-
-
-# ----------------------------------------------------------------------------- the recipe's corpora and tokenizer
-
-
-def load_corpus(recipe: Recipe, spec: str, split: str = "train"):
-    """A corpus the recipe names (data.train, data.valid, an eval.test entry) as a `src`/`tgt` Dataset."""
-    from txkit.data import load_parallel
-
-    d = recipe.data
-    try:
-        return load_parallel(resolve_data_path(spec), d.src_lang, d.tgt_lang, hub_config=d.hub_config or None,
-                             split=split)  # fmt: skip
-    except TxkitError as exc:
-        raise _utf8_only(exc) from None
-
-
-def _utf8_only(exc: TxkitError) -> TxkitError:
-    """data.py suggests the --errors option of the tokenizer commands; recipes have none: read UTF-8 only."""
-    return TxkitError(str(exc).replace(
-        "; use --errors replace to go on",
-        "; training reads UTF-8 only: convert the file first (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8)",
-    ))  # fmt: skip
-
-
-def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
-    """Build the tokenizer the recipe describes at `path` (under a temporary name, renamed when complete).
-
-    It learns from `tokenizer.files`, by default both sides of data.train; a corpus that is not a pair of
-    text files (.tsv, .jsonl, .parquet, hub:), or its first `data.max_sentences` pairs, is written out as
-    text first.
-    """
-    from txkit import atomic
-    from txkit.tokenization import build_tokenizer
-
-    t, d = recipe.tokenizer, recipe.data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text_dir = None
-    files = [resolve_data_path(f) for f in t.files]
-    if not files:
-        files = corpus_files(d.train, d.src_lang, d.tgt_lang)
-        if len(files) != 2 or d.max_sentences:
-            ds = load_corpus(recipe, d.train, "train")
-            if d.max_sentences:
-                ds = ds.select(range(min(d.max_sentences, len(ds))))
-            text_dir = atomic.temp_dir(path)
-            files = [text_dir / f"train.{d.src_lang}", text_dir / f"train.{d.tgt_lang}"]
-            for column, file in zip(("src", "tgt"), files):
-                file.write_text("".join(line.replace("\n", " ") + "\n" for line in ds[column]), encoding="utf-8")
-    for f in files:
-        if not Path(f).is_file():
-            raise TxkitError(f"tokenizer.files: file not found: {f}")
-    try:
-        build_tokenizer(
-            files, path, vocab_size=t.vocab_size, model=t.model, joint=t.joint, src_lang=d.src_lang,
-            min_frequency=t.min_frequency, limit_alphabet=t.limit_alphabet, normalization=t.normalization,
-            byte_fallback=t.byte_fallback, show_progress=False, stats=False,
-        )  # fmt: skip
-    except TxkitError as exc:
-        raise _utf8_only(exc) from None
-    finally:
-        if text_dir is not None:
-            atomic.discard(text_dir)

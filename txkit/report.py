@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Sequence
 
 from txkit import atomic, runs
+from txkit.runs import read_log  # noqa: F401  (the one log reader; report.read_log stays importable)
 from txkit.errors import TxkitError
 
-PNG_NAME = "report.png"
-MARKDOWN_NAME = "report.md"
-EVAL_DIR = "eval"
+PNG_NAME = runs.REPORT_PNG  # the run directory's names are runs.py's
+MARKDOWN_NAME = runs.REPORT_MARKDOWN
+EVAL_DIR = runs.EVAL_DIR
 FIGSIZE = (12.0, 8.0)  # inches; at DPI pixels per inch: 1200 x 800
 DPI = 100
 
@@ -45,35 +46,6 @@ class ReportFiles:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def read_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a log.jsonl, oldest first; a last line cut by a kill is ignored."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TxkitError(f"{path}: no training log (is it a run directory written by txkit train?)") from None
-    except UnicodeDecodeError as exc:
-        raise TxkitError(f"{path}: not UTF-8 text (byte offset {exc.start}); is it a txkit log?") from None
-    except OSError as exc:
-        raise TxkitError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the line being written when the run was killed
-                continue
-            raise TxkitError(f"{path} line {number}: not valid JSON") from None
-        if isinstance(record, dict) and "step" in record:
-            step = record["step"]
-            if isinstance(step, bool) or not isinstance(step, int):
-                raise TxkitError(f"{path} line {number}: \"step\" must be an integer, not {json.dumps(step)}")
-            records.append(record)
-    return records
 
 
 def _number(value) -> float | None:

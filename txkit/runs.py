@@ -1,21 +1,31 @@
-"""The layout of a run directory, shared by training, decoding, averaging and sharing.
+"""The layout of a run directory: every file and folder name in it is declared here, and its log is read here.
 
     RUN_DIR/
       recipe.yaml                 the resolved recipe (every key, after overrides)
-      log.jsonl                   every logged value, one JSON object per line
+      log.jsonl                   every logged value, one JSON object per line (read_log)
       tensorboard/                accelerate's TensorBoard tracker
+      tokenizer/                  the recipe's tokenizer when tokenizer.path is relative (the recipe says where)
       checkpoints/
-        checkpoint-00001000/      a `save_pretrained` model folder (+ tokenizer, generation config)
-          training_state/         optimizer, scheduler, RNG states, sampler position (resuming only)
+        checkpoint-00001000/      a `save_pretrained` model folder (+ tokenizer, generation config, README.md)
+          training_state/         trainer_state.json, optimizer.pt, scheduler.pt, scaler.pt (fp16),
+                                  rank-00000.pt ... (RNG states, sampler position): for resuming only
         checkpoint-00002000.tmp/  being written; renamed when complete, never read
-      best/                       model folder of the best validation checkpoint
-      model/                      the shareable final model (averaged), written by `txkit run`
+      best/                       model folder of the best validation checkpoint (+ val_metrics.json)
+      model/                      the shareable final model (averaged), written by `txkit run` (+ README.md,
+                                  recipe.yaml, training_info.json)
+      training_info.json          steps, tokens, hardware, wall time: what the model card reports
+      stages/<stage>.done         `txkit run`'s markers (and train.wall_time)
+      translations/<test>.<tgt>   `txkit run`'s test translations
+      eval/<test>.json            their scores
+      report.png, report.md       `txkit report`'s curves and summary
 
 Light module: no torch import.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -27,8 +37,27 @@ BEST = "best"
 FINAL_MODEL = "model"
 RECIPE_FILE = "recipe.yaml"
 LOG_FILE = "log.jsonl"
+TRAINING_INFO = "training_info.json"
+STAGES_DIR = "stages"
+TRAIN_WALL_TIME = "train.wall_time"  # in STAGES_DIR
+TRANSLATIONS_DIR = "translations"
+EVAL_DIR = "eval"
+REPORT_PNG = "report.png"
+REPORT_MARKDOWN = "report.md"
+MODEL_CARD = "README.md"  # in model folders
+VAL_METRICS = "val_metrics.json"  # in BEST
+# in a checkpoint's TRAINING_STATE folder
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+SCHEDULER_STATE = "scheduler.pt"
+SCALER_STATE = "scaler.pt"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _PARTIAL_RE = re.compile(r"^checkpoint-\d+\.tmp$")
+
+
+def rank_file(rank: int) -> str:
+    """A process's RNG and sampler state in a checkpoint's TRAINING_STATE folder."""
+    return f"rank-{rank:05d}.pt"
 
 
 def checkpoint_name(step: int) -> str:
@@ -90,3 +119,27 @@ def resolve_model(path_or_id: str | Path) -> str:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
         return text  # a Hub id
     raise TxkitError(f"{path_or_id}: no such model folder, run directory or Hub id")
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a log.jsonl, oldest first; a last line cut by a kill is ignored."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TxkitError(f"{path}: no training log (is it a run directory written by txkit train?)") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the line being written when the run was killed
+                continue
+            raise TxkitError(f"{path} line {number}: not valid JSON") from None
+        if isinstance(record, dict) and "step" in record:
+            if not isinstance(record["step"], int) or isinstance(record["step"], bool):
+                raise TxkitError(f'{path} line {number}: "step" is {record["step"]!r}, not a whole number')
+            records.append(record)
+    return records

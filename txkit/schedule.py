@@ -13,9 +13,8 @@ import math
 import numpy as np
 import torch
 
+from txkit.options import SCHEDULES
 from txkit.recipe import TrainSection
-
-SCHEDULES = ("noam", "inverse_sqrt", "linear", "cosine")
 
 
 def learning_rate(

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from txkit.data import check_text_file, count_lines, iter_lines
 from txkit.errors import TxkitError
+from txkit.options import NORMALIZATIONS, TOKENIZER_MODELS, TokenizerOptions
+from txkit.textio import check_text_file, count_lines, iter_lines
 
 # Position in this list = token id. Everything else (config, collate, decoding) reads the ids
 # back from the tokenizer object.
@@ -43,8 +44,8 @@ BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 TARGET_SUBDIR = "target"  # separate vocabularies: the target tokenizer lives in DIR/target
 METADATA_FILE = "txkit_tokenizer.json"  # how the vocabulary was built, for reproducibility
 
-MODELS = ("bpe", "unigram")
-NORMALIZATIONS = ("NFKC", "NFC", "NFKD", "NFD", "none")
+MODELS = TOKENIZER_MODELS
+_DEFAULTS = TokenizerOptions()  # the one declaration of every default below
 # No-break spaces: NFKC would turn them into plain spaces, so "Nummer\xa028" would decode as
 # "Nummer 28". They are kept (as part of the word) so that text round-trips exactly.
 _NO_BREAK_SPACES = "\u00a0\u202f\u2007"
@@ -94,12 +95,12 @@ def _line_batches(files: Sequence[Path], errors: str) -> Iterator[list[str]]:
 def train_tokenizer(
     files: Sequence[str | Path],
     *,
-    vocab_size: int = 8000,
-    model: str = "bpe",
-    min_frequency: int = 2,
-    limit_alphabet: int = 1000,
-    normalization: str = "NFKC",
-    byte_fallback: bool = True,
+    vocab_size: int = _DEFAULTS.vocab_size,
+    model: str = _DEFAULTS.model,
+    min_frequency: int = _DEFAULTS.min_frequency,
+    limit_alphabet: int = _DEFAULTS.limit_alphabet,
+    normalization: str = _DEFAULTS.normalization,
+    byte_fallback: bool = _DEFAULTS.byte_fallback,
     errors: str = "strict",
     show_progress: bool = True,
 ):
@@ -208,14 +209,14 @@ def build_tokenizer(
     out_dir: str | Path,
     *,
     tgt_files: Sequence[str | Path] | None = None,
-    vocab_size: int = 8000,
-    model: str = "bpe",
-    joint: bool = True,
+    vocab_size: int = _DEFAULTS.vocab_size,
+    model: str = _DEFAULTS.model,
+    joint: bool = _DEFAULTS.joint,
     src_lang: str | None = None,
-    min_frequency: int = 2,
-    limit_alphabet: int = 1000,
-    normalization: str = "NFKC",
-    byte_fallback: bool = True,
+    min_frequency: int = _DEFAULTS.min_frequency,
+    limit_alphabet: int = _DEFAULTS.limit_alphabet,
+    normalization: str = _DEFAULTS.normalization,
+    byte_fallback: bool = _DEFAULTS.byte_fallback,
     errors: str = "strict",
     show_progress: bool = True,
     stats: bool = True,
@@ -226,7 +227,8 @@ def build_tokenizer(
     Joint (the default): one vocabulary trained on all `files`. Separate: the source vocabulary on
     `files` and the target one on `tgt_files`; without `tgt_files`, `files` are split by language
     suffix (`split_by_language`). The target tokenizer is saved in `out_dir/target`.
-    Keyword names match the recipe's `tokenizer:` section.
+    The keywords of txkit.options.TokenizerOptions (the recipe's `tokenizer:` section) take their defaults
+    from it.
     """
     from txkit import atomic
 

@@ -30,11 +30,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from txkit import runs
 from txkit.errors import TxkitError
-from txkit.recipe import Recipe, build_recipe_tokenizer, check_data_files, load_corpus, resolve_tokenizer_path
+from txkit.recipe import Recipe
 from txkit.schedule import peak_flops, training_flops
+from txkit.train_state import TrainState, new_interval
 
 MAX_NONFINITE_IN_A_ROW = 10
 
@@ -53,15 +55,38 @@ class TrainResult:
     skipped_steps: int = 0
 
 
-def train(recipe: Recipe, output_dir: str | os.PathLike, resume: bool | str | os.PathLike | None = None) -> TrainResult:
+@dataclass
+class TrainHooks:
+    """What training needs from later stages, handed in so that the training stage imports none of them
+    (txkit.pipeline.training_hooks() gives the ones `txkit train` and `txkit run` use).
+
+    bleu: (hypotheses, references, the recipe's eval section) -> BLEU of the validation translations;
+        None = validate by loss and perplexity only (no translating).
+    model_folder_saved: called with each model folder written (checkpoints, RUN/best) before it gets its
+        final name, e.g. to write its model card.
+    """
+
+    bleu: Callable[[list[str], list[str], Any], float] | None = None
+    model_folder_saved: Callable[[Path], Any] | None = None
+
+
+def train(
+    recipe: Recipe,
+    output_dir: str | os.PathLike,
+    resume: bool | str | os.PathLike | None = None,
+    hooks: TrainHooks | None = None,
+) -> TrainResult:
     """Train a model as `recipe` says, in the run directory `output_dir`.
 
     Args:
         resume: True = continue from the latest complete checkpoint of `output_dir` (start fresh when there
             is none); a checkpoint path = continue from it; None/False = a new run (an error when
             `output_dir` already has checkpoints, so nothing is overwritten by mistake).
+        hooks: validation BLEU and model cards (see TrainHooks); default: none.
     """
-    trainer = Trainer(recipe, output_dir, resume)
+    from txkit.train_setup import build_trainer
+
+    trainer = build_trainer(recipe, output_dir, resume, hooks)
     try:
         return trainer.fit()
     finally:
@@ -71,157 +96,60 @@ def train(recipe: Recipe, output_dir: str | os.PathLike, resume: bool | str | os
 # ----------------------------------------------------------------------------- the trainer
 
 
-class Trainer:
-    """Holds one run's pieces (accelerator, data, model, optimizer, schedule, sampler) and trains.
+@dataclass
+class TrainComponents:
+    """What a Trainer trains with, built before it (txkit.train_setup builds them from a recipe)."""
 
-    `train()` is the entry point; the class is public so that tests can drive single steps.
+    model: Any  # prepared by the accelerator (DDP-wrapped on several processes)
+    optimizer: Any  # prepared by the accelerator
+    scheduler: Any  # the learning-rate schedule, on the unwrapped optimizer
+    src_tok: Any
+    tgt_tok: Any
+    pairs: Any  # txkit.batching.TokenizedPairs of the training data
+    sampler: Any  # txkit.batching.TokenBatchSampler over `pairs`, this process's shard
+    valid_pairs: Any = None  # TokenizedPairs of the validation data, or None
+    valid_batches: list | None = None  # this process's validation batches (lists of indices)
+    valid_src: list = field(default_factory=list)  # validation sources and references, as text
+    valid_refs: list = field(default_factory=list)
+    tokenizer_dir: Path | None = None
+
+
+class Trainer:
+    """Trains built components: one update at a time (`train_step`), or the whole loop with validation,
+    checkpoints and logs (`fit`). Its counters are a TrainState (`self.state`), saved in every checkpoint.
+
+    `train()` is the entry point from a recipe; tests build a Trainer from hand-made components.
     """
 
-    def __init__(self, recipe: Recipe, output_dir: str | os.PathLike, resume=None):
-        import torch
-
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: str | os.PathLike,
+        accelerator,
+        components: TrainComponents,
+        resume_from: Path | None = None,
+        hooks: TrainHooks | None = None,
+    ):
+        """Train `components` (built by txkit.train_setup from a recipe, or by hand) in `run_dir`; the
+        recipe's train section says how. `resume_from`: a checkpoint whose state to continue from."""
         from txkit import checkpointing as ckpt
 
         self.recipe = recipe
-        t = recipe.train
-        check_data_files(recipe)
-        ckpt.refuse_sharded_launch()
-        self.run_dir = ckpt.prepare_run_dir(output_dir)
-        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
-            raise TxkitError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU")
-        self.accelerator = self._make_accelerator()
-        acc = self.accelerator
-        self.resume_from = ckpt.find_resume_checkpoint(self.run_dir, resume, warn=self._info)
-        if self.resume_from is None and runs.list_checkpoints(self.run_dir):
-            latest = runs.latest_checkpoint(self.run_dir)
-            raise TxkitError(
-                f"{self.run_dir} already holds checkpoints (latest: {latest.name}); pass --resume to continue "
-                "that run or choose another --output-dir"
-            )
-        if acc.is_main_process:
-            ckpt.clean_partial(self.run_dir)
-            ckpt.write_recipe(self.run_dir, recipe)
-        self.log = ckpt.RunLog(self.run_dir / runs.LOG_FILE, enabled=acc.is_main_process)
-
-        self._setup_tokenizer()
-        self._setup_data()
-        self._setup_model()
-        # TensorBoard's hparams take numbers, strings and booleans only
-        hparams = {k.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in recipe.flat().items()}  # fmt: skip
-        acc.init_trackers("tensorboard", config=hparams)
-        self._setup_state()  # last: it restores the random number generators when resuming
-
-    # -- setup -------------------------------------------------------------------------------------
-
-    def _make_accelerator(self):
-        import torch
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration
-
-        # Without CUDA, a plain Accelerator() under torchrun forms no process group (every process would
-        # train alone on its shard); cpu=True makes it a gloo group, so data parallelism is real.
-        return Accelerator(
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=self.recipe.train.mixed_precision,
-            log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
-        )
-
-    def _setup_tokenizer(self) -> None:
-        """Load the recipe's tokenizer; the main process builds it first when it does not exist."""
-        from txkit.tokenization import load_tokenizers
-
-        path = resolve_tokenizer_path(self.recipe, self.run_dir)
-        if self.accelerator.is_main_process and not (path / "tokenizer.json").is_file():
-            if path.exists() and any(path.iterdir()):
-                raise TxkitError(f"tokenizer.path {path}: exists but is not a tokenizer folder (no tokenizer.json)")
-            t = self.recipe.tokenizer
-            self._info(f"building the tokenizer in {path} ({t.model}, {t.vocab_size} tokens)")
-            build_recipe_tokenizer(self.recipe, path)
-        self.accelerator.wait_for_everyone()
-        self.tokenizer_dir = path
-        self.src_tok, self.tgt_tok = load_tokenizers(path)
-
-    def _setup_data(self) -> None:
-        from txkit.batching import TokenBatchSampler, TokenizedPairs
-        from txkit.data import tokenize_dataset
-
-        r, acc = self.recipe, self.accelerator
-        d = r.data
-        with acc.main_process_first():  # one process fills the datasets cache, the others read it
-            train_ds = load_corpus(r, d.train, "train")
-            if d.max_sentences:
-                train_ds = train_ds.select(range(min(d.max_sentences, len(train_ds))))
-            train_ids, report = tokenize_dataset(
-                train_ds, self.src_tok, self.tgt_tok, num_proc=d.num_proc, max_len=d.max_len,
-                max_ratio=d.max_ratio or math.inf, dedup=d.dedup, name=f"data.train {d.train}",
-            )  # fmt: skip
-            self.valid_src, self.valid_refs, valid_ids = [], [], None
-            if d.valid:
-                valid_ds = load_corpus(r, d.valid, "validation")
-                if d.valid_max_sentences:
-                    valid_ds = valid_ds.select(range(min(d.valid_max_sentences, len(valid_ds))))
-                self.valid_src, self.valid_refs = valid_ds["src"], valid_ds["tgt"]
-                positions = r.model.max_position_embeddings or 1024
-                valid_ids, _ = tokenize_dataset(
-                    valid_ds, self.src_tok, self.tgt_tok, max_len=positions, max_ratio=math.inf,
-                    name=f"data.valid {d.valid}",
-                )
-        self._info(f"data.train: {report}")
-        self.pairs = TokenizedPairs(train_ids)
-        self.sampler = TokenBatchSampler(
-            self.pairs.src_lengths, self.pairs.tgt_lengths, r.train.max_tokens, seed=r.train.seed,
-            num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True,
-        )  # fmt: skip
-        self.valid_pairs = self.valid_batches = None
-        if valid_ids is not None:
-            self.valid_pairs = TokenizedPairs(valid_ids)
-            longest = int(max(self.valid_pairs.src_lengths.max(), self.valid_pairs.tgt_lengths.max()))
-            valid_sampler = TokenBatchSampler(
-                self.valid_pairs.src_lengths, self.valid_pairs.tgt_lengths, max(r.train.max_tokens, longest + 8),
-                num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=False,
-            )  # fmt: skip
-            self.valid_batches = list(valid_sampler)
-
-    def _setup_model(self) -> None:
-        import torch
-        from transformers import GenerationConfig
-
-        from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
-        from txkit.schedule import build_optimizer, build_scheduler
-        from txkit.tokenization import config_kwargs_from_tokenizer
-
-        r, acc = self.recipe, self.accelerator
-        config = TxkitConfig.from_preset(
-            r.model.preset, **config_kwargs_from_tokenizer(self.src_tok, self.tgt_tok), **r.model.config_overrides()
-        )
-        if r.data.max_len > config.max_position_embeddings:
-            raise TxkitError(
-                f"data.max_len ({r.data.max_len}) exceeds model.max_position_embeddings "
-                f"({config.max_position_embeddings})"
-            )
-        if self.resume_from is not None:
-            model = TxkitForConditionalGeneration.from_pretrained(self.resume_from, dtype=torch.float32)
-            _check_same_architecture(model.config, config, self.resume_from)
-        else:
-            torch.manual_seed(r.train.seed)  # the same initial weights on every process
-            model = TxkitForConditionalGeneration(config)
-        e = r.eval
-        # For `model.generate` users: the paper's beam and alpha (in transformers' score/|Y|^alpha form).
-        model.generation_config = GenerationConfig(
-            num_beams=e.beam_size, length_penalty=e.length_penalty,
-            max_length=min(config.max_position_embeddings, r.data.max_len + e.max_len_b),
-            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-            decoder_start_token_id=config.decoder_start_token_id,
-        )  # fmt: skip
-        self.config = config
-        optimizer = build_optimizer(model, r.train)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        # Not prepared (accelerate's wrapper steps once per process); stepped only after an applied update.
-        self.scheduler = build_scheduler(self.optimizer.optimizer, r.train, config.d_model)
-        self.unwrapped = acc.unwrap_model(self.model)
+        self.run_dir = Path(run_dir)
+        self.accelerator = accelerator
+        self.resume_from = resume_from
+        self.hooks = hooks or TrainHooks()
+        self.log = ckpt.RunLog(self.run_dir / runs.LOG_FILE, enabled=accelerator.is_main_process)
+        c = components
+        self.model, self.optimizer, self.scheduler = c.model, c.optimizer, c.scheduler
+        self.src_tok, self.tgt_tok, self.tokenizer_dir = c.src_tok, c.tgt_tok, c.tokenizer_dir
+        self.pairs, self.sampler = c.pairs, c.sampler
+        self.valid_pairs, self.valid_batches = c.valid_pairs, c.valid_batches
+        self.valid_src, self.valid_refs = c.valid_src, c.valid_refs
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.config = self.unwrapped.config
         self.n_params = sum(p.numel() for p in self.unwrapped.parameters())
+        self._setup_state()  # last: it restores the random number generators when resuming
 
     def _setup_state(self) -> None:
         import numpy as np
@@ -230,10 +158,7 @@ class Trainer:
         from txkit import checkpointing as ckpt
 
         acc, t = self.accelerator, self.recipe.train
-        self.step = 0
-        self.counters = dict(skipped_steps=0, overflow_steps=0, tokens_src=0, tokens_tgt=0, train_seconds=0.0)
-        self.best = dict(score=None, step=None, bad_evals=0)
-        self.interval = _new_interval()
+        self.state = TrainState(accumulation=t.accumulation, world_size=acc.num_processes)
         self.nonfinite_in_a_row = 0
         # Dropout masks differ between processes (each sees other data); derived from (seed, rank).
         seed = int(np.random.SeedSequence([t.seed, acc.process_index]).generate_state(1)[0])
@@ -243,15 +168,12 @@ class Trainer:
         if self.resume_from is None:
             self.log.start_fresh()
             return
-        state = ckpt.load_trainer_state(self.resume_from)
-        self.step = int(state["step"])
-        self.counters.update(state["counters"])
-        self.best.update(state["best"])
-        self.interval.update(state.get("interval", {}))
+        saved = TrainState.from_checkpoint(self.resume_from)
+        self.state.load_state_dict(saved.state_dict())
         ckpt.load_optimizer_states(self.resume_from, self.optimizer, self.scheduler, acc.scaler, acc.device)
-        if state["world_size"] != acc.num_processes:
+        if saved.world_size != acc.num_processes:
             self._info(
-                f"warning: resuming a run of {state['world_size']} processes on {acc.num_processes}: "
+                f"warning: resuming a run of {saved.world_size} processes on {acc.num_processes}: "
                 "the batches (and so the weights) will differ from an uninterrupted run"
             )
         rank_state = ckpt.load_rank_state(self.resume_from, acc.process_index)
@@ -261,10 +183,11 @@ class Trainer:
         else:
             ckpt.restore_rng(rank_state["rng"])  # last: nothing may draw random numbers after this
         self.sampler.load_state_dict(rank_state["sampler"])
-        self.log.truncate_after(self.step)
-        if self.log.has_train_record(self.step):  # a finished run logged its last partial interval already
-            self.interval = _new_interval()
-        self._info(f"resumed from {self.resume_from} at step {self.step}")
+        self.log.truncate_after(self.state.step)
+        if self.log.has_train_record(self.state.step):  # a finished run logged its last partial interval already
+            self.state.interval = new_interval()
+        self.state.accumulation, self.state.world_size = t.accumulation, acc.num_processes
+        self._info(f"resumed from {self.resume_from} at step {self.state.step}")
 
     # -- one update --------------------------------------------------------------------------------
 
@@ -315,7 +238,7 @@ class Trainer:
                     acc.backward(loss_sum * scale)
             except torch.OutOfMemoryError:
                 raise TxkitError(
-                    f"step {self.step + 1}: out of GPU memory on a batch of shape {_shapes(batch)} "
+                    f"step {self.state.step + 1}: out of GPU memory on a batch of shape {_shapes(batch)} "
                     f"(train.max_tokens={t.max_tokens}); lower train.max_tokens and raise train.accumulation "
                     "to keep the tokens per step"
                 ) from None
@@ -332,33 +255,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - started
         if acc.optimizer_step_was_skipped:  # fp16 overflow: the scaler lowered the loss scale
-            self.counters["overflow_steps"] += 1
+            self.state.overflow_steps += 1
             return False
         self.scheduler.step()
-        self.step += 1
+        self.state.step += 1
         added = dict(loss=loss_total, nll=nll_total, tgt=n_tgt, src=n_src, steps=1, seconds=elapsed, flops=flops)
         for key, value in added.items():
-            self.interval[key] += value
-        self.interval.update(grad_norm=grad_norm, lr=lr)
-        self.counters["tokens_src"] += int(n_src)
-        self.counters["tokens_tgt"] += int(n_tgt)
-        self.counters["train_seconds"] += elapsed
+            self.state.interval[key] += value
+        self.state.interval.update(grad_norm=grad_norm, lr=lr)
+        self.state.tokens_src += int(n_src)
+        self.state.tokens_tgt += int(n_tgt)
+        self.state.train_seconds += elapsed
         return True
 
     def _skip_nonfinite(self, loss_total: float, grad_norm: float, batches) -> bool:
         self.optimizer.zero_grad(set_to_none=True)
-        self.counters["skipped_steps"] += 1
+        self.state.skipped_steps += 1
         self.nonfinite_in_a_row += 1
         what = f"loss {loss_total}" if not math.isfinite(loss_total) else f"gradient norm {grad_norm}"
         shapes = "; ".join(_shapes(b) for b in batches)
         print(
-            f"warning: step {self.step + 1}: {what} on process {self.accelerator.process_index}'s batches "
-            f"[{shapes}]; update skipped ({self.counters['skipped_steps']} skipped so far)",
+            f"warning: step {self.state.step + 1}: {what} on process {self.accelerator.process_index}'s batches "
+            f"[{shapes}]; update skipped ({self.state.skipped_steps} skipped so far)",
             file=sys.stderr,
         )
         if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
             raise TxkitError(
-                f"step {self.step + 1}: {MAX_NONFINITE_IN_A_ROW} updates in a row had a non-finite {what.split()[0]}; "
+                f"step {self.state.step + 1}: {MAX_NONFINITE_IN_A_ROW} updates in a row had a non-finite {what.split()[0]}; "
                 "training diverged (lower train.lr, set train.clip_norm, or use bf16 instead of fp16)"
             )
         return False
@@ -376,14 +299,14 @@ class Trainer:
 
         acc, t = self.accelerator, self.recipe.train
         stream = self._batch_stream()
-        result = TrainResult(run_dir=self.run_dir, step=self.step, stop_reason="max_steps")
+        result = TrainResult(run_dir=self.run_dir, step=self.state.step, stop_reason="max_steps")
         last_save = time.monotonic()
-        saved_at = evaluated_at = self.step if self.resume_from is not None else -1
+        saved_at = evaluated_at = self.state.step if self.resume_from is not None else -1
         self.bar = tqdm(
-            total=t.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+            total=t.max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True,
             disable=not acc.is_main_process, file=sys.stderr,
         )  # fmt: skip
-        while self.step < t.max_steps:
+        while self.state.step < t.max_steps:
             micro = list(itertools.islice(stream, t.accumulation))
             if not micro:
                 result.stop_reason = "max_epochs"
@@ -391,33 +314,33 @@ class Trainer:
             if not self.train_step(micro):
                 continue
             self.bar.update(1)
-            if t.log_every_steps and self.step % t.log_every_steps == 0:
+            if t.log_every_steps and self.state.step % t.log_every_steps == 0:
                 self._log_train()
-            if t.eval_every_steps and self.step % t.eval_every_steps == 0 and self.valid_batches is not None:
+            if t.eval_every_steps and self.state.step % t.eval_every_steps == 0 and self.valid_batches is not None:
                 result.val = self.validate()
-                evaluated_at = self.step
-            if (t.save_every_steps and self.step % t.save_every_steps == 0) or self._time_to_save(last_save):
+                evaluated_at = self.state.step
+            if (t.save_every_steps and self.state.step % t.save_every_steps == 0) or self._time_to_save(last_save):
                 result.last_checkpoint = self.save()
-                saved_at, last_save = self.step, time.monotonic()
-            if t.patience and self.best["bad_evals"] >= t.patience:
+                saved_at, last_save = self.state.step, time.monotonic()
+            if t.patience and self.state.bad_evals >= t.patience:
                 result.stop_reason = "early_stopping"
-                self._info(f"early stopping at step {self.step}: val/{t.best_metric} did not improve in "
+                self._info(f"early stopping at step {self.state.step}: val/{t.best_metric} did not improve in "
                            f"{t.patience} validations")  # fmt: skip
                 break
-            if t.stop_after_steps and self.step >= t.stop_after_steps:
+            if t.stop_after_steps and self.state.step >= t.stop_after_steps:
                 result.stop_reason = "stop_after_steps"  # as if killed here: no final validation or save
                 break
         if result.stop_reason != "stop_after_steps":
-            if self.interval["steps"]:
+            if self.state.interval["steps"]:
                 self._log_train()
-            if evaluated_at != self.step and self.valid_batches is not None:
+            if evaluated_at != self.state.step and self.valid_batches is not None:
                 result.val = self.validate()
-            if saved_at != self.step:
+            if saved_at != self.state.step:
                 result.last_checkpoint = self.save()
         self.bar.close()
-        result.step = self.step
-        result.skipped_steps = self.counters["skipped_steps"]
-        result.best_score = self.best["score"]
+        result.step = self.state.step
+        result.skipped_steps = self.state.skipped_steps
+        result.best_score = self.state.best_score
         if (self.run_dir / runs.BEST).is_dir():
             result.best_dir = self.run_dir / runs.BEST
         if result.last_checkpoint is None:
@@ -454,11 +377,11 @@ class Trainer:
 
     def _record(self, values: dict) -> None:
         """Every logged value goes to RUN/log.jsonl and TensorBoard."""
-        self.log.write(self.step, values)
-        self.accelerator.log(values, step=self.step)
+        self.log.write(self.state.step, values)
+        self.accelerator.log(values, step=self.state.step)
 
     def _log_train(self) -> None:
-        iv = self.interval
+        iv = self.state.interval
         if not iv["steps"]:
             return
         seconds = max(iv["seconds"], 1e-9)
@@ -472,8 +395,8 @@ class Trainer:
             "train/tgt_tok_per_s": iv["tgt"] / seconds,
             "train/tgt_tok_per_step": iv["tgt"] / iv["steps"],
             "train/epoch": self.sampler.epoch + self.sampler.position / max(len(self.sampler), 1),
-            "train/skipped_steps": self.counters["skipped_steps"],
-            "train/overflow_steps": self.counters["overflow_steps"],
+            "train/skipped_steps": self.state.skipped_steps,
+            "train/overflow_steps": self.state.overflow_steps,
         }
         if self.mfu_peak:
             values["train/mfu"] = iv["flops"] / seconds / self.mfu_peak
@@ -482,16 +405,15 @@ class Trainer:
             loss=f"{values['train/loss']:.3f}", lr=f"{iv['lr']:.2e}", tok_s=f"{values['train/tgt_tok_per_s']:.0f}",
             refresh=False,
         )  # fmt: skip
-        self.interval = _new_interval()
+        self.state.interval = new_interval()
 
     def validate(self) -> dict:
-        """Loss and perplexity on the validation set, and BLEU of its translations decoded as `txkit
-        translate` decodes (Translator + DecodeOptions from the recipe's eval section)."""
+        """Loss and perplexity on the validation set, and (with a `hooks.bleu`) BLEU of its translations
+        decoded as `txkit translate` decodes (Translator + DecodeOptions from the recipe's eval section)."""
         import torch
         from accelerate.utils import broadcast_object_list, gather_object
 
         from txkit.decoding import DecodeOptions, Translator
-        from txkit.evaluation import score
 
         acc, r = self.accelerator, self.recipe
         sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # smoothed loss, nll, tokens
@@ -504,30 +426,26 @@ class Trainer:
         loss, nll, tokens = acc.reduce(sums, reduction="sum").tolist()
         metrics = {"val/loss": loss / tokens, "val/nll_loss": nll / tokens, "val/ppl": math.exp(min(nll / tokens, 50))}
         e = r.eval
-        options = DecodeOptions(
-            beam_size=e.beam_size, length_penalty=e.length_penalty, lp_form=e.lp_form,
-            max_len_a=e.max_len_a, max_len_b=e.max_len_b, max_tokens=e.max_tokens,
-        )  # fmt: skip
-        translator = Translator(self.unwrapped, self.src_tok, self.tgt_tok, options)
-        started = time.perf_counter()
-        with acc.split_between_processes(list(self.valid_src)) as part, acc.autocast():
-            hyps = translator.translate(part)
-        hyps = gather_object(hyps)
-        bleu = [None]
-        if acc.is_main_process and hyps:
-            bleu[0] = score(hyps, [list(self.valid_refs)], metrics=("bleu",), lowercase=e.lowercase,
-                            tokenize=e.tokenize, bootstrap=0)["bleu"]["score"]  # fmt: skip
-        if acc.num_processes > 1:
-            broadcast_object_list(bleu, from_process=0)
-        if bleu[0] is not None:
-            metrics["val/bleu"] = bleu[0]
-        metrics["val/decode_seconds"] = time.perf_counter() - started
+        if self.hooks.bleu is not None:  # BLEU of the validation set translated as `txkit translate` does
+            translator = Translator(self.unwrapped, self.src_tok, self.tgt_tok, DecodeOptions(**e.search_options()))
+            started = time.perf_counter()
+            with acc.split_between_processes(list(self.valid_src)) as part, acc.autocast():
+                hyps = translator.translate(part)
+            hyps = gather_object(hyps)
+            bleu = [None]
+            if acc.is_main_process and hyps:
+                bleu[0] = self.hooks.bleu(hyps, list(self.valid_refs), e)
+            if acc.num_processes > 1:
+                broadcast_object_list(bleu, from_process=0)
+            if bleu[0] is not None:
+                metrics["val/bleu"] = bleu[0]
+            metrics["val/decode_seconds"] = time.perf_counter() - started
         self.model.train()
         self._update_best(metrics)
-        metrics["val/best"] = self.best["score"]
+        metrics["val/best"] = self.state.best_score
         self._record(metrics)
         shown = ", ".join(f"{k[4:]} {metrics[k]:.3f}" for k in ("val/loss", "val/ppl", "val/bleu") if k in metrics)
-        self._info(f"step {self.step}: validation {shown}")
+        self._info(f"step {self.state.step}: validation {shown}")
         return metrics
 
     def _update_best(self, metrics: dict) -> None:
@@ -539,30 +457,26 @@ class Trainer:
         if value is None:  # BLEU without a decoded sentence: fall back to the loss
             name, value = "loss", metrics["val/loss"]
         higher_is_better = name == "bleu"
-        best = self.best["score"]
+        best = self.state.best_score
         if best is None or (value > best if higher_is_better else value < best):
-            self.best.update(score=value, step=self.step, bad_evals=0)
+            self.state.best_score, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
             if self.accelerator.is_main_process:
-                save_best(self.run_dir, self.unwrapped, (self.src_tok, self.tgt_tok), {"step": self.step, **metrics})
+                save_best(self.run_dir, self.unwrapped, (self.src_tok, self.tgt_tok), {"step": self.state.step, **metrics},
+                          on_model_folder=self.hooks.model_folder_saved)  # fmt: skip
         else:
-            self.best["bad_evals"] += 1
+            self.state.bad_evals += 1
 
     def save(self) -> Path:
         from txkit.checkpointing import save_checkpoint
 
-        trainer_state = {
-            "counters": self.counters,
-            "best": self.best,
-            "interval": self.interval,
-            "epoch": self.sampler.epoch,
-            "accumulation": self.recipe.train.accumulation,
-        }
+        self.state.epoch = self.sampler.epoch
+        trainer_state = self.state.state_dict()
         path = save_checkpoint(
-            self.accelerator, self.run_dir, self.step, self.unwrapped, (self.src_tok, self.tgt_tok), self.optimizer,
+            self.accelerator, self.run_dir, self.state.step, self.unwrapped, (self.src_tok, self.tgt_tok), self.optimizer,
             self.scheduler, trainer_state, {"sampler": self.sampler.state_dict()},
-            keep_last=self.recipe.train.keep_last,
+            keep_last=self.recipe.train.keep_last, on_model_folder=self.hooks.model_folder_saved,
         )  # fmt: skip
-        self._info(f"step {self.step}: saved {path}")
+        self._info(f"step {self.state.step}: saved {path}")
         return path
 
     def _info(self, message: str) -> None:
@@ -580,22 +494,5 @@ class Trainer:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _new_interval() -> dict:
-    return dict(loss=0.0, nll=0.0, tgt=0.0, src=0.0, steps=0, seconds=0.0, flops=0.0, grad_norm=0.0, lr=0.0)
-
-
 def _shapes(batch: dict) -> str:
     return f"input_ids {tuple(batch['input_ids'].shape)}, labels {tuple(batch['labels'].shape)}"
-
-
-_ARCHITECTURE_KEYS = ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim", "vocab_size",
-                      "tgt_vocab_size", "normalize_before", "activation_function")  # fmt: skip
-
-
-def _check_same_architecture(saved, wanted, checkpoint: Path) -> None:
-    for key in _ARCHITECTURE_KEYS:
-        if getattr(saved, key) != getattr(wanted, key):
-            raise TxkitError(
-                f"{checkpoint}: has {key}={getattr(saved, key)} but the recipe gives {getattr(wanted, key)}; "
-                "resume with the recipe the run was started with"
-            )

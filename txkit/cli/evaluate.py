@@ -44,6 +44,7 @@ def eval_command(
 ):
     """Score translations against references: BLEU, chrF(++), TER with sacreBLEU signatures and 95% CIs."""
     from txkit import evaluation
+    from txkit.options import ScoreOptions
 
     metric_names = [name.strip() for name in metrics.split(",") if name.strip()]
     if chrfpp:
@@ -100,13 +101,11 @@ def eval_command(
         references=[{"path": path, "lines": len(lines)} for path, lines in named_refs],
         baseline_hyps=baseline_hyps,
         baseline=baseline_info,
-        metrics=metric_names,
-        lowercase=lowercase,
-        tokenize=tokenize,
-        chrf_word_order=chrf_word_order,
-        bootstrap=bootstrap,
-        seed=seed,
-    )
+        options=ScoreOptions(
+            metrics=tuple(metric_names), lowercase=lowercase, tokenize=tokenize, chrf_word_order=chrf_word_order,
+            bootstrap=bootstrap, seed=seed,
+        ),
+    )  # fmt: skip
     if json_out is not None:
         evaluation.write_report(json_out, report)
     typer.echo(evaluation.format_table(report))

@@ -7,10 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 
+from txkit.options import TokenizerOptions, help_of
+
 tokenizer_app = typer.Typer(
     help="Train subword vocabularies (BPE or Unigram) and tokenize parallel corpora.",
     no_args_is_help=True,
 )
+
+_DEFAULTS = TokenizerOptions()  # the one declaration of the defaults (also the recipe's tokenizer section)
+
+
+def _help(name: str) -> str:
+    text = help_of(TokenizerOptions, name)
+    return text[0].upper() + text[1:] + "."
+
 
 _ERRORS_HELP = "strict: stop at the first line that is not UTF-8; replace: substitute U+FFFD and go on."
 
@@ -19,8 +29,8 @@ _ERRORS_HELP = "strict: stop at the first line that is not UTF-8; replace: subst
 def build(
     files: Annotated[list[Path], typer.Argument(help="Plain-text training files, one sentence per line.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to save the tokenizer in.")],
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary size, special and byte tokens included.")] = 8000,
-    model: Annotated[str, typer.Option(help="bpe (the paper) or unigram.")] = "bpe",
+    vocab_size: Annotated[int, typer.Option(help=_help("vocab_size"))] = _DEFAULTS.vocab_size,
+    model: Annotated[str, typer.Option(help=_help("model"))] = _DEFAULTS.model,
     joint: Annotated[
         bool,
         typer.Option(
@@ -28,16 +38,16 @@ def build(
             help="One vocabulary for both languages, or one per language. --separate groups FILES by "
             "their suffix (train.en, train.de) and saves the target tokenizer in OUT/target.",
         ),
-    ] = True,
+    ] = _DEFAULTS.joint,
     src_lang: Annotated[
         Optional[str], typer.Option(help="--separate: the source language suffix (default: the first file's).")
     ] = None,
-    min_frequency: Annotated[int, typer.Option(help="BPE: merge only pairs seen this often.")] = 2,
-    limit_alphabet: Annotated[int, typer.Option(help="BPE: most distinct characters kept; rarer ones become bytes.")] = 1000,
-    normalization: Annotated[str, typer.Option(help="NFKC, NFC, NFKD, NFD or none.")] = "NFKC",
+    min_frequency: Annotated[int, typer.Option(help=_help("min_frequency"))] = _DEFAULTS.min_frequency,
+    limit_alphabet: Annotated[int, typer.Option(help=_help("limit_alphabet"))] = _DEFAULTS.limit_alphabet,
+    normalization: Annotated[str, typer.Option(help=_help("normalization"))] = _DEFAULTS.normalization,
     byte_fallback: Annotated[
-        bool, typer.Option("--byte-fallback/--no-byte-fallback", help="Spell unknown characters as UTF-8 bytes.")
-    ] = True,
+        bool, typer.Option("--byte-fallback/--no-byte-fallback", help=_help("byte_fallback"))
+    ] = _DEFAULTS.byte_fallback,
     errors: Annotated[str, typer.Option(help=_ERRORS_HELP)] = "strict",
     stats_lines: Annotated[int, typer.Option(help="Lines per file the statistics are computed on.")] = 100_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -72,7 +82,7 @@ def stats(
     errors: Annotated[str, typer.Option(help=_ERRORS_HELP)] = "strict",
 ):
     """Print vocabulary size, character coverage, tokens per sentence, <unk> and round-trip rates."""
-    from txkit.data import check_text_file
+    from txkit.textio import check_text_file
     from txkit.tokenization import format_stats, load_tokenizers, tokenizer_stats
 
     src_tok, tgt_tok = load_tokenizers(tokenizer_dir)

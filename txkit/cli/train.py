@@ -43,9 +43,11 @@ def register(app: typer.Typer) -> None:
         if recipe is None:
             raise typer.BadParameter("missing RECIPE (a YAML file)", param_hint="RECIPE")
         resolved = load_recipe(recipe, overrides)
+        from txkit.pipeline import training_hooks
         from txkit.training import train
 
-        result = train(resolved, output_dir or default_output_dir(recipe), resume=resume_from or resume or None)
+        result = train(resolved, output_dir or default_output_dir(recipe), resume=resume_from or resume or None,
+                       hooks=training_hooks())  # fmt: skip
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch: one summary
             return
         summary = f"stopped at step {result.step} ({result.stop_reason}); last checkpoint {result.last_checkpoint}"

@@ -18,6 +18,13 @@ from typing import Optional
 import typer
 
 from txkit.errors import TxkitError
+from txkit.options import DecodeOptions, default_of, help_of
+
+
+def _option(name: str, *flags: str, help: str | None = None):
+    """A command-line option for DecodeOptions field `name`: its default and help come from the dataclass."""
+    text = help or help_of(DecodeOptions, name) + "."
+    return typer.Option(default_of(DecodeOptions, name), *flags, help=text[0].upper() + text[1:])
 
 
 def translate_command(
@@ -26,25 +33,23 @@ def translate_command(
         None, "--input", "-i", help="Source file, one sentence per line (default: stdin)."
     ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: stdout)."),
-    beam_size: int = typer.Option(4, "--beam-size", "-b", help="Beam size (paper: 4)."),
-    length_penalty: float = typer.Option(0.6, "--length-penalty", "-a", help="Length penalty alpha (paper: 0.6)."),
-    lp_form: str = typer.Option("gnmt", "--lp-form", help="gnmt: (5+|Y|)^a/6^a (paper); hf: |Y|^a (transformers)."),
-    max_len_a: float = typer.Option(1.0, "--max-len-a", help="Output limit = a * source tokens + b."),
-    max_len_b: int = typer.Option(50, "--max-len-b", help="Output limit = a * source tokens + b (paper: +50)."),
+    beam_size: int = _option("beam_size", "--beam-size", "-b"),
+    length_penalty: float = _option("length_penalty", "--length-penalty", "-a"),
+    lp_form: str = _option("lp_form", "--lp-form"),
+    max_len_a: float = _option("max_len_a", "--max-len-a"),
+    max_len_b: int = _option("max_len_b", "--max-len-b"),
     greedy: bool = typer.Option(False, "--greedy", help="Greedy search (same as --beam-size 1)."),
-    nbest: int = typer.Option(1, "--nbest", help="Output N hypotheses per line as 'LINE ||| text ||| score'."),
-    sample: bool = typer.Option(False, "--sample", help="Sample translations instead of searching."),
-    top_k: int = typer.Option(0, "--top-k", help="Sampling: only the k most likely tokens (0 = all)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Sampling: only the tokens making up probability p."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling: divide logits by this."),
-    seed: int = typer.Option(0, "--seed", help="Sampling: random seed."),
-    max_tokens: int = typer.Option(4096, "--max-tokens", help="Batch budget in source tokens, padding included."),
-    max_sentences: Optional[int] = typer.Option(None, "--max-sentences", help="At most this many sentences per batch."),
-    overlong: str = typer.Option(
-        "truncate", "--overlong", help="Sources longer than the model's positions: truncate, or empty (no output)."
-    ),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if there is one)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16."),
+    nbest: int = _option("nbest", "--nbest", help="Output N hypotheses per line as 'LINE ||| text ||| score'."),
+    sample: bool = _option("sampling", "--sample"),
+    top_k: int = _option("top_k", "--top-k"),
+    top_p: float = _option("top_p", "--top-p"),
+    temperature: float = _option("temperature", "--temperature"),
+    seed: int = _option("seed", "--seed"),
+    max_tokens: int = _option("max_tokens", "--max-tokens"),
+    max_sentences: Optional[int] = _option("max_sentences", "--max-sentences"),
+    overlong: str = _option("overlong", "--overlong"),
+    device: Optional[str] = _option("device", "--device"),
+    dtype: str = typer.Option("auto", "--dtype", help=help_of(DecodeOptions, "dtype")),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: one per core, or $TXKIT_THREADS / $OMP_NUM_THREADS)."
     ),
@@ -63,28 +68,15 @@ def translate_command(
 
     from transformers.utils import logging as hf_logging
 
-    from txkit.decoding import DecodeOptions, Translator, iter_text_lines, load_model
+    from txkit.decoding import Translator, iter_text_lines, load_model
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar between the user and the translations
 
     options = DecodeOptions(
-        beam_size=1 if greedy else beam_size,
-        length_penalty=length_penalty,
-        lp_form=lp_form,
-        max_len_a=max_len_a,
-        max_len_b=max_len_b,
-        nbest=nbest,
-        sampling=sample,
-        top_k=top_k,
-        top_p=top_p,
-        temperature=temperature,
-        seed=seed,
-        max_tokens=max_tokens,
-        max_sentences=max_sentences,
-        device=device,
-        dtype=dtype,
-        overlong=overlong,
-    )
+        beam_size=1 if greedy else beam_size, length_penalty=length_penalty, lp_form=lp_form, max_len_a=max_len_a,
+        max_len_b=max_len_b, nbest=nbest, sampling=sample, top_k=top_k, top_p=top_p, temperature=temperature,
+        seed=seed, max_tokens=max_tokens, max_sentences=max_sentences, device=device, dtype=dtype, overlong=overlong,
+    )  # fmt: skip
     options.check()
     from txkit.threads import set_threads
 

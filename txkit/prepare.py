@@ -1,0 +1,68 @@
+"""The recipe's inputs made real: its corpora loaded as datasets, its tokenizer built.
+
+Moved out of txkit.recipe so that the recipe schema, which every stage imports, stays light (the standard
+library and yaml): this module is the one that reaches into txkit.data and txkit.tokenization.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from txkit.errors import TxkitError
+from txkit.recipe import Recipe, corpus_files, resolve_data_path
+
+
+def load_corpus(recipe: Recipe, spec: str, split: str = "train"):
+    """A corpus the recipe names (data.train, data.valid, an eval.test entry) as a `src`/`tgt` Dataset."""
+    from txkit.data import load_parallel
+
+    d = recipe.data
+    try:
+        return load_parallel(resolve_data_path(spec), d.src_lang, d.tgt_lang, hub_config=d.hub_config or None,
+                             split=split)  # fmt: skip
+    except TxkitError as exc:
+        raise _utf8_only(exc) from None
+
+
+def _utf8_only(exc: TxkitError) -> TxkitError:
+    """data.py suggests the --errors option of the tokenizer commands; recipes have none: read UTF-8 only."""
+    return TxkitError(str(exc).replace(
+        "; use --errors replace to go on",
+        "; training reads UTF-8 only: convert the file first (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8)",
+    ))  # fmt: skip
+
+
+def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
+    """Build the tokenizer the recipe describes at `path` (built under a temporary name, swapped in whole).
+
+    It learns from `tokenizer.files`, by default both sides of data.train; a corpus that is not a pair of
+    text files (.tsv, .jsonl, .parquet, hub:), or its first `data.max_sentences` pairs, is written out as
+    text first.
+    """
+    from txkit import atomic
+    from txkit.tokenization import build_tokenizer
+
+    t, d = recipe.tokenizer, recipe.data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text_dir = None
+    files = [resolve_data_path(f) for f in t.files]
+    if not files:
+        files = corpus_files(d.train, d.src_lang, d.tgt_lang)
+        if len(files) != 2 or d.max_sentences:
+            ds = load_corpus(recipe, d.train, "train")
+            if d.max_sentences:
+                ds = ds.select(range(min(d.max_sentences, len(ds))))
+            text_dir = atomic.temp_dir(path)
+            files = [text_dir / f"train.{d.src_lang}", text_dir / f"train.{d.tgt_lang}"]
+            for column, file in zip(("src", "tgt"), files):
+                file.write_text("".join(line.replace("\n", " ") + "\n" for line in ds[column]), encoding="utf-8")
+    for f in files:
+        if not Path(f).is_file():
+            raise TxkitError(f"tokenizer.files: file not found: {f}")
+    try:
+        build_tokenizer(files, path, src_lang=d.src_lang, show_progress=False, stats=False, **t.tokenizer_options())
+    except TxkitError as exc:
+        raise _utf8_only(exc) from None
+    finally:
+        if text_dir is not None:
+            atomic.discard(text_dir)

@@ -1,0 +1,236 @@
+"""Step decoders: what drives a model one decoder step at a time for txkit.search's algorithms.
+
+`ModelStepDecoder` runs a model's own decoder code on transformers' cache (any encoder-decoder); for txkit's
+model, `TxkitStepDecoder` is faster; `step_decoder` picks by the model's config (`model_type`).
+
+A DECLARED COPY. `TxkitStepDecoder.step` restates the arithmetic of `TxkitDecoderLayer.forward`
+(txkit/modeling/modeling_txkit.py): the pre-/post-norm residual order and the attention/feed-forward
+projections, called as F.linear / F.layer_norm on the layers' own weight tensors. It is kept because it is
+measurably faster (benchmarks/RESULTS.md, README Performance: the search 1.5x its first version, 4.9x
+`generate`): cross-attention keys/values once per sentence, a self-attention cache that is never reordered
+(an ancestry mask instead), and no nn.Module call machinery per layer per step. It reads the weights and
+the activation from the model's modules, so only the order of operations is copied; when the decoder layer
+changes, change `step` too: tests/test_step_decoder.py checks it against the model's own decoder for every
+architecture option (ReLU and GELU, pre- and post-norm, shared and separate vocabularies), step by step and
+after beams are reordered.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from txkit.search import StepDecoder
+
+
+class ModelStepDecoder:
+    """A `StepDecoder` over a transformers encoder-decoder: the encoder runs once per batch, the decoder one
+    token at a time on top of an `EncoderDecoderCache` (cross-attention keys/values computed at the first
+    step, then only reordered when sentences leave the batch).
+
+    txkit's model is called through its stacks (`model.model.decoder`, `model.output_logits`), skipping the
+    output-object plumbing of `forward`; any other model (e.g. a Marian export) goes through `forward`.
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        self.model = model
+        self.device = input_ids.device
+        self.start_token_id = model.config.decoder_start_token_id
+        self.pad_token_id = model.config.pad_token_id
+        self.is_txkit = is_txkit_model(model)
+        encoder = model.model.encoder if self.is_txkit else model.get_encoder()
+        self.encoder_hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, S, D)
+        self.encoder_mask = attention_mask  # (B, S)
+        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.unsqueeze(-1)  # (N, 1)
+        if self.is_txkit:
+            decoder = self.model.model.decoder
+            hidden = decoder(tokens, self.encoder_hidden, self.encoder_mask, past_key_values=self.cache)  # (N, 1, D)
+            logits = self.model.output_logits(hidden[:, -1])  # (N, V)
+        else:
+            out = self.model(
+                encoder_outputs=(self.encoder_hidden,),
+                attention_mask=self.encoder_mask,
+                decoder_input_ids=tokens,
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1].clone()
+            if self.pad_token_id is not None:
+                logits[:, self.pad_token_id] = float("-inf")  # a translation never contains padding
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def select(self, rows: torch.Tensor, sentences_changed: bool) -> None:
+        self.cache.self_attention_cache.reorder_cache(rows)
+        if sentences_changed:  # beams of one sentence share these, so only leaving sentences require a copy
+            self.cache.cross_attention_cache.reorder_cache(rows)
+            self.encoder_hidden = self.encoder_hidden.index_select(0, rows)
+            self.encoder_mask = self.encoder_mask.index_select(0, rows)
+
+
+class _LayerParams:
+    """One decoder layer's weights as (weight, bias) pairs and LayerNorm arguments, for inference."""
+
+    def __init__(self, layer):
+        def linear(module):
+            return module.weight, module.bias
+
+        def norm(module):
+            return module.normalized_shape, module.weight, module.bias, module.eps
+
+        attn, cross, ffn = layer.self_attn, layer.encoder_attn, layer.ffn
+        self.q, self.k, self.v = linear(attn.q_proj), linear(attn.k_proj), linear(attn.v_proj)
+        self.o = linear(attn.out_proj)
+        self.cross_q, self.cross_o = linear(cross.q_proj), linear(cross.out_proj)
+        self.fc1, self.fc2, self.activation = linear(ffn.fc1), linear(ffn.fc2), ffn.activation
+        self.self_norm, self.cross_norm = norm(layer.self_attn_layer_norm), norm(layer.encoder_attn_layer_norm)
+        self.ffn_norm = norm(layer.final_layer_norm)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.activation(F.linear(x, *self.fc1)), *self.fc2)
+
+
+class TxkitStepDecoder:
+    """A `StepDecoder` for txkit's model that runs its decoder layers directly, one token at a time.
+
+    The same arithmetic as `ModelStepDecoder` (the model's cached forward), arranged for search; written
+    here rather than taken from transformers' caches because it measured faster (benchmarks/RESULTS.md).
+    The rows of a sentence (its beams, or samples) are consecutive and form a group:
+
+    * Cross-attention keys/values are projected once per sentence and never copied per beam: a group's
+      rows attend to them as that many query positions of one attention call.
+    * Self-attention keys/values are never reordered when beams move. Each step appends its group's
+      `group` new keys/values as slots of the group's buffer (G, layers, 2, H, slots, Dh), and each row
+      attends over all its group's slots through an additive mask of its ancestry (its own slot at every
+      earlier step). Reordering beams reorders only that mask; the float buffer is re-indexed only when
+      sentences leave. (The plain way, gathering every row's cache at every step, was ~19% of the time.)
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        self.model = model
+        self.device = input_ids.device
+        config = model.config
+        self.start_token_id = config.decoder_start_token_id
+        self.decoder = model.model.decoder
+        self.layers = list(self.decoder.layers)
+        self.heads = config.attention_heads
+        self.head_dim = config.d_model // config.attention_heads
+        self.pre_norm = bool(config.normalize_before)
+        encoder_out = model.model.encoder(input_ids, attention_mask).last_hidden_state  # (B, S, D)
+        self.encoder_mask = attention_mask.bool()[:, None, None, :]  # (G, 1, 1, S), one group per sentence
+        self.cross = [
+            (self._split(layer.encoder_attn.k_proj(encoder_out)), self._split(layer.encoder_attn.v_proj(encoder_out)))
+            for layer in self.layers
+        ]  # per layer: keys, values (G, H, S, Dh)
+        # each layer's weights as plain tensors: calling F.linear / F.layer_norm on them skips nn.Module's call
+        # machinery, ~5% of a tiny model's decoding time in cProfile (benchmarks/RESULTS.md)
+        self.params = [_LayerParams(layer) for layer in self.layers]
+        self._own = {}  # group size -> (group, group) additive mask of each row's own new slot
+        self.group = 1  # rows per group (sentence); rows = G * group
+        self.slots = 0  # self-attention slots used per group
+        self.t = 0  # tokens decoded so far
+        G = input_ids.size(0)
+        self.kv = encoder_out.new_empty(G, len(self.layers), 2, self.heads, 16, self.head_dim)  # (G, L, 2, H, cap, Dh)
+        # `kv` is a view of the first G groups of `_kv_alloc`; `_spare` is the buffer the previous compaction
+        # copied out of. Compactions copy into it rather than into fresh memory: a new tensor this size comes
+        # from mmap, and its page faults made the copy 4x slower (33 vs 8 ms for 47 MB; benchmarks/RESULTS.md).
+        self._kv_alloc, self._spare = self.kv, None
+        # (G, group, cap) additive mask: 0 where a row attends (its ancestry), -inf elsewhere; float rather
+        # than bool so that attention does not convert it at every call
+        self.ancestry = encoder_out.new_full((G, 1, 16), float("-inf"))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, H, L, Dh)"""
+        return x.view(x.size(0), x.size(1), self.heads, -1).transpose(1, 2)
+
+    def _rows_as_queries(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (G, H, group, Dh): the rows of a group as query positions"""
+        return x.view(-1, self.group, self.heads, self.head_dim).transpose(1, 2)
+
+    def _attend_self(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
+        """Self-attention of the new position: h (N, D) -> (N, D); its keys/values are the step's slots."""
+        N, s, g = h.size(0), self.slots, self.group
+        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.k))
+        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.v))
+        mask = self.ancestry[:, None, :, : s + g]  # (G, 1, group, slots)
+        out = F.scaled_dot_product_attention(
+            self._rows_as_queries(F.linear(h, *p.q)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
+            attn_mask=mask,
+        )  # fmt: skip  # (G, H, group, Dh)
+        return F.linear(out.transpose(1, 2).reshape(N, -1), *p.o)
+
+    def _attend_encoder(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
+        """Cross-attention: the rows of each group are query positions over their sentence's keys/values."""
+        keys, values = self.cross[i]
+        out = F.scaled_dot_product_attention(
+            self._rows_as_queries(F.linear(h, *p.cross_q)), keys, values, attn_mask=self.encoder_mask
+        )  # (G, H, group, Dh)
+        return F.linear(out.transpose(1, 2).reshape(h.size(0), -1), *p.cross_o)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        s, g = self.slots, self.group
+        x = self.decoder.embed(tokens.unsqueeze(-1), offset=self.t)[:, 0]  # (N, D)
+        if s + g > self.kv.size(4):  # full: double the capacity, keeping what is held
+            kv = self.kv.new_empty(*self.kv.shape[:4], 2 * (s + g), self.head_dim)
+            kv[..., :s, :] = self.kv[..., :s, :]
+            ancestry = self.ancestry.new_full((*self.ancestry.shape[:2], 2 * (s + g)), float("-inf"))
+            ancestry[..., :s] = self.ancestry[..., :s]
+            self.kv, self.ancestry = kv, ancestry
+            self._kv_alloc, self._spare = kv, None
+        own = self._own.get(g)
+        if own is None:  # 0 on the diagonal (a row's own new slot), -inf elsewhere
+            own = torch.full((g, g), float("-inf"), device=self.device).fill_diagonal_(0.0)
+            self._own[g] = own
+        self.ancestry[:, :, s : s + g] = own
+        for i, p in enumerate(self.params):
+            if self.pre_norm:  # x + f(LN(x))
+                x = x + self._attend_self(p, F.layer_norm(x, *p.self_norm), i)
+                x = x + self._attend_encoder(p, F.layer_norm(x, *p.cross_norm), i)
+                x = x + p.ffn(F.layer_norm(x, *p.ffn_norm))
+            else:  # LN(x + f(x)), the paper's
+                x = F.layer_norm(x + self._attend_self(p, x, i), *p.self_norm)
+                x = F.layer_norm(x + self._attend_encoder(p, x, i), *p.cross_norm)
+                x = F.layer_norm(x + p.ffn(x), *p.ffn_norm)
+        self.slots += g
+        self.t += 1
+        logits = self.model.output_logits(self.decoder.finish(x))  # (N, V)
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def select(self, rows: torch.Tensor, sentences_changed: bool) -> None:
+        n = rows.numel()
+        ancestry = self.ancestry.view(-1, self.ancestry.size(-1)).index_select(0, rows)  # (n, cap) of the kept rows
+        if sentences_changed:
+            groups = rows // self.group  # (n,) the group of each kept row
+            kept, counts = torch.unique_consecutive(groups, return_counts=True)
+            if bool((counts == counts[0]).all()):
+                self.group = int(counts[0])  # whole groups of equal size: the sentences' states stay shared
+            else:  # uneven groups (samples ending at different steps): one group per row
+                kept, self.group = groups, 1
+            self.cross = [(k.index_select(0, kept), v.index_select(0, kept)) for k, v in self.cross]
+            self.encoder_mask = self.encoder_mask.index_select(0, kept)
+            spare = self._spare
+            if spare is None or spare.size(0) < kept.numel():
+                spare = self.kv.new_empty(kept.numel(), *self.kv.shape[1:])  # the same capacity
+            kv = spare[: kept.numel()]  # copy the used slots
+            torch.index_select(self.kv[..., : self.slots, :], 0, kept, out=kv[..., : self.slots, :])
+            self.kv, self._kv_alloc, self._spare = kv, spare, self._kv_alloc
+        self.ancestry = ancestry.view(n // self.group, self.group, -1)
+
+
+TXKIT_MODEL_TYPE = "txkit"  # TxkitConfig.model_type; repeated here so that choosing a path needs no import
+
+
+def is_txkit_model(model) -> bool:
+    """Whether `model` is txkit's (by its config's model_type, as transformers' Auto classes decide)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == TXKIT_MODEL_TYPE
+
+
+def step_decoder(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StepDecoder:
+    """The fastest `StepDecoder` for a model: `TxkitStepDecoder` for txkit's, `ModelStepDecoder` otherwise."""
+    if is_txkit_model(model):
+        return TxkitStepDecoder(model, input_ids, attention_mask)
+    return ModelStepDecoder(model, input_ids, attention_mask)

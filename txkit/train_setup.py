@@ -1,0 +1,197 @@
+"""A training run's components built from its recipe: the run directory, the accelerator, the tokenizers
+(built first when missing), the data and its batches, the model with its optimizer and schedule.
+
+txkit.training's Trainer receives what is built here, as torchtune's recipes set up their components
+outside the loop, so that a Trainer can be made from hand-made parts as well (tests/test_training.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+from txkit import runs
+from txkit.errors import TxkitError
+from txkit.prepare import build_recipe_tokenizer, load_corpus
+from txkit.recipe import Recipe, check_data_files, resolve_tokenizer_path
+from txkit.training import Trainer, TrainComponents, TrainHooks
+
+
+def build_trainer(recipe: Recipe, output_dir: str | os.PathLike, resume=None, hooks: TrainHooks | None = None):
+    """The Trainer of `recipe` in `output_dir` (see txkit.training.train for `resume`)."""
+    setup = TrainingSetup(recipe, output_dir, resume)
+    components = setup.build()
+    # TensorBoard's hparams take numbers, strings and booleans only
+    hparams = {k.replace(".", "/"): v if isinstance(v, (int, float, str, bool)) else str(v)
+               for k, v in recipe.flat().items()}  # fmt: skip
+    setup.accelerator.init_trackers("tensorboard", config=hparams)
+    return Trainer(recipe, setup.run_dir, setup.accelerator, components, setup.resume_from, hooks)
+
+
+class TrainingSetup:
+    """Prepares the run directory and the accelerator for a recipe (checks first: data files, existing
+    checkpoints), then builds its components (`build`)."""
+
+    def __init__(self, recipe: Recipe, output_dir: str | os.PathLike, resume=None):
+        import torch
+
+        from txkit import checkpointing as ckpt
+
+        self.recipe = recipe
+        t = recipe.train
+        check_data_files(recipe)
+        ckpt.refuse_sharded_launch()
+        self.run_dir = ckpt.prepare_run_dir(output_dir)
+        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise TxkitError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU")
+        self.accelerator = self._make_accelerator()
+        acc = self.accelerator
+        self.resume_from = ckpt.find_resume_checkpoint(self.run_dir, resume, warn=self._info)
+        if self.resume_from is None and runs.list_checkpoints(self.run_dir):
+            latest = runs.latest_checkpoint(self.run_dir)
+            raise TxkitError(
+                f"{self.run_dir} already holds checkpoints (latest: {latest.name}); pass --resume to continue "
+                "that run or choose another --output-dir"
+            )
+        if acc.is_main_process:
+            ckpt.clean_partial(self.run_dir)
+            ckpt.write_recipe(self.run_dir, recipe)
+
+    def build(self) -> TrainComponents:
+        """Tokenizers, data, then the model (in this order: the model's initialisation seeds torch)."""
+        self._setup_tokenizer()
+        self._setup_data()
+        self._setup_model()
+        return TrainComponents(
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, src_tok=self.src_tok,
+            tgt_tok=self.tgt_tok, pairs=self.pairs, sampler=self.sampler, valid_pairs=self.valid_pairs,
+            valid_batches=self.valid_batches, valid_src=self.valid_src, valid_refs=self.valid_refs,
+            tokenizer_dir=self.tokenizer_dir,
+        )  # fmt: skip
+
+    def _info(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            print(message, file=sys.stderr)
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def _make_accelerator(self):
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        # Without CUDA, a plain Accelerator() under torchrun forms no process group (every process would
+        # train alone on its shard); cpu=True makes it a gloo group, so data parallelism is real.
+        return Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=self.recipe.train.mixed_precision,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir)),
+        )
+
+    def _setup_tokenizer(self) -> None:
+        """Load the recipe's tokenizer; the main process builds it first when it does not exist."""
+        from txkit.tokenization import load_tokenizers
+
+        path = resolve_tokenizer_path(self.recipe, self.run_dir)
+        if self.accelerator.is_main_process and not (path / "tokenizer.json").is_file():
+            if path.exists() and any(path.iterdir()):
+                raise TxkitError(f"tokenizer.path {path}: exists but is not a tokenizer folder (no tokenizer.json)")
+            t = self.recipe.tokenizer
+            self._info(f"building the tokenizer in {path} ({t.model}, {t.vocab_size} tokens)")
+            build_recipe_tokenizer(self.recipe, path)
+        self.accelerator.wait_for_everyone()
+        self.tokenizer_dir = path
+        self.src_tok, self.tgt_tok = load_tokenizers(path)
+
+    def _setup_data(self) -> None:
+        from txkit.batching import TokenBatchSampler, TokenizedPairs
+        from txkit.data import tokenize_dataset
+
+        r, acc = self.recipe, self.accelerator
+        d = r.data
+        with acc.main_process_first():  # one process fills the datasets cache, the others read it
+            train_ds = load_corpus(r, d.train, "train")
+            if d.max_sentences:
+                train_ds = train_ds.select(range(min(d.max_sentences, len(train_ds))))
+            train_ids, report = tokenize_dataset(
+                train_ds, self.src_tok, self.tgt_tok, num_proc=d.num_proc, max_len=d.max_len,
+                max_ratio=d.max_ratio or math.inf, dedup=d.dedup, name=f"data.train {d.train}",
+            )  # fmt: skip
+            self.valid_src, self.valid_refs, valid_ids = [], [], None
+            if d.valid:
+                valid_ds = load_corpus(r, d.valid, "validation")
+                if d.valid_max_sentences:
+                    valid_ds = valid_ds.select(range(min(d.valid_max_sentences, len(valid_ds))))
+                self.valid_src, self.valid_refs = valid_ds["src"], valid_ds["tgt"]
+                positions = r.model.max_position_embeddings or 1024
+                valid_ids, _ = tokenize_dataset(
+                    valid_ds, self.src_tok, self.tgt_tok, max_len=positions, max_ratio=math.inf,
+                    name=f"data.valid {d.valid}",
+                )
+        self._info(f"data.train: {report}")
+        self.pairs = TokenizedPairs(train_ids)
+        self.sampler = TokenBatchSampler(
+            self.pairs.src_lengths, self.pairs.tgt_lengths, r.train.max_tokens, seed=r.train.seed,
+            num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True,
+        )  # fmt: skip
+        self.valid_pairs = self.valid_batches = None
+        if valid_ids is not None:
+            self.valid_pairs = TokenizedPairs(valid_ids)
+            longest = int(max(self.valid_pairs.src_lengths.max(), self.valid_pairs.tgt_lengths.max()))
+            valid_sampler = TokenBatchSampler(
+                self.valid_pairs.src_lengths, self.valid_pairs.tgt_lengths, max(r.train.max_tokens, longest + 8),
+                num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=False,
+            )  # fmt: skip
+            self.valid_batches = list(valid_sampler)
+
+    def _setup_model(self) -> None:
+        import torch
+        from transformers import GenerationConfig
+
+        from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+        from txkit.schedule import build_optimizer, build_scheduler
+        from txkit.tokenization import config_kwargs_from_tokenizer
+
+        r, acc = self.recipe, self.accelerator
+        config = TxkitConfig.from_preset(
+            r.model.preset, **config_kwargs_from_tokenizer(self.src_tok, self.tgt_tok), **r.model.config_overrides()
+        )
+        if r.data.max_len > config.max_position_embeddings:
+            raise TxkitError(
+                f"data.max_len ({r.data.max_len}) exceeds model.max_position_embeddings "
+                f"({config.max_position_embeddings})"
+            )
+        if self.resume_from is not None:
+            model = TxkitForConditionalGeneration.from_pretrained(self.resume_from, dtype=torch.float32)
+            _check_same_architecture(model.config, config, self.resume_from)
+        else:
+            torch.manual_seed(r.train.seed)  # the same initial weights on every process
+            model = TxkitForConditionalGeneration(config)
+        e = r.eval
+        # For `model.generate` users: the paper's beam and alpha (in transformers' score/|Y|^alpha form).
+        model.generation_config = GenerationConfig(
+            num_beams=e.beam_size, length_penalty=e.length_penalty,
+            max_length=min(config.max_position_embeddings, r.data.max_len + e.max_len_b),
+            bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+            decoder_start_token_id=config.decoder_start_token_id,
+        )  # fmt: skip
+        optimizer = build_optimizer(model, r.train)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        # Not prepared (accelerate's wrapper steps once per process); stepped only after an applied update.
+        self.scheduler = build_scheduler(self.optimizer.optimizer, r.train, config.d_model)
+
+
+_ARCHITECTURE_KEYS = ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim", "vocab_size",
+                      "tgt_vocab_size", "normalize_before", "activation_function")  # fmt: skip
+
+
+def _check_same_architecture(saved, wanted, checkpoint: Path) -> None:
+    for key in _ARCHITECTURE_KEYS:
+        if getattr(saved, key) != getattr(wanted, key):
+            raise TxkitError(
+                f"{checkpoint}: has {key}={getattr(saved, key)} but the recipe gives {getattr(wanted, key)}; "
+                "resume with the recipe the run was started with"
+            )
