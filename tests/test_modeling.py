@@ -146,6 +146,7 @@ def test_search_never_produces_padding_and_its_logit_is_finite():
     src = torch.randint(4, 60, (2, 5))
     logits = model(input_ids=src, decoder_input_ids=torch.zeros(2, 3, dtype=torch.long)).logits
     assert torch.isfinite(logits).all()  # losses computed outside txkit (label smoothing) stay finite
+    assert (logits[..., 0] < logits[..., 1:].amin(-1) - 100).all()  # but far below every real token
     for dtype in (torch.float32, torch.float16, torch.bfloat16):  # probability exactly 0 in every float type
         assert logits.to(dtype).float().softmax(-1)[..., 0].eq(0).all()
     for kwargs in (dict(num_beams=4), dict(do_sample=True, top_k=0)):

@@ -57,11 +57,13 @@ def _cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache
     return past_key_values
 
 
-# The padding token is never a prediction. Its logit is a large finite negative rather than -inf: its
-# probability is exactly 0 in every float type (exp(-1e4) underflows), so no search ever picks it, while a loss
-# computed outside txkit stays finite (transformers' Trainer with label smoothing sums -log p over the whole
-# vocabulary, which -inf made infinite). txkit's own loss leaves the padding column out altogether.
-PAD_LOGIT = -1e4
+# The padding token is never a prediction. Its logit is set below the smallest logit of its row by a margin whose
+# exp() underflows to 0 even in fp32 (e^-110 < 1.4e-45, the smallest fp32 number): its probability is exactly 0,
+# so no search ever picks it, yet it is finite and near the other logits, so a loss computed outside txkit stays
+# finite and barely moved (transformers' Trainer with label smoothing sums -log p over the whole vocabulary,
+# which a -inf logit made infinite, and a fixed -1e4 shifted by eps * 1e4 / V). txkit's own loss leaves the
+# padding column out altogether.
+PAD_LOGIT_MARGIN = 110.0
 
 
 def sinusoidal_positions(num_positions: int, d_model: int) -> torch.Tensor:
@@ -268,7 +270,7 @@ class TxkitPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            if not getattr(module.weight, "_is_hf_initialized", False):
+            if not getattr(module.weight, "_is_hf_initialized", False) and not getattr(module, "_tied", False):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.padding_idx is not None:
                     module.weight[module.padding_idx].zero_()  # the decoder's start vector is zero
@@ -424,17 +426,25 @@ class TxkitModel(TxkitPreTrainedModel):
     def __init__(self, config: TxkitConfig):
         super().__init__(config)
         pad = config.pad_token_id
-        src_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
-        tgt_embed = nn.Embedding(config.target_vocab_size, config.d_model, padding_idx=pad)
         if config.shared_vocab:
             # One matrix for source embeddings, target embeddings and (in the LM head) the output projection.
             # Three modules whose weights transformers ties (`_tied_weights_keys`), as for its own models, so that
-            # `from_pretrained` reports a checkpoint that lacks the matrix as missing.
+            # `from_pretrained` reports a checkpoint that lacks the matrix as missing. The two tied ones get no
+            # initialisation of their own (`_weight`, `_tied`): a model built from a seed has the same weights as
+            # when the three were one module.
             self.shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
+            src_embed, tgt_embed = (
+                nn.Embedding(config.vocab_size, config.d_model, pad, _weight=torch.empty_like(self.shared.weight))
+                for _ in range(2)
+            )
+            src_embed._tied = tgt_embed._tied = True
             self._tied_weights_keys = {
                 "encoder.embed_tokens.weight": "shared.weight",
                 "decoder.embed_tokens.weight": "shared.weight",
             }
+        else:
+            src_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
+            tgt_embed = nn.Embedding(config.tgt_vocab_size, config.d_model, padding_idx=pad)
         self.encoder = TxkitEncoder(config, src_embed)
         self.decoder = TxkitDecoder(config, tgt_embed)
         self.post_init()
@@ -512,7 +522,7 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
 
     The padding token is the decoder's start token; its embedding row is zero and stays zero: its
     gradient is masked in the embedding lookup (`padding_idx`) and, through the tied output projection,
-    by fixing its logit at `PAD_LOGIT`, which also keeps search from ever producing it.
+    by fixing its logit far below the others (no gradient), which also keeps search from ever producing it.
     """
 
     def __init__(self, config: TxkitConfig):
@@ -545,9 +555,9 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., V) logits with the padding logit at `PAD_LOGIT`."""
+        """(..., D) -> (..., V) logits, the padding logit `PAD_LOGIT_MARGIN` below the row's smallest."""
         logits = self.lm_head(hidden_states)
-        logits[..., self.config.pad_token_id] = PAD_LOGIT
+        logits[..., self.config.pad_token_id] = logits.detach().amin(dim=-1) - PAD_LOGIT_MARGIN
         return logits
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
