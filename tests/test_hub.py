@@ -320,10 +320,10 @@ def test_push_refuses_a_marian_form_whose_logits_differ_and_a_model_marian_canno
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     plain_state_dict = export.marian_state_dict
 
-    def off_by_a_little(*args, **kwargs):  # a mapping bug: one weight slightly wrong
+    def off_by_a_little(*args, **kwargs):  # a mapping bug: one matrix's rows in the wrong order
         state = plain_state_dict(*args, **kwargs)
-        key = next(k for k in state if k.endswith("fc2.bias"))
-        state[key] = state[key] + 0.01
+        key = next(k for k in state if k.endswith("fc1.weight"))
+        state[key] = state[key].flip(0)
         return state
 
     with HubServer(token) as server:

@@ -433,15 +433,19 @@ class TxkitModel(TxkitPreTrainedModel):
             # initialisation of their own (`_weight`, `_tied`): a model built from a seed has the same weights as
             # when the three were one module.
             self.shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
-            src_embed, tgt_embed = (
-                nn.Embedding(config.vocab_size, config.d_model, pad, _weight=torch.empty_like(self.shared.weight))
-                for _ in range(2)
-            )
-            src_embed._tied = tgt_embed._tied = True
-            self._tied_weights_keys = {
-                "encoder.embed_tokens.weight": "shared.weight",
-                "decoder.embed_tokens.weight": "shared.weight",
-            }
+            if config.tie_word_embeddings:
+                src_embed, tgt_embed = (
+                    nn.Embedding(config.vocab_size, config.d_model, pad, _weight=torch.empty_like(self.shared.weight))
+                    for _ in range(2)
+                )
+                src_embed._tied = tgt_embed._tied = True
+                self._tied_weights_keys = {
+                    "encoder.embed_tokens.weight": "shared.weight",
+                    "decoder.embed_tokens.weight": "shared.weight",
+                }
+            else:  # transformers ties nothing then (as for its Marian): three matrices of their own
+                src_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
+                tgt_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
         else:
             src_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
             tgt_embed = nn.Embedding(config.tgt_vocab_size, config.d_model, padding_idx=pad)
