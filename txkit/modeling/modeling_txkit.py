@@ -113,6 +113,8 @@ class TxkitAttention(nn.Module):
         super().__init__()
         d = config.d_model
         self.config = config  # read at call time: `set_attn_implementation` may change it after loading
+        # the config's own attributes: PretrainedConfig's attribute lookup costs ~500x a dict read per call
+        self._config_vars = vars(config)
         self.num_heads = config.attention_heads
         self.head_dim = d // config.attention_heads
         self.dropout = config.attention_dropout
@@ -125,6 +127,11 @@ class TxkitAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
+
+    def _eager(self) -> bool:
+        """Whether the config asks for the written-out attention (`attn_implementation="eager"`)."""
+        choice = self._config_vars.get("_attn_implementation_internal", self)  # transformers 5.0-5.24's field
+        return (self.config._attn_implementation if choice is self else choice) == "eager"
 
     def forward(
         self,
@@ -156,7 +163,7 @@ class TxkitAttention(nn.Module):
                 k, v = past_key_values.self_attention_cache.update(k, v, self.layer_idx)  # (B, H, Tk, Dh)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
-        if output_attentions or self.config._attn_implementation == "eager":
+        if output_attentions or self._eager():
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
             if is_causal and attention_mask is None:  # is_causal is only set when Tq == Tk
                 attention_mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
