@@ -84,9 +84,14 @@ NO_TXKIT_SCRIPT = textwrap.dedent(
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
     model_id, src, max_new, searches = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
-    tok = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)  # it reads config.json's auto_map
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_id, trust_remote_code=True).eval()
-    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    if sys.argv[5] == "remote":  # txkit's form: its modeling code comes with it
+        tok = AutoTokenizer.from_pretrained(model_id, trust_remote_code=True)  # it reads config.json's auto_map
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_id, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    else:  # the Marian form: transformers' own code, no remote code allowed
+        tok = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_id).eval()
+        assert type(model).__name__ == "MarianMTModel" and type(model).__module__.startswith("transformers.models")
     lines = open(src, encoding="utf-8").read().splitlines()
     batch = tok(lines, return_tensors="pt", padding=True)
     out = {}
@@ -101,10 +106,10 @@ NO_TXKIT_SCRIPT = textwrap.dedent(
 
 
 def generate_without_txkit(
-    model_id: str, src: Path, env: dict, cwd: Path, searches: str = "greedy,beam"
+    model_id: str, src: Path, env: dict, cwd: Path, searches: str = "greedy,beam", code: str = "remote"
 ) -> dict[str, list[str]]:
     done = subprocess.run(
-        [sys.executable, "-c", NO_TXKIT_SCRIPT, model_id, str(src), str(MAX_NEW), searches],
+        [sys.executable, "-c", NO_TXKIT_SCRIPT, model_id, str(src), str(MAX_NEW), searches, code],
         env=env, cwd=cwd, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -199,6 +204,7 @@ def test_push_uploads_the_folder_in_one_commit_and_the_token_goes_only_in_the_au
             HF_HUB_DISABLE_TELEMETRY="1",
         )  # fmt: skip
         argv = ["push", str(model_folder), "--repo", "user/tiny", "--private", "--message", "first release"]
+        argv += ["--format", "txkit"]  # the folder as it is, with its modeling code
         done = subprocess.run([sys.executable, "-m", "txkit", *argv], env=env, capture_output=True, text=True, cwd=REPO)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip().splitlines()[-1] == f"{server.url}/user/tiny"
@@ -208,9 +214,13 @@ def test_push_uploads_the_folder_in_one_commit_and_the_token_goes_only_in_the_au
         assert repo.private
         head = repo.commits[repo.branches["main"]]
         assert head["message"] == "first release" and repo.commits[head["parent"]]["parent"] is None
-        # what arrived is exactly the folder, byte for byte (the weights through git-LFS)
-        assert head["files"] == _folder_files(model_folder)
+        # what arrived is exactly the folder, byte for byte (the weights through git-LFS), but for the card,
+        # which now says which form this is and why
+        files = head["files"]
+        card = files.pop("README.md").decode()
+        assert files == {k: v for k, v in _folder_files(model_folder).items() if k != "README.md"}
         assert "model.safetensors" in head["lfs"]
+        assert "## Form" in card and "`--format txkit`" in card and "trust_remote_code=True" in card
 
         # the token travelled in the Authorization header and nowhere else
         authorized = [r for r in server.requests if r.headers.get("authorization") == f"Bearer {token}"]
@@ -252,10 +262,86 @@ def test_push_to_a_branch_creates_it_and_errors_never_show_the_token(model_folde
         with pytest.raises(TxkitError, match="USER/NAME"):
             hub.push(model_folder, "not a repo id", token=token)
 
-        url = hub.push(model_folder, "user/tiny", revision="dev", message="on a branch", token=token)
+        url = hub.push(model_folder, "user/tiny", revision="dev", message="on a branch", token=token, format="txkit")
         assert url == f"{server.url}/user/tiny/tree/dev"
         repo = server.repos["user/tiny"]
         assert not repo.private and set(repo.branches) == {"main", "dev"}
         assert repo.files("main") == {}  # only the branch got the files
-        assert repo.files("dev") == _folder_files(model_folder)
+        pushed = repo.files("dev")
+        assert pushed.pop("README.md") != (model_folder / "README.md").read_bytes()  # it names the form
+        assert pushed == {k: v for k, v in _folder_files(model_folder).items() if k != "README.md"}
         assert repo.commits[repo.branches["dev"]]["message"] == "on a branch"
+
+
+def test_push_publishes_the_papers_model_as_a_builtin_marian_model(model_folder, sources, txkit_outputs, tmp_path):
+    """By default a model Marian expresses goes up as a `MarianMTModel`: transformers alone loads it with no
+    remote code and no txkit, its translations are txkit's, and `txkit translate` on it gives the same as on
+    the txkit form."""
+    token = "hf_" + secrets.token_hex(16)
+    with HubServer(token) as server:
+        env = clean_env(
+            tmp_path, HF_ENDPOINT=server.url, HF_TOKEN=token, HF_HUB_DISABLE_XET="1", HF_HUB_OFFLINE="0",
+            HF_HUB_DISABLE_TELEMETRY="1",
+        )  # fmt: skip
+        argv = ["push", str(model_folder), "--repo", "user/tiny-marian"]
+        done = subprocess.run([sys.executable, "-m", "txkit", *argv], env=env, capture_output=True, text=True, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        files = server.repos["user/tiny-marian"].files("main")
+        assert not any(name.endswith(".py") for name in files)  # no modeling code
+        config = json.loads(files["config.json"])
+        assert config["model_type"] == "marian" and "auto_map" not in config
+        card = files["README.md"].decode()
+        assert "built-in Marian architecture" in card and "checked equal" in card
+        assert 'AutoModelForSeq2SeqLM.from_pretrained("user/tiny-marian")' in card and "trust_remote_code" not in card
+
+        got = generate_without_txkit("user/tiny-marian", sources, env, cwd=tmp_path, code="builtin")
+        assert got == txkit_outputs
+        out = tmp_path / "hub"
+        out.mkdir()
+        hub_greedy = txkit_translate("user/tiny-marian", sources, out / "greedy.de", "--greedy", env=env)
+        hub_beam = txkit_translate(
+            "user/tiny-marian", sources, out / "beam.de", "-b", "4", "-a", "0.6", "--lp-form", "hf", env=env
+        )
+        assert {"greedy": hub_greedy, "beam": hub_beam} == txkit_outputs
+
+
+def test_push_refuses_a_marian_form_whose_logits_differ_and_a_model_marian_cannot_express(
+    model_folder, tmp_path, monkeypatch
+):
+    import huggingface_hub.constants
+    import torch
+
+    from txkit import export
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+
+    token = "hf_" + secrets.token_hex(16)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    plain_state_dict = export.marian_state_dict
+
+    def off_by_a_little(*args, **kwargs):  # a mapping bug: one matrix's rows in the wrong order
+        state = plain_state_dict(*args, **kwargs)
+        key = next(k for k in state if k.endswith("fc1.weight"))
+        state[key] = state[key].flip(0)
+        return state
+
+    with HubServer(token) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(export, "marian_state_dict", off_by_a_little)
+        with pytest.raises(TxkitError, match="refused, nothing uploaded: Marian export: .*logits differ"):
+            hub.push(model_folder, "user/tiny", token=token)
+        assert "user/tiny" not in server.repos  # nothing was created
+        monkeypatch.setattr(export, "marian_state_dict", plain_state_dict)
+
+        # pre-norm: Marian cannot express it, so auto pushes txkit's form and says why; marian refuses
+        pre_norm = tmp_path / "pre-norm"
+        config = TxkitConfig(vocab_size=40, d_model=16, attention_heads=2, ffn_dim=32, encoder_layers=1,
+                             decoder_layers=1, normalize_before=True)  # fmt: skip
+        torch.manual_seed(0)
+        TxkitForConditionalGeneration(config).save_pretrained(pre_norm)
+        with pytest.raises(TxkitError, match="Marian architecture cannot express this model: normalize_before"):
+            hub.push(pre_norm, "user/pre", token=token, format="marian")
+        hub.push(pre_norm, "user/pre", token=token)
+        files = server.repos["user/pre"].files("main")
+        assert "modeling_txkit.py" in files and json.loads(files["config.json"])["model_type"] == "txkit"
+        card = files["README.md"].decode()
+        assert "cannot express it: normalize_before=true (pre-norm)" in card and "trust_remote_code=True" in card

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
-from txkit.modeling import modeling_txkit
+from txkit.modeling import loss_txkit, modeling_txkit
 from txkit.modeling.modeling_txkit import dropout, label_smoothed_nll, linear_label_smoothed_nll, sinusoidal_positions
 
 TINY = dict(vocab_size=60, d_model=32, attention_heads=4, ffn_dim=64, encoder_layers=2, decoder_layers=2)
@@ -44,6 +44,7 @@ def test_preset_parameter_counts_match_closed_form(preset, d, d_ff, expected):
     config = TxkitConfig.from_preset(preset, vocab_size=37000)
     with torch.device("meta"):  # no memory, no init: only shapes
         model = TxkitForConditionalGeneration(config)
+    model.tie_weights()  # transformers < 5.2x leaves a model built on meta untied until it is loaded
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
@@ -139,12 +140,20 @@ def test_generate_same_with_and_without_cache(num_beams):
     assert len(set(map(tuple, with_cache.tolist()))) > 1
 
 
-def test_search_never_produces_padding():
+def test_search_never_produces_padding_and_its_logit_is_finite():
     model = tiny_model(init_std=1.0)
     with torch.no_grad():  # make padding the most attractive token if it were allowed
         model.model.shared.weight[0] = 50.0
-    logits = model(input_ids=torch.randint(4, 60, (2, 5)), decoder_input_ids=torch.zeros(2, 3, dtype=torch.long)).logits
-    assert torch.isinf(logits[..., 0]).all() and (logits[..., 0] < 0).all()
+    src = torch.randint(4, 60, (2, 5))
+    logits = model(input_ids=src, decoder_input_ids=torch.zeros(2, 3, dtype=torch.long)).logits
+    assert torch.isfinite(logits).all()  # losses computed outside txkit (label smoothing) stay finite
+    assert (logits[..., 0] < logits[..., 1:].amin(-1) - 100).all()  # but far below every real token
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # probability exactly 0 in every float type
+        assert logits.to(dtype).float().softmax(-1)[..., 0].eq(0).all()
+    for kwargs in (dict(num_beams=4), dict(do_sample=True, top_k=0)):
+        out = model.generate(input_ids=src, max_new_tokens=12, **kwargs)[:, 1:]  # after the start token
+        before_eos = out.eq(model.config.eos_token_id).long().cumsum(1).eq(0)  # (generate pads after </s>)
+        assert not (out.eq(0) & before_eos).any()
 
 
 def test_three_tied_matrices_are_one_tensor_also_after_save_and_load(tmp_path):
@@ -213,7 +222,7 @@ def test_label_smoothed_loss_matches_the_definition():
 def test_fused_linear_loss_equals_the_unfused_loss_and_gradients(monkeypatch, pad, eps):
     """The training path's chunked, fused projection + loss gives the unfused path's values and gradients,
     whatever the padding id and smoothing, across chunk boundaries (7 rows per chunk for 23 rows)."""
-    monkeypatch.setattr(modeling_txkit, "FUSED_LOSS_CPU_ELEMENTS", 7 * 11)
+    monkeypatch.setattr(loss_txkit, "FUSED_LOSS_CPU_ELEMENTS", 7 * 11)
     torch.manual_seed(0)
     hidden = torch.randn(23, 8, requires_grad=True)
     weight = torch.randn(11, 8, requires_grad=True)
@@ -332,8 +341,18 @@ def test_loads_through_auto_classes_without_txkit(tmp_path):
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
-@pytest.mark.parametrize("task", ["copy", "reverse"])
-def test_small_model_learns_to_copy_and_reverse(task):
+def copy_reverse_batch(task: str, n: int, generator: torch.Generator | None = None):
+    """n sources of 6 random tokens + </s>, and their targets: the same tokens (copy) or reversed."""
+    body = torch.randint(4, 16, (n, 6), generator=generator)
+    target = body if task == "copy" else body.flip(1)
+    close = torch.full((n, 1), 2)  # </s>
+    return torch.cat([body, close], 1), torch.cat([target, close], 1)
+
+
+@pytest.fixture(scope="module", params=["copy", "reverse"])
+def trained_copy_reverse(request):
+    """(task, a small model trained on it, its last 10 losses): trained once per task for this module."""
+    task = request.param
     torch.manual_seed(1)
     config = TxkitConfig(
         vocab_size=16, d_model=64, attention_heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2,
@@ -341,18 +360,10 @@ def test_small_model_learns_to_copy_and_reverse(task):
     )
     model = TxkitForConditionalGeneration(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
-    eos = config.eos_token_id
-
-    def batch(n):
-        body = torch.randint(4, 16, (n, 6))
-        target = body if task == "copy" else body.flip(1)
-        close = torch.full((n, 1), eos)
-        return torch.cat([body, close], 1), torch.cat([target, close], 1)
-
     model.train()
     recent = []
     for _ in range(800):  # usually learned in 300-400 steps; stop as soon as it is
-        src, tgt = batch(64)
+        src, tgt = copy_reverse_batch(task, 64)
         loss = model(input_ids=src, labels=tgt).loss
         loss.backward()
         optimizer.step()
@@ -360,8 +371,50 @@ def test_small_model_learns_to_copy_and_reverse(task):
         recent = (recent + [loss.item()])[-10:]
         if len(recent) == 10 and sum(recent) / 10 < 0.01:
             break
+    return task, model.eval(), recent
+
+
+def test_small_model_learns_to_copy_and_reverse(trained_copy_reverse):
+    task, model, recent = trained_copy_reverse
     assert sum(recent) / 10 < 0.02
-    model.eval()
-    src, tgt = batch(32)
+    src, tgt = copy_reverse_batch(task, 32)
     out = model.generate(input_ids=src, max_new_tokens=8, num_beams=1, do_sample=False)
     assert torch.equal(out[:, 1:8], tgt)  # after the start token: the sequence and </s>
+
+
+def test_generate_same_with_and_without_cache_on_a_trained_model(trained_copy_reverse):
+    """Every decoding mode of `generate`, and continuing from the cache it returns, gives the same sequences
+    as decoding without a cache. The model's outputs depend on what it has written so far (the position in
+    the copy or the reversal), so a cache that is ignored or wrong changes them."""
+    task, model, _ = trained_copy_reverse
+    src, tgt = copy_reverse_batch(task, 12, torch.Generator().manual_seed(5))
+    src[3, 4:] = model.config.pad_token_id  # a shorter, padded source
+    mask = src.ne(model.config.pad_token_id).long()
+    inputs = dict(input_ids=src, attention_mask=mask, max_new_tokens=9)
+    modes = {
+        "greedy": dict(do_sample=False),
+        "beam": dict(num_beams=4, num_return_sequences=2, do_sample=False),
+        "sample": dict(do_sample=True, top_k=0, temperature=1.5, num_return_sequences=3),
+    }
+    for mode, kwargs in modes.items():
+        runs = []
+        for use_cache in (True, False):
+            torch.manual_seed(11)  # the same draws for sampling
+            runs.append(model.generate(**inputs, **kwargs, use_cache=use_cache))
+        assert torch.equal(runs[0], runs[1]), mode
+        if mode == "greedy":
+            assert torch.equal(runs[0][[0, 1, 2, 4], 1:8], tgt[[0, 1, 2, 4]])  # and right where unpadded
+    if mode == "sample":
+        assert len({tuple(row) for row in runs[0].tolist()}) > 12  # the draws differ from the greedy path
+
+    # continue from a returned cache: 3 tokens, then on to the end, equals one uncached run (the decoder mask
+    # covering the whole sequence tells generate that the cache holds all but the last token)
+    first = model.generate(**{**inputs, "max_new_tokens": 3}, return_dict_in_generate=True, use_cache=True)
+    cache = getattr(first, modeling_txkit.CACHE_FIELD)
+    assert cache is not None and cache.get_seq_length() == 3
+    resumed = model.generate(
+        **inputs, decoder_input_ids=first.sequences, decoder_attention_mask=torch.ones_like(first.sequences),
+        **{modeling_txkit.CACHE_FIELD: cache}, use_cache=True,
+    )  # fmt: skip
+    whole = model.generate(**{**inputs, "max_new_tokens": 9 + 4}, use_cache=False)
+    assert torch.equal(resumed, whole[:, : resumed.size(1)])

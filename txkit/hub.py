@@ -237,18 +237,26 @@ def _scores_section(reports: Sequence[dict]) -> list[str]:
     return lines
 
 
-def _usage_section(repo: str, src_example: str) -> list[str]:
+def _usage_section(repo: str, src_example: str, remote_code: bool = True) -> list[str]:
+    if remote_code:
+        intro = (
+            "With transformers alone (the modeling code ships with the model, hence `trust_remote_code=True`, which "
+            "the tokenizer needs too because it reads the model's config):"
+        )
+        kwargs = ", trust_remote_code=True"
+    else:
+        intro = "With transformers alone (a built-in `MarianMTModel`: no remote code):"
+        kwargs = ""
     return [
         "## Usage",
         "",
-        "With transformers alone (the modeling code ships with the model, hence `trust_remote_code=True`, which "
-        "the tokenizer needs too because it reads the model's config):",
+        intro,
         "",
         "```python",
         "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
         "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo}", trust_remote_code=True)',
-        f'model = AutoModelForSeq2SeqLM.from_pretrained("{repo}", trust_remote_code=True)',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}"{kwargs})',
+        f'model = AutoModelForSeq2SeqLM.from_pretrained("{repo}"{kwargs})',
         f'batch = tokenizer([{src_example!r}], return_tensors="pt", padding=True)',
         "output = model.generate(**batch)  # decoding defaults from generation_config.json (beam 4)",
         "print(tokenizer.batch_decode(output, skip_special_tokens=True))",
@@ -378,6 +386,82 @@ def _files_to_push(folder: Path) -> list[Path]:
     return [Path(p) for p in filter_repo_objects(rel, ignore_patterns=PUSH_IGNORE)]
 
 
+PUSH_FORMATS = ("auto", "marian", "txkit")
+_MARIAN_WHY = (
+    "its configuration is one that transformers' built-in Marian architecture expresses exactly (the paper's "
+    "post-norm Transformer with one shared vocabulary), so it loads with `AutoModelForSeq2SeqLM` and no remote "
+    "code; its logits were checked equal to the txkit model's before upload"
+)
+
+
+def hub_form(folder: Path, format: str = "auto") -> tuple[str, str]:
+    """The form `push` publishes a model folder in, and why: ("marian", why) for transformers' built-in
+    `MarianMTModel` (what `auto` picks whenever Marian expresses the model exactly), ("txkit", why) for the
+    folder as it is with its modeling code, ("folder", why) for a folder that is not a txkit model."""
+    if format not in PUSH_FORMATS:
+        raise TxkitError(f"--format {format!r}: choose one of {', '.join(PUSH_FORMATS)}")
+    config = read_json(folder / "config.json", "model config")
+    if config.get("model_type") != "txkit":
+        if format == "marian":
+            raise TxkitError(f"{folder}: --format marian converts txkit models, this is {config.get('model_type')!r}")
+        return "folder", f"a {config.get('model_type')} model folder, uploaded as it is"
+    if format == "txkit":
+        return "txkit", "txkit's own form was asked for (`--format txkit`)"
+    from txkit.export import marian_blockers
+    from txkit.modeling import TxkitConfig
+
+    blockers = marian_blockers(TxkitConfig.from_dict(config))
+    if not blockers:
+        return "marian", _MARIAN_WHY
+    if format == "marian":
+        raise TxkitError(f"{folder}: transformers' Marian architecture cannot express this model: " + "; ".join(blockers))
+    return "txkit", "transformers' built-in Marian architecture cannot express it: " + "; ".join(blockers)
+
+
+def card_for_form(card_text: str, form: str, why: str, repo_id: str) -> str:
+    """A model card with a section saying which form the repository holds and why, and the usage example
+    for that form (replacing the card's `## Usage` section)."""
+    from huggingface_hub import ModelCard
+
+    if form == "folder":
+        return card_text
+    languages = ModelCard(card_text).data.language or []
+    src_example = "A man is riding a bicycle down the street." if not languages or languages[0] == "en" else "..."
+    name = "transformers' built-in Marian architecture (`MarianMTModel`)" if form == "marian" else "txkit's form"
+    section = ["## Form", "", f"This repository holds the model in {name}: {why}.", ""]
+    if form == "marian":
+        section[-1:] = [
+            "",
+            "The export renumbers the vocabulary (`<pad>` is the last id, as OPUS-MT and CTranslate2 expect) and "
+            "reorders the model dimension to Marian's sinusoid layout; translations are txkit's.",
+            "",
+        ]
+    block = "\n".join(section + _usage_section(repo_id, src_example, remote_code=form != "marian"))
+    start = card_text.find("\n## Usage")
+    if start < 0:
+        return card_text.rstrip("\n") + "\n\n" + block
+    end = card_text.find("\n## ", start + 1)
+    return card_text[: start + 1] + block + (card_text[end + 1 :] if end >= 0 else "")
+
+
+def _staged_upload(folder: Path, form: str, why: str, repo_id: str, staging: Path) -> list[tuple[str, object]]:
+    """(path in the repository, file path or bytes) of everything a push uploads in `form`."""
+    card_path = folder / MODEL_CARD
+    card = card_for_form(card_path.read_text(encoding="utf-8"), form, why, repo_id).encode("utf-8")
+    if form == "marian":
+        from txkit.export import export_marian
+
+        try:
+            export_marian(folder, staging, verify=True)  # compares the logits of both models first
+        except TxkitError as exc:
+            raise TxkitError(f"push to {repo_id} refused, nothing uploaded: {exc} (--format txkit pushes as is)") from None
+        source = staging
+    else:
+        source = folder
+    files = [(p.as_posix(), source / p) for p in _files_to_push(source) if p.as_posix() != MODEL_CARD]
+    return files + [(MODEL_CARD, card)]
+
+
 def push(
     model_dir: str | os.PathLike,
     repo_id: str,
@@ -386,13 +470,19 @@ def push(
     revision: str | None = None,
     message: str | None = None,
     token: str | None = None,
+    format: str = "auto",
 ) -> str:
     """Upload a model folder (or a run directory's final model) to the Hub in one commit; return its URL.
 
-    Creates the repository if needed (and the branch `revision`), writes a model card first when the
-    folder has none. The token comes from `token`, else `HF_TOKEN` or the stored login; the endpoint from
+    `format` "auto" publishes a txkit model as transformers' built-in `MarianMTModel` whenever that
+    expresses it exactly (checked: equal logits) and in txkit's form with its modeling code otherwise;
+    "marian" or "txkit" insist on one (see `hub_form`); the model card says which and why.
+    Creates the repository if needed (and the branch `revision`), writes a model card into the folder first
+    when it has none. The token comes from `token`, else `HF_TOKEN` or the stored login; the endpoint from
     `HF_ENDPOINT`. Errors become TxkitErrors whose message never contains the token.
     """
+    import tempfile
+
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -402,6 +492,7 @@ def push(
         raise TxkitError(f"{model_dir}: no such model folder or run directory")
     folder = Path(resolve_model(model_dir))
     check_model_folder(folder)  # a cut or edited file is named here, not uploaded
+    form, why = hub_form(folder, format)
     token = token or get_token()
     if not token:
         raise TxkitError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login`")
@@ -410,27 +501,31 @@ def push(
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint, token=token)
-    files = _files_to_push(folder)
-    operations = [CommitOperationAdd(path_in_repo=p.as_posix(), path_or_fileobj=str(folder / p)) for p in files]
-    try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-        api.create_commit(
-            repo_id,
-            operations,
-            commit_message=message or f"Upload {folder.name} with txkit",
-            revision=revision,
-            repo_type="model",
-        )
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TxkitError(_scrub(f"push to {repo_id} failed (HTTP {status}): {first}", token)) from None
-    except Exception as exc:
-        if not _is_transfer_error(exc):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TxkitError(_scrub(f"push to {repo_id} failed ({type(exc).__name__}): {first}", token)) from None
+    with tempfile.TemporaryDirectory(prefix="txkit-push-") as tmp:
+        uploads = _staged_upload(folder, form, why, repo_id, Path(tmp) / "marian")
+        operations = [
+            CommitOperationAdd(path_in_repo=path, path_or_fileobj=src if isinstance(src, bytes) else str(src))
+            for path, src in uploads
+        ]
+        try:
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+            api.create_commit(
+                repo_id,
+                operations,
+                commit_message=message or f"Upload {folder.name} with txkit",
+                revision=revision,
+                repo_type="model",
+            )
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TxkitError(_scrub(f"push to {repo_id} failed (HTTP {status}): {first}", token)) from None
+        except Exception as exc:
+            if not _is_transfer_error(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TxkitError(_scrub(f"push to {repo_id} failed ({type(exc).__name__}): {first}", token)) from None
     url = str(repo_url).rstrip("/")
     return f"{url}/tree/{revision}" if revision else url

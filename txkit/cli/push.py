@@ -4,6 +4,10 @@
     txkit push runs/multi30k/model --repo me/tiny --private --revision dev --message "after 50k steps"
     txkit push runs/multi30k --repo me/tiny --eval-report test2016.json   # scores into the model card
 
+A txkit model goes up in transformers' built-in Marian form (no remote code) whenever that expresses it
+exactly, else in txkit's form with its modeling code; `--format txkit` keeps txkit's form. The model card
+says which form and why.
+
 The token comes from HF_TOKEN or the stored login (`hf auth login`) and is never printed; HF_ENDPOINT
 points it at another Hub. A folder without README.md gets a model card first.
 """
@@ -29,6 +33,11 @@ def push_command(
     ),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML to describe in the model card."),
     license: str = typer.Option("apache-2.0", "--license", help="License id in the model card's metadata."),
+    format: str = typer.Option(
+        "auto", "--format",
+        help="auto: transformers' built-in Marian form when it expresses the model exactly (checked: equal "
+        "logits), else txkit's form with its modeling code; marian or txkit: insist on one.",
+    ),  # fmt: skip
 ):
     """Upload a model to the Hugging Face Hub (one commit) and print its URL."""
     from txkit import hub
@@ -40,7 +49,7 @@ def push_command(
             folder, eval_report=[str(p) for p in eval_report or []] or None, recipe=recipe,
             license=license, repo_id=repo,
         )  # fmt: skip
-    url = hub.push(model, repo, private=private, revision=revision, message=message)
+    url = hub.push(model, repo, private=private, revision=revision, message=message, format=format)
     typer.echo(url)
 
 

@@ -11,15 +11,21 @@ V vocabulary size.
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from dataclasses import dataclass
-
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
 
 try:  # transformers >= 5: init helpers that skip weights already loaded from a checkpoint
     from transformers import initialization as init
@@ -27,11 +33,37 @@ except ImportError:  # pragma: no cover
     init = nn.init
 
 from .configuration_txkit import TxkitConfig
+from .loss_txkit import (  # noqa: F401  (re-exported: the training loop and tests import them from here)
+    FUSED_LOSS_CPU_ELEMENTS,
+    FUSED_LOSS_GPU_ELEMENTS,
+    label_smoothed_nll,
+    linear_label_smoothed_nll,
+)
 
 # transformers 5.24 renamed the cache that `generate` hands to `forward` (and the output field that hands it
 # back) from `past_key_values` to `cache`. A saved model folder keeps this file for good, so `forward` accepts
 # either name and returns the cache under the field name of the installed transformers' output classes.
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+def _cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache passed under either name; the old name warns where transformers has deprecated it."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    if CACHE_FIELD == "cache":
+        warnings.warn("`past_key_values` is deprecated since transformers 5.24: pass `cache`", FutureWarning, 3)
+    return past_key_values
+
+
+# The padding token is never a prediction. Its logit is set below the smallest logit of its row by a margin whose
+# exp() underflows to 0 even in fp32 (e^-110 < 1.4e-45, the smallest fp32 number): its probability is exactly 0,
+# so no search ever picks it, yet it is finite and near the other logits, so a loss computed outside txkit stays
+# finite and barely moved (transformers' Trainer with label smoothing sums -log p over the whole vocabulary,
+# which a -inf logit made infinite, and a fixed -1e4 shifted by eps * 1e4 / V). txkit's own loss leaves the
+# padding column out altogether.
+PAD_LOGIT_MARGIN = 110.0
 
 
 def sinusoidal_positions(num_positions: int, d_model: int) -> torch.Tensor:
@@ -45,47 +77,6 @@ def sinusoidal_positions(num_positions: int, d_model: int) -> torch.Tensor:
     return table.float()
 
 
-def label_smoothed_nll(
-    logits: torch.Tensor, labels: torch.Tensor, epsilon: float, pad_token_id: int, ignore_index: int = -100
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy over the non-padding targets.
-
-    The smoothed target puts 1 - eps on the reference token and eps spread uniformly over the V - 1
-    non-padding tokens: the padding token can never be predicted, so its column is left out of the
-    softmax (whether or not its logit is already -inf), which also gives it exactly zero gradient.
-    Computed from the log-sum-exp and a gather: no (N, V) log-probability tensor next to the logits.
-
-    Args:
-        logits: (..., V) raw or pad-masked logits.
-        labels: (...) target ids; `ignore_index` and the padding id are skipped.
-    Returns:
-        (smoothed loss sum, nll sum, number of target tokens), all scalars.
-    """
-    vocab = logits.size(-1)
-    logits = logits.reshape(-1, vocab)
-    labels = labels.reshape(-1)
-    keep = labels.ne(ignore_index) & labels.ne(pad_token_id)
-    if not keep.all():  # (the training path hands over only kept tokens and skips this copy)
-        logits, labels = logits[keep], labels[keep]
-    # the V - 1 non-padding columns, as a view where padding is the first or last id
-    if pad_token_id == 0:
-        logits, labels = logits[:, 1:], labels - 1
-    elif pad_token_id == vocab - 1:
-        logits = logits[:, :-1]
-    else:
-        logits = torch.cat([logits[:, :pad_token_id], logits[:, pad_token_id + 1 :]], dim=1)
-        labels = labels - labels.gt(pad_token_id).long()
-    logits = logits.float()  # (N, V - 1)
-    lse = torch.logsumexp(logits, dim=-1)  # (N,)
-    nll = lse - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # -log p(reference)
-    if epsilon > 0:
-        smooth = lse - logits.mean(-1)  # mean over the non-pad classes of -log p
-        loss = (1.0 - epsilon) * nll + epsilon * smooth
-    else:
-        loss = nll
-    return loss.sum(), nll.sum(), keep.sum()
-
-
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """`F.dropout`, with its mask drawn by `rand` on CPUs: torch's CPU `bernoulli_` is ~2.6x slower than
     `rand` (4.7 vs 1.8 ms per 0.5M values on 2 cores), which made dropout a fifth of a CPU training step.
@@ -95,90 +86,6 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if x.device.type != "cpu" or not 0.0 < p < 1.0:
         return F.dropout(x, p=p, training=True)
     return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
-
-
-class _LinearSmoothedNLL(torch.autograd.Function):
-    """`label_smoothed_nll(hidden @ weight.T, labels)` for the training path, fused and in row chunks.
-
-    The unfused way keeps an (N, V) fp32 logits tensor and walks it about fifteen times (log-sum-exp, its
-    backward, the gather's and the column slice's zero-filled gradients, their sum): on a 2-core CPU a
-    third of a transformer-tiny step (benchmarks/RESULTS.md). Here each chunk of rows is projected, its
-    log-sum-exp taken, and its logits turned in place into the gradient dL/dlogits = softmax - q (q the
-    smoothed target), which goes straight into the gradients of `hidden` and `weight`; no (N, V) tensor
-    exists and nothing but those two gradients is kept for backward. Kept libraries that do this
-    (Liger-Kernel, cut-cross-entropy) are Triton kernels for GPUs only.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, epsilon, pad_token_id, chunk_rows, dtype):
-        # hidden (N, D), weight (V, D), labels (N,) with no padding; dtype: the matmuls' (autocast's) dtype
-        vocab = weight.size(0)
-        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        w = weight.to(dtype)
-        # sum over the non-padding columns of the logits = hidden . (sum of the non-padding rows of weight)
-        w_sum = (weight.float().sum(0) - weight[pad_token_id].float()) if epsilon > 0 else None
-        loss = torch.zeros((), device=hidden.device)
-        nll_total = torch.zeros((), device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.size(0), chunk_rows):
-                h = hidden[start : start + chunk_rows].to(dtype)  # (n, D)
-                y = labels[start : start + chunk_rows].unsqueeze(-1)  # (n, 1)
-                logits = (h @ w.T).float()  # (n, V)
-                logits[:, pad_token_id] = float("-inf")
-                lse = torch.logsumexp(logits, dim=-1)  # (n,)
-                nll = lse - logits.gather(1, y).squeeze(-1)
-                nll_total += nll.sum()
-                if epsilon > 0:
-                    mean_logit = (h.float() @ w_sum) / (vocab - 1)
-                    loss += ((1.0 - epsilon) * nll + epsilon * (lse - mean_logit)).sum()
-                else:
-                    loss += nll.sum()
-                if want_grad:  # logits -> softmax - q, in place
-                    g = logits.sub_(lse.unsqueeze(-1)).exp_()
-                    if epsilon > 0:
-                        g.sub_(epsilon / (vocab - 1))
-                        g[:, pad_token_id] = 0.0
-                    g.scatter_add_(1, y, g.new_full(y.shape, epsilon - 1.0))
-                    g = g.to(dtype)
-                    if grad_hidden is not None:
-                        grad_hidden[start : start + chunk_rows] = g @ w
-                    if grad_weight is not None:
-                        grad_weight += (g.T @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
-        ctx.mark_non_differentiable(nll_total)
-        return loss, nll_total
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_nll):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
-        if grad_weight is not None:
-            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None
-
-
-# Rows per chunk of the fused loss: on CPU ~4M logits (16 MB, cache-sized; measured best for V = 8000 on
-# a 2-core machine, benchmarks/RESULTS.md); on GPUs chunks large enough to keep the matmuls efficient.
-FUSED_LOSS_CPU_ELEMENTS = 1 << 22
-FUSED_LOSS_GPU_ELEMENTS = 1 << 28
-
-
-def linear_label_smoothed_nll(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, epsilon: float, pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`label_smoothed_nll(hidden @ weight.T, labels, ...)` for rows whose labels are all real tokens, fused
-    (see `_LinearSmoothedNLL`): (smoothed loss sum, nll sum, number of tokens). The nll sum carries no
-    gradient. Under autocast the projection runs in autocast's dtype, as `nn.Linear` would."""
-    device_type = hidden.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-    elements = FUSED_LOSS_CPU_ELEMENTS if device_type == "cpu" else FUSED_LOSS_GPU_ELEMENTS
-    chunk_rows = max(1, elements // weight.size(0))
-    loss, nll = _LinearSmoothedNLL.apply(hidden, weight, labels, epsilon, pad_token_id, chunk_rows, dtype)
-    return loss, nll, labels.new_tensor(labels.numel())
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -198,11 +105,16 @@ class TxkitSeq2SeqLMOutput(Seq2SeqLMOutput):
 
 
 class TxkitAttention(nn.Module):
-    """Multi-head scaled dot-product attention through torch's fused `scaled_dot_product_attention`."""
+    """Multi-head scaled dot-product attention: torch's fused `scaled_dot_product_attention` by default
+    (`attn_implementation="sdpa"`), or written out (`"eager"`, or whenever the attention weights are asked
+    for), which is the only way to get the weights."""
 
     def __init__(self, config: TxkitConfig, layer_idx: int | None = None, is_cross_attention: bool = False):
         super().__init__()
         d = config.d_model
+        self.config = config  # read at call time: `set_attn_implementation` may change it after loading
+        # the config's own attributes: PretrainedConfig's attribute lookup costs ~500x a dict read per call
+        self._config_vars = vars(config)
         self.num_heads = config.attention_heads
         self.head_dim = d // config.attention_heads
         self.dropout = config.attention_dropout
@@ -216,6 +128,11 @@ class TxkitAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
 
+    def _eager(self) -> bool:
+        """Whether the config asks for the written-out attention (`attn_implementation="eager"`)."""
+        choice = self._config_vars.get("_attn_implementation_internal", self)  # transformers 5.0-5.24's field
+        return (self.config._attn_implementation if choice is self else choice) == "eager"
+
     def forward(
         self,
         hidden_states: torch.Tensor,  # (B, Tq, D)
@@ -223,7 +140,9 @@ class TxkitAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,  # bool, broadcastable to (B, H, Tq, Tk); True = attend
         is_causal: bool = False,
         past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, Tq, D) -> ((B, Tq, D), the attention weights (B, H, Tq, Tk) or None)."""
         q = self._heads(self.q_proj(hidden_states))  # (B, H, Tq, Dh)
         if self.is_cross_attention:
             cache = past_key_values.cross_attention_cache if past_key_values is not None else None
@@ -242,16 +161,22 @@ class TxkitAttention(nn.Module):
             if past_key_values is not None:
                 # decoder self-attention: append this step's keys/values to the cache
                 k, v = past_key_values.self_attention_cache.update(k, v, self.layer_idx)  # (B, H, Tk, Dh)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attention_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and attention_mask is None,
-        )  # (B, H, Tq, Dh)
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions or self._eager():
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
+            if is_causal and attention_mask is None:  # is_causal is only set when Tq == Tk
+                attention_mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            out = F.dropout(weights, p=dropout_p, training=self.training) @ v  # (B, H, Tq, Dh)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attention_mask, dropout_p=dropout_p, is_causal=is_causal and attention_mask is None
+            )  # (B, H, Tq, Dh)
         out = out.transpose(1, 2).reshape(hidden_states.shape)  # (B, Tq, D)
-        return self.out_proj(out)
+        return self.out_proj(out), weights
 
 
 class TxkitFeedForward(nn.Module):
@@ -270,7 +195,10 @@ class TxkitFeedForward(nn.Module):
         return self.fc2(x)
 
 
-class TxkitEncoderLayer(nn.Module):
+class TxkitEncoderLayer(GradientCheckpointingLayer):
+    """Self-attention and feed-forward sub-layers. `GradientCheckpointingLayer`: after
+    `gradient_checkpointing_enable()` transformers recomputes the layer in the backward pass."""
+
     def __init__(self, config: TxkitConfig):
         super().__init__()
         self.self_attn = TxkitAttention(config)
@@ -282,13 +210,24 @@ class TxkitEncoderLayer(nn.Module):
 
     def _sublayer(self, x, norm, fn):
         # post-norm (paper): LayerNorm(x + Dropout(f(x))); pre-norm: x + Dropout(f(LayerNorm(x)))
+        # `fn` returns (output, attention weights or None); so does this
         if self.normalize_before:
-            return x + dropout(fn(norm(x)), self.dropout, self.training)
-        return norm(x + dropout(fn(x), self.dropout, self.training))
+            out, weights = fn(norm(x))
+            return x + dropout(out, self.dropout, self.training), weights
+        out, weights = fn(x)
+        return norm(x + dropout(out, self.dropout, self.training)), weights
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        x = self._sublayer(x, self.self_attn_layer_norm, lambda h: self.self_attn(h, attention_mask=attention_mask))
-        return self._sublayer(x, self.final_layer_norm, self.ffn)
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, output_attentions: bool = False):
+        """(B, S, D) -> ((B, S, D), self-attention weights or None)"""
+        x, weights = self._sublayer(
+            x,
+            self.self_attn_layer_norm,
+            lambda h: self.self_attn(h, attention_mask=attention_mask, output_attentions=output_attentions),
+        )
+        return self._sublayer(x, self.final_layer_norm, self._ffn)[0], weights
+
+    def _ffn(self, h: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.ffn(h), None  # no attention weights
 
 
 class TxkitDecoderLayer(TxkitEncoderLayer):
@@ -298,20 +237,27 @@ class TxkitDecoderLayer(TxkitEncoderLayer):
         self.encoder_attn = TxkitAttention(config, layer_idx=layer_idx, is_cross_attention=True)
         self.encoder_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
-    def forward(self, x, self_mask, is_causal, encoder_hidden_states, encoder_mask, past_key_values=None):
-        x = self._sublayer(
+    def forward(
+        self, x, self_mask, is_causal, encoder_hidden_states, encoder_mask, past_key_values=None, output_attentions=False
+    ):
+        """(B, T, D) -> ((B, T, D), self-attention weights or None, cross-attention weights or None)"""
+        x, self_weights = self._sublayer(
             x,
             self.self_attn_layer_norm,
-            lambda h: self.self_attn(h, attention_mask=self_mask, is_causal=is_causal, past_key_values=past_key_values),
-        )
-        x = self._sublayer(
+            lambda h: self.self_attn(
+                h, attention_mask=self_mask, is_causal=is_causal, past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            ),
+        )  # fmt: skip
+        x, cross_weights = self._sublayer(
             x,
             self.encoder_attn_layer_norm,
             lambda h: self.encoder_attn(
-                h, key_value_states=encoder_hidden_states, attention_mask=encoder_mask, past_key_values=past_key_values
+                h, key_value_states=encoder_hidden_states, attention_mask=encoder_mask,
+                past_key_values=past_key_values, output_attentions=output_attentions,
             ),
-        )
-        return self._sublayer(x, self.final_layer_norm, self.ffn)
+        )  # fmt: skip
+        return self._sublayer(x, self.final_layer_norm, self._ffn)[0], self_weights, cross_weights
 
 
 class TxkitPreTrainedModel(PreTrainedModel):
@@ -320,6 +266,7 @@ class TxkitPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
     _no_split_modules = ["TxkitEncoderLayer", "TxkitDecoderLayer"]
 
     @torch.no_grad()
@@ -330,7 +277,7 @@ class TxkitPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            if not getattr(module.weight, "_is_hf_initialized", False):
+            if not getattr(module.weight, "_is_hf_initialized", False) and not getattr(module, "_tied", False):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.padding_idx is not None:
                     module.weight[module.padding_idx].zero_()  # the decoder's start vector is zero
@@ -342,6 +289,21 @@ class TxkitPreTrainedModel(PreTrainedModel):
             module.positions = sinusoidal_positions(self.config.max_position_embeddings, self.config.d_model).to(
                 module.positions.device
             )
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """`set_attn_implementation` works on loaded models: the attention layers read the config's choice at
+        every call (transformers' own test of this looks for its attention-function registry in the source)."""
+        return True
+
+    def _flags(self, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+        """The call's output options, or the config's where the call leaves them None."""
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.return_dict if return_dict is None else return_dict,
+        )
 
 
 class _TxkitStack(nn.Module):
@@ -359,14 +321,16 @@ class _TxkitStack(nn.Module):
         # pre-norm needs a LayerNorm on the stack's output; the paper's post-norm has none
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.normalize_before else None
 
-    def embed(self, input_ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        length = input_ids.size(1)
+    def embed(self, input_ids: torch.Tensor | None, offset: int = 0, inputs_embeds: torch.Tensor | None = None):
+        """Token ids (B, L), or their looked-up embeddings `inputs_embeds` (B, L, D), -> (B, L, D) input of the
+        first layer: scaled embeddings + positions from `offset`, dropped out."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, L, D)
+        length = x.size(1)
         if offset + length > self.max_positions:
             raise ValueError(
                 f"sequence of {offset + length} tokens is longer than max_position_embeddings={self.max_positions}"
             )
-        x = self.embed_tokens(input_ids) * self.embed_scale  # (B, L, D)
-        x = x + self.positions[offset : offset + length].to(x.dtype)
+        x = x * self.embed_scale + self.positions[offset : offset + length].to(x.dtype)
         return dropout(x, self.dropout, self.training)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
@@ -378,12 +342,31 @@ class TxkitEncoder(_TxkitStack):
         super().__init__(config, embed_tokens, config.encoder_layers)
         self.layers = nn.ModuleList([TxkitEncoderLayer(config) for _ in range(config.encoder_layers)])
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> BaseModelOutput:
-        x = self.embed(input_ids)  # (B, S, D)
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, S)
+        attention_mask: torch.Tensor | None = None,  # (B, S), 1 = real token
+        inputs_embeds: torch.Tensor | None = None,  # (B, S, D), instead of input_ids
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> BaseModelOutput | tuple:
+        x = self.embed(input_ids, inputs_embeds=inputs_embeds)  # (B, S, D)
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        states = () if output_hidden_states else None  # each layer's input, then the stack's output
+        attentions = () if output_attentions else None
         for layer in self.layers:
-            x = layer(x, mask)
-        return BaseModelOutput(last_hidden_state=self.finish(x))
+            if output_hidden_states:
+                states += (x,)
+            x, weights = layer(x, mask, output_attentions)
+            if output_attentions:
+                attentions += (weights,)
+        x = self.finish(x)
+        if output_hidden_states:
+            states += (x,)
+        out = BaseModelOutput(last_hidden_state=x, hidden_states=states, attentions=attentions)
+        return out if return_dict else out.to_tuple()
 
 
 class TxkitDecoder(_TxkitStack):
@@ -393,14 +376,23 @@ class TxkitDecoder(_TxkitStack):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # (B, T)
-        encoder_hidden_states: torch.Tensor,  # (B, S, D)
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        encoder_hidden_states: torch.Tensor | None = None,  # (B, S, D)
         encoder_attention_mask: torch.Tensor | None = None,  # (B, S)
         past_key_values: EncoderDecoderCache | None = None,
-    ) -> torch.Tensor:
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D), instead of input_ids
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = False,
+        cache: EncoderDecoderCache | None = None,  # the name transformers >= 5.24 uses for past_key_values
+        **kwargs,
+    ) -> torch.Tensor | BaseModelOutputWithPastAndCrossAttentions:
+        """The decoder's output (B, T, D); with `return_dict=True` a transformers output with the cache, hidden
+        states and attentions. (txkit's search calls it step by step and wants the bare tensor.)"""
+        past_key_values = cache if cache is not None else past_key_values
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        x = self.embed(input_ids, offset=past)  # (B, T, D)
-        steps = input_ids.size(1)
+        x = self.embed(input_ids, offset=past, inputs_embeds=inputs_embeds)  # (B, T, D)
+        steps = x.size(1)
         # Causal mask. No padding mask on the target side: padding only ever follows the real tokens,
         # so causality already keeps it out of every real position.
         self_mask, is_causal = None, False
@@ -409,9 +401,30 @@ class TxkitDecoder(_TxkitStack):
         elif steps > 1:  # several new tokens on top of a cache: position i sees the past and new tokens <= i
             self_mask = torch.ones(steps, past + steps, dtype=torch.bool, device=x.device).tril(diagonal=past)
         enc_mask = None if encoder_attention_mask is None else encoder_attention_mask.bool()[:, None, None, :]
+        states = () if output_hidden_states else None  # each layer's input, then the stack's output
+        self_attentions = () if output_attentions else None
+        cross_attentions = () if output_attentions else None
         for layer in self.layers:
-            x = layer(x, self_mask, is_causal, encoder_hidden_states, enc_mask, past_key_values)
-        return self.finish(x)
+            if output_hidden_states:
+                states += (x,)
+            x, self_weights, cross_weights = layer(
+                x, self_mask, is_causal, encoder_hidden_states, enc_mask, past_key_values, output_attentions
+            )
+            if output_attentions:
+                self_attentions += (self_weights,)
+                cross_attentions += (cross_weights,)
+        x = self.finish(x)
+        if not return_dict:
+            return x
+        if output_hidden_states:
+            states += (x,)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=x,
+            hidden_states=states,
+            attentions=self_attentions,
+            cross_attentions=cross_attentions,
+            **{CACHE_FIELD: past_key_values},
+        )
 
 
 class TxkitModel(TxkitPreTrainedModel):
@@ -421,9 +434,25 @@ class TxkitModel(TxkitPreTrainedModel):
         super().__init__(config)
         pad = config.pad_token_id
         if config.shared_vocab:
-            # one matrix for source embeddings, target embeddings and (in the LM head) the output projection
+            # One matrix for source embeddings, target embeddings and (in the LM head) the output projection.
+            # Three modules whose weights transformers ties (`_tied_weights_keys`), as for its own models, so that
+            # `from_pretrained` reports a checkpoint that lacks the matrix as missing. The two tied ones get no
+            # initialisation of their own (`_weight`, `_tied`): a model built from a seed has the same weights as
+            # when the three were one module.
             self.shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
-            src_embed = tgt_embed = self.shared
+            if config.tie_word_embeddings:
+                src_embed, tgt_embed = (
+                    nn.Embedding(config.vocab_size, config.d_model, pad, _weight=torch.empty_like(self.shared.weight))
+                    for _ in range(2)
+                )
+                src_embed._tied = tgt_embed._tied = True
+                self._tied_weights_keys = {
+                    "encoder.embed_tokens.weight": "shared.weight",
+                    "decoder.embed_tokens.weight": "shared.weight",
+                }
+            else:  # transformers ties nothing then (as for its Marian): three matrices of their own
+                src_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
+                tgt_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
         else:
             src_embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=pad)
             tgt_embed = nn.Embedding(config.tgt_vocab_size, config.d_model, padding_idx=pad)
@@ -439,11 +468,64 @@ class TxkitModel(TxkitPreTrainedModel):
         if self.config.shared_vocab:
             self.shared = self.decoder.embed_tokens = value
 
-    def get_encoder(self):
-        return self.encoder
+    def get_encoder(self, modality: str | None = None):
+        return self.encoder if modality is None else super().get_encoder(modality)
 
     def get_decoder(self):
         return self.decoder
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (B, S)
+        attention_mask: torch.Tensor | None = None,  # (B, S), 1 = real token
+        decoder_input_ids: torch.LongTensor | None = None,  # (B, T); default: the start token alone
+        decoder_attention_mask: torch.Tensor | None = None,  # unused: the decoder needs only its causal mask
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        cache: Cache | None = None,  # EncoderDecoderCache; `past_key_values` before transformers 5.24
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # (B, S, D), instead of input_ids
+        decoder_inputs_embeds: torch.Tensor | None = None,  # (B, T, D), instead of decoder_input_ids
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = self._flags(
+            output_attentions, output_hidden_states, return_dict
+        )
+        cache = _cache_argument(cache, past_key_values)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids, attention_mask, inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            )  # fmt: skip
+        elif not isinstance(encoder_outputs, BaseModelOutput):  # a tuple (last hidden state, states, attentions)
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if not use_cache:
+            cache = None
+        elif cache is None and not self.training:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            batch = encoder_outputs.last_hidden_state.size(0)
+            decoder_input_ids = torch.full((batch, 1), self.config.decoder_start_token_id, device=self.device)
+        decoder_outputs = self.decoder(
+            decoder_input_ids, encoder_outputs.last_hidden_state, attention_mask, past_key_values=cache,
+            inputs_embeds=decoder_inputs_embeds, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )  # fmt: skip
+        out = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,  # (B, T, D)
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{CACHE_FIELD: cache},
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
@@ -451,7 +533,7 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
 
     The padding token is the decoder's start token; its embedding row is zero and stays zero: its
     gradient is masked in the embedding lookup (`padding_idx`) and, through the tied output projection,
-    by setting its logit to -inf, which also keeps search from ever producing it.
+    by fixing its logit far below the others (no gradient), which also keeps search from ever producing it.
     """
 
     def __init__(self, config: TxkitConfig):
@@ -468,8 +550,8 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
             self._tied_weights_keys = {"lm_head.weight": "model.decoder.embed_tokens.weight"}
         self.post_init()
 
-    def get_encoder(self):
-        return self.model.encoder
+    def get_encoder(self, modality: str | None = None):
+        return self.model.encoder if modality is None else super().get_encoder(modality)
 
     def get_decoder(self):
         return self.model.decoder
@@ -484,9 +566,9 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., V) logits with the padding logit at -inf."""
+        """(..., D) -> (..., V) logits, the padding logit `PAD_LOGIT_MARGIN` below the row's smallest."""
         logits = self.lm_head(hidden_states)
-        logits[..., self.config.pad_token_id] = float("-inf")
+        logits[..., self.config.pad_token_id] = logits.detach().amin(dim=-1) - PAD_LOGIT_MARGIN
         return logits
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -501,44 +583,36 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         encoder_outputs: BaseModelOutput | tuple | None = None,
         cache: Cache | None = None,  # EncoderDecoderCache; `past_key_values` before transformers 5.24
         past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # (B, S, D), instead of input_ids
+        decoder_inputs_embeds: torch.Tensor | None = None,  # (B, T, D), instead of decoder_input_ids
         labels: torch.LongTensor | None = None,  # (B, T), -100 or padding = ignored
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
         return_logits: bool = True,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> TxkitSeq2SeqLMOutput:
+    ) -> TxkitSeq2SeqLMOutput | tuple:
         """With `labels`, the loss is the label-smoothed cross-entropy summed over target tokens and divided
         by `num_items_in_batch` when given (the step's token count across processes and accumulation
         steps, as the transformers Trainer passes it), else by this batch's target tokens; `nll_loss` is
         the same without smoothing. `return_logits=False` (training) projects only the real target
         positions onto the vocabulary and returns no logits: the projection and softmax over padding are
         skipped and no (B, T, V) tensor is kept."""
-        past_key_values = cache if cache is not None else past_key_values
-        if encoder_outputs is None:
-            encoder_outputs = self.model.encoder(input_ids, attention_mask)
-        elif isinstance(encoder_outputs, (tuple, list)):
-            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
             use_cache = False
-            if decoder_input_ids is None:
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        if not use_cache:
-            past_key_values = None
-        if decoder_input_ids is None:
-            start = self.config.decoder_start_token_id
-            decoder_input_ids = torch.full((encoder_outputs.last_hidden_state.size(0), 1), start, device=self.device)
-
-        hidden = self.model.decoder(
-            decoder_input_ids,
-            encoder_outputs.last_hidden_state,
-            attention_mask,
-            past_key_values=past_key_values,
-        )  # (B, T, D)
+        outputs = self.model(
+            input_ids, attention_mask, decoder_input_ids, encoder_outputs=encoder_outputs,
+            cache=_cache_argument(cache, past_key_values), inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )  # fmt: skip
+        hidden = outputs.last_hidden_state  # (B, T, D)
         pad = self.config.pad_token_id
         logits = loss = nll_loss = n_tokens = None
         if labels is not None and not return_logits:
@@ -556,11 +630,17 @@ class TxkitForConditionalGeneration(TxkitPreTrainedModel, GenerationMixin):
         if loss is not None:
             denominator = num_items_in_batch if num_items_in_batch is not None else n_tokens.clamp(min=1)
             loss, nll_loss = loss / denominator, nll_loss / denominator
-        return TxkitSeq2SeqLMOutput(
+        out = TxkitSeq2SeqLMOutput(
             loss=loss,
             nll_loss=nll_loss,
             num_tokens=n_tokens,
             logits=logits,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            **{CACHE_FIELD: past_key_values},
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
+        return out if return_dict else out.to_tuple()
