@@ -92,7 +92,10 @@ def test_output_does_not_depend_on_batch_composition(loaded, test_sources):
 def test_beam_search_matches_generate_in_hf_form(loaded, test_sources):
     """txkit's search = `model.generate` with the same beam, Hugging Face length penalty and length limit."""
     model, src_tok, tgt_tok = loaded
-    max_new = 40
+    # a length limit that some sentences reach and most do not, so both ways of finishing are compared
+    natural = Translator(model, src_tok, tgt_tok, DecodeOptions(beam_size=4, lp_form="hf", max_len_a=0, max_len_b=100))
+    natural_lengths = sorted(len(hyps[0].tokens) for hyps in natural.translate_hypotheses(test_sources))
+    max_new = natural_lengths[int(0.9 * len(natural_lengths))]
     options = DecodeOptions(
         beam_size=4, length_penalty=0.6, lp_form="hf", max_len_a=0, max_len_b=max_new, max_tokens=1500
     )
@@ -111,7 +114,7 @@ def test_beam_search_matches_generate_in_hf_form(loaded, test_sources):
             theirs[i] = text
     assert ours == theirs
     # the check is only as strong as the outputs are varied
-    assert len(set(ours)) > 200
+    assert len(set(ours)) > len(ours) // 2
     lengths = [len(hyps[0].tokens) for hyps in hypotheses]
     ended = sum(n < max_new for n in lengths)  # the rest reached the limit: both ways of finishing occur
     assert len(set(lengths)) > 10 and 0.75 * len(lengths) < ended < len(lengths)

@@ -54,7 +54,10 @@ def test_txkit_step_decoder_equals_the_models_own_decoder(activation, normalize_
             tokens = history[:, -1]
             got, expected = fast.step(tokens), cached.step(tokens)
             assert got.shape == expected.shape == (history.size(0), out_vocab)
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+            real = torch.arange(out_vocab) != config.pad_token_id
+            torch.testing.assert_close(got[:, real], expected[:, real], atol=1e-5, rtol=0)
+            # padding's value sits ~110 below the row's smallest (probability 0), so compare it relatively
+            torch.testing.assert_close(got[:, ~real], expected[:, ~real], atol=1e-5, rtol=1e-6)
             # and the full forward of the model (no cache) over each row's whole history
             full = model(
                 input_ids=input_ids[sentence], attention_mask=attention_mask[sentence], decoder_input_ids=history,

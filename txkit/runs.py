@@ -128,6 +128,10 @@ def read_log(path: str | os.PathLike) -> list[dict]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise TxkitError(f"{path}: no training log (is it a run directory written by txkit train?)") from None
+    except UnicodeDecodeError as exc:
+        raise TxkitError(f"{path}: not UTF-8 text (byte offset {exc.start}); is it a txkit log?") from None
+    except OSError as exc:
+        raise TxkitError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -140,6 +144,6 @@ def read_log(path: str | os.PathLike) -> list[dict]:
             raise TxkitError(f"{path} line {number}: not valid JSON") from None
         if isinstance(record, dict) and "step" in record:
             if not isinstance(record["step"], int) or isinstance(record["step"], bool):
-                raise TxkitError(f'{path} line {number}: "step" is {record["step"]!r}, not a whole number')
+                raise TxkitError(f'{path} line {number}: "step" must be an integer, not {json.dumps(record["step"])}')
             records.append(record)
     return records
