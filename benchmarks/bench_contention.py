@@ -30,6 +30,8 @@ _OPENMP_KEYS = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT", "OMP_NUM_T
 POLICIES = {
     "before (torch default: 2 spinning threads)": {"policy": "default"},
     "one thread": {"policy": "default", "env": {"OMP_NUM_THREADS": "1"}},
+    "spin 10k": {"policy": "default", "env": {"GOMP_SPINCOUNT": "10000"}},
+    "spin 100k": {"policy": "default", "env": {"GOMP_SPINCOUNT": "100000"}},
     "txkit (threads.py)": {"policy": "txkit"},
 }
 
@@ -47,7 +49,7 @@ def worker(args) -> None:
 
     from txkit.recipe import load_recipe
     from txkit.threads import set_threads
-    from txkit.training import Trainer
+    from txkit.train_setup import build_trainer
 
     threads = set_threads() if os.environ.get("BENCH_POLICY") == "txkit" else torch.get_num_threads()
     os.environ["TXKIT_DATA"] = str(args.data)
@@ -57,7 +59,7 @@ def worker(args) -> None:
         f"train.max_tokens={args.max_tokens}", "train.save_every_minutes=0", "train.log_every_steps=0",
     ])  # fmt: skip
     with tempfile.TemporaryDirectory() as run:
-        trainer = Trainer(recipe, Path(run) / "run")
+        trainer = build_trainer(recipe, Path(run) / "run")
         n = args.warmup + args.steps
         batches = list(trainer.sampler)
         batches = (batches * (n // len(batches) + 1))[:n]

@@ -168,10 +168,10 @@ def run_stage(stage: str, corpus: Path, work: Path, num_proc: int, batching_modu
     elif stage == "first_step":
         import itertools
 
-        from txkit.training import Trainer
+        from txkit.train_setup import build_trainer
 
         started = time.perf_counter()
-        trainer = Trainer(recipe, work / "run")
+        trainer = build_trainer(recipe, work / "run")
         info["setup_s"] = round(time.perf_counter() - started, 1)
         info["rss_after_setup_mb"] = _maxrss_mb(resource.RUSAGE_SELF)
         info["batches_per_epoch"] = len(trainer.sampler)

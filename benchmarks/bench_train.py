@@ -74,7 +74,7 @@ def main() -> None:
     from txkit.modeling.modeling_txkit import label_smoothed_nll, shift_tokens_right
     from txkit.recipe import load_recipe
     from txkit.schedule import build_optimizer, build_scheduler, peak_flops, training_flops
-    from txkit.training import Trainer
+    from txkit.train_setup import build_trainer
 
     os.environ["TXKIT_DATA"] = str(args.data)
     cuda = torch.cuda.is_available()
@@ -88,7 +88,7 @@ def main() -> None:
             f"train.max_tokens={args.max_tokens}", f"train.mixed_precision={args.precision}",
             "train.save_every_minutes=0", "train.log_every_steps=0",
         ])  # fmt: skip
-        trainer = Trainer(recipe, Path(tmp) / "run")
+        trainer = build_trainer(recipe, Path(tmp) / "run")
         config = trainer.config
         n_batches = args.warmup + args.steps
         batches = list(trainer.sampler)
