@@ -130,3 +130,17 @@ def trained_model(tmp_path_factory, shared_data) -> Path:
     if not (folder / "model.safetensors").is_file():
         train_small_model(folder, shared_data)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer_300(shared_data, tmp_path_factory) -> Path:
+    """A 1000-token joint BPE vocabulary learned from the first 300 Multi30k en-de training pairs (fast), as
+    `txkit train` would build it for the small test recipes."""
+    from txkit.tokenization import build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tok300")
+    for lang in ("en", "de"):
+        head(shared_data / "multi30k" / f"train.{lang}", folder / f"train.{lang}", 300)
+    build_tokenizer([folder / "train.en", folder / "train.de"], folder / "tok", vocab_size=1000,
+                    show_progress=False, stats=False)  # fmt: skip
+    return folder / "tok"

@@ -23,17 +23,8 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data, tmp_path_factory) -> Path:
-    from txkit.tokenization import build_tokenizer
-
-    # a vocabulary learned from the 300 training pairs of the recipe (fast), as `txkit train` would build it
-    folder = tmp_path_factory.mktemp("tok")
-    for lang in ("en", "de"):
-        lines = (shared_data / "multi30k" / f"train.{lang}").read_text(encoding="utf-8").splitlines()[:300]
-        (folder / f"train.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    build_tokenizer([folder / "train.en", folder / "train.de"], folder / "tok", vocab_size=1000,
-                    show_progress=False, stats=False)  # fmt: skip
-    return folder / "tok"
+def tokenizer(tokenizer_300) -> Path:
+    return tokenizer_300
 
 
 def _even_batch_budget(shared_data: Path, tokenizer: Path) -> int:

@@ -34,16 +34,8 @@ TIMEOUT = 300  # seconds any launch may take on a loaded 2-core machine; nothing
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared_data, tmp_path_factory) -> Path:
-    from txkit.tokenization import build_tokenizer
-
-    folder = tmp_path_factory.mktemp("tok")
-    for lang in ("en", "de"):
-        lines = (shared_data / "multi30k" / f"train.{lang}").read_text(encoding="utf-8").splitlines()[:300]
-        (folder / f"train.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    build_tokenizer([folder / "train.en", folder / "train.de"], folder / "tok", vocab_size=1000,
-                    show_progress=False, stats=False)  # fmt: skip
-    return folder / "tok"
+def tokenizer(tokenizer_300) -> Path:
+    return tokenizer_300
 
 
 @pytest.fixture(scope="module")
