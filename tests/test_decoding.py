@@ -89,6 +89,38 @@ def test_output_does_not_depend_on_batch_composition(loaded, test_sources):
     assert Translator(*loaded, DecodeOptions(max_tokens=300)).translate(shuffled) == list(reversed(one))
 
 
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(lp_form="hf"), dict(nbest=3), dict(sampling=True, seed=3, nbest=2)],
+    ids=["gnmt", "hf", "nbest", "sampling"],
+)
+def test_search_continuous_gives_each_sentence_its_own_result(loaded, test_sources, options):
+    """Sentences fed a few at a time, in another order, with some cancelled on the way: each finished
+    sentence has the hypotheses `translate_hypotheses` gives it; cancelled ones give nothing."""
+    lines = test_sources[:40]
+    translator = Translator(*loaded, DecodeOptions(max_sentences=6, **options))
+    expected = translator.translate_hypotheses(lines)
+    waiting = [p for p in reversed(translator.pending(lines)) if p is not None]
+    cancelled = {p.key for p in waiting[5:9]}
+    got: dict = {}
+    asked: list[int] = []
+
+    def feed(room: int):
+        asked.append(room)
+        taken = waiting[: min(room, 3)]  # fewer than asked for: sentences trickle in
+        del waiting[: len(taken)]
+        for p in taken:
+            p.cancelled = p.key in cancelled
+        return taken
+
+    translator.search_continuous(feed, lambda p, hyps: got.setdefault(p.key, hyps))
+    assert not waiting and asked and max(asked) <= 6
+    assert set(got) == set(range(len(lines))) - cancelled
+    for key, hyps in got.items():  # the same translations; scores up to float rounding (other padding)
+        assert [h.tokens for h in hyps] == [h.tokens for h in expected[key]], lines[key]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in expected[key]], abs=1e-4)
+
+
 def test_beam_search_matches_generate_in_hf_form(loaded, test_sources):
     """txkit's search = `model.generate` with the same beam, Hugging Face length penalty and length limit."""
     model, src_tok, tgt_tok = loaded

@@ -23,7 +23,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -34,6 +34,7 @@ from txkit.step_decoder import step_decoder
 from txkit.textio import decode_lines
 
 STREAM_CHUNK_LINES = 2000  # most lines translated together when streaming
+_CONTINUOUS_ROOM = 64  # search_continuous: sentences taken at once when max_sentences is not set
 _STREAM_WAIT_S = 0.01  # a stream chunk closes when no line arrived for this long
 
 
@@ -165,6 +166,20 @@ def _sentence_seed(seed: int, line: int, sample: int) -> int:
 # ----------------------------------------------------------------------------- the translator
 
 
+@dataclass(eq=False)
+class Pending:
+    """One sentence handed to `Translator.search_continuous`: its source ids, its output limit and the line
+    number its sampling seeds derive from. `key` is the caller's handle; setting `cancelled` (from any
+    thread) drops the sentence from the search at the next step without a result (a server's client that
+    went away)."""
+
+    ids: list[int]  # source token ids, </s> included
+    max_length: int  # most output tokens, </s> included
+    line: int = 0  # line number for sampling seeds: the same line gives the same samples in any batch
+    key: object = None
+    cancelled: bool = False
+
+
 @dataclass
 class _Work:
     """The tokenized sentences of one call, in input order."""
@@ -231,6 +246,43 @@ class Translator:
                 yield self.detokenize(hyps)
             done += len(chunk)
 
+    def pending(self, lines: Sequence[str], first_line: int = 0) -> list[Pending | None]:
+        """The lines as `Pending` sentences for `search_continuous` (key = index in `lines`); None for a
+        line that needs no search (empty, or overlong with overlong="empty"), whose result is empty."""
+        work = self._prepare(list(lines), first_line)
+        self.overlong.extend(work.overlong)
+        return [
+            None if ids is None else Pending(ids, work.max_lengths[i], first_line + i, key=i)
+            for i, ids in enumerate(work.ids)
+        ]
+
+    def search_continuous(
+        self,
+        feed: Callable[[int], list[Pending]],
+        done: Callable[[Pending, list[Hypothesis]], None],
+    ) -> None:
+        """Search sentences as they arrive. `feed(room)` returns up to `room` waiting sentences without
+        blocking ([] when none wait); `done(pending, hyps)` receives each finished sentence's hypotheses,
+        best first, in the order sentences finish. Returns once `feed` gives nothing and no sentence is
+        left in the search. A sentence's result does not depend on what else is searched with it.
+
+        This form takes one batch from `feed` at a time and searches it to the end."""
+        room = self.options.max_sentences or _CONTINUOUS_ROOM
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                while True:
+                    arrived = feed(room)
+                    if not arrived:
+                        return
+                    batch = [p for p in arrived if not p.cancelled]
+                    for item, hyps in zip(batch, self._search(batch) if batch else []):
+                        if not item.cancelled:
+                            done(item, hyps)
+        finally:
+            self.model.train(was_training)
+
     # internals ----------------------------------------------------------------------------------
 
     def detokenize(self, hyps: list[Hypothesis]) -> list[tuple[str, float]]:
@@ -240,21 +292,20 @@ class Translator:
 
     def _translate(self, lines: list[str], first_line: int) -> list[list[Hypothesis]]:
         opts = self.options
-        work = self._prepare(lines, first_line)
-        self.overlong.extend(work.overlong)
+        items = self.pending(lines, first_line)
         results = [[Hypothesis(0.0, [], 0.0)] * opts.nbest for _ in lines]
-        todo = [i for i, ids in enumerate(work.ids) if ids is not None]
+        todo = [item for item in items if item is not None]
         if not todo:
             return results
-        batches = length_sorted_batches([len(work.ids[i]) for i in todo], opts.max_tokens, opts.max_sentences)
+        batches = length_sorted_batches([len(item.ids) for item in todo], opts.max_tokens, opts.max_sentences)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
                 for batch in batches:
-                    indices = [todo[j] for j in batch]
-                    for i, hyps in zip(indices, self._search([work.ids[i] for i in indices], indices, work)):
-                        results[i] = hyps
+                    chosen = [todo[j] for j in batch]
+                    for item, hyps in zip(chosen, self._search(chosen)):
+                        results[item.key] = hyps
         finally:
             self.model.train(was_training)
         return results
@@ -278,10 +329,11 @@ class Translator:
             work.max_lengths[i] = max(1, min(int(opts.max_len_a * n_source + opts.max_len_b), limit))
         return work
 
-    def _search(self, sources: list[list[int]], indices: list[int], work: _Work):
-        """Search one batch of token-id lists; per sentence, its hypotheses best first."""
+    def _search(self, items: list[Pending]):
+        """Search one batch of sentences; per sentence, its hypotheses best first."""
         opts = self.options
         device = next(self.model.parameters()).device
+        sources = [item.ids for item in items]
         longest = max(len(ids) for ids in sources)
         input_ids = torch.full((len(sources), longest), self.pad_token_id, dtype=torch.long)  # (B, S)
         attention_mask = torch.zeros((len(sources), longest), dtype=torch.long)
@@ -289,11 +341,9 @@ class Translator:
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
         decoder = step_decoder(self.model, input_ids.to(device), attention_mask.to(device))
-        max_lengths = [work.max_lengths[i] for i in indices]
+        max_lengths = [item.max_length for item in items]
         if opts.sampling:
-            seeds = [
-                [_sentence_seed(opts.seed, work.first_line + i, s) for s in range(opts.nbest)] for i in indices
-            ]
+            seeds = [[_sentence_seed(opts.seed, item.line, s) for s in range(opts.nbest)] for item in items]
             return sample_search(
                 decoder, max_lengths, self.eos_token_id, top_k=opts.top_k, top_p=opts.top_p,
                 temperature=opts.temperature, seeds=seeds, num_samples=opts.nbest,
