@@ -151,6 +151,7 @@ class Case:
     code: int = 2
     owned: list = field(default_factory=list)  # paths (relative to the case folder) the command may rewrite
     absent: str | None = None  # regex the output must not contain
+    env: dict = field(default_factory=dict)  # environment variables set for the command
 
 
 T, CK = "train", "checkpoints"
@@ -208,6 +209,10 @@ CASES = [
          r"input file not found: .*nope\.txt"),
     Case("translate-input-not-utf8", lambda c, f: ["translate", str(model(c, f)), "-i", str(latin1(c)), "-o", str(c / "out.txt")],
          r"latin1\.txt line 2: not valid UTF-8"),
+    Case("translate-threads-zero", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "--threads", "0"],
+         r"--threads: the number of threads must be at least 1, not 0"),
+    Case("translate-txkit-threads-not-a-number", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt"))],
+         r"TXKIT_THREADS='two': expected a whole number of threads", env={"TXKIT_THREADS": "two"}),
     Case("translate-device-gpu", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "--device", "gpu"],
          r"--device gpu: unknown device"),
     Case("translate-device-cuda7", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "--device", "cuda:7"],
@@ -436,6 +441,8 @@ def test_bad_input(case: Case, fx: Fixtures, tmp_path, capsys, monkeypatch):
     folder.mkdir()
     monkeypatch.chdir(folder)
     monkeypatch.setenv("TXKIT_DATA", str(fx.data))
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
     args = [str(a) for a in case.build(folder, fx)]
     capsys.readouterr()
     before = snapshot(folder)

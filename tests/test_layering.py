@@ -20,7 +20,7 @@ STAGES: dict[str, list[str]] = {
     "recipe schema": ["txkit.options", "txkit.recipe", "txkit.corpus_spec", "txkit.runs"],
     "tokenization and data": ["txkit.modelfiles", "txkit.tokenization", "txkit.data", "txkit.batching", "txkit.prepare", "txkit.fetch"],
     "model": ["txkit.modeling"],
-    "training and decoding": ["txkit.schedule", "txkit.train_state", "txkit.checkpointing", "txkit.training",
+    "training and decoding": ["txkit.thread_stable", "txkit.schedule", "txkit.train_state", "txkit.checkpointing", "txkit.training",
                               "txkit.train_setup", "txkit.averaging", "txkit.search", "txkit.step_decoder",
                               "txkit.decoding"],
     "evaluation": ["txkit.evaluation", "txkit.metrics"],

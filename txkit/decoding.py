@@ -19,6 +19,7 @@ Policies (documented here because the CLI and the training loop share them):
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -201,8 +202,9 @@ class Translator:
     (for streams: counted from the stream's start).
     """
 
-    def __init__(self, model, src_tok, tgt_tok=None, options: DecodeOptions | None = None):
+    def __init__(self, model, src_tok, tgt_tok=None, options: DecodeOptions | None = None, governor=None):
         self.model = _unwrap(model)
+        self.governor = governor  # a txkit.threads.ThreadGovernor choosing the CPU thread count per batch
         self.src_tok = src_tok
         self.tgt_tok = tgt_tok if tgt_tok is not None else src_tok
         self.options = options or DecodeOptions()
@@ -304,11 +306,17 @@ class Translator:
             with torch.inference_mode():
                 for batch in batches:
                     chosen = [todo[j] for j in batch]
-                    for item, hyps in zip(chosen, self._search(chosen)):
+                    with self._governed(sum(len(item.ids) for item in chosen)):
+                        found = self._search(chosen)
+                    for item, hyps in zip(chosen, found):
                         results[item.key] = hyps
         finally:
             self.model.train(was_training)
         return results
+
+    def _governed(self, work: int):
+        """The governor's timed unit for a batch of `work` source tokens (nothing without a governor)."""
+        return self.governor.unit(work) if self.governor is not None else contextlib.nullcontext()
 
     def _prepare(self, lines: list[str], first_line: int) -> _Work:
         """Tokenize; mark empty lines; apply the overlong policy; per-sentence output limits."""

@@ -149,6 +149,13 @@ class Trainer:
         self.unwrapped = accelerator.unwrap_model(self.model)
         self.config = self.unwrapped.config
         self.n_params = sum(p.numel() for p in self.unwrapped.parameters())
+        self.governor = None
+        if accelerator.device.type == "cpu":  # the thread count may change step by step (txkit/threads.py)
+            from txkit.thread_stable import make_thread_stable
+            from txkit.threads import ThreadGovernor
+
+            make_thread_stable(self.unwrapped)
+            self.governor = ThreadGovernor.create()
         self._setup_state()  # last: it restores the random number generators when resuming
 
     def _setup_state(self) -> None:
@@ -228,6 +235,8 @@ class Trainer:
         n_tgt, n_src, flops = acc.reduce(counts, reduction="sum").tolist()  # the whole step's, all processes
         scale = acc.num_processes / max(n_tgt, 1.0)
         sums = torch.zeros(2, dtype=torch.float64, device=acc.device)  # smoothed loss, nll
+        if self.governor is not None:
+            self.governor.choose()
         started = time.perf_counter()
         self.model.train()
         for i, batch in enumerate(batches):
@@ -254,6 +263,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - started
+        if self.governor is not None:
+            self.governor.record(n_tgt, elapsed)
         if acc.optimizer_step_was_skipped:  # fp16 overflow: the scaler lowered the loss scale
             self.state.overflow_steps += 1
             return False
@@ -398,6 +409,8 @@ class Trainer:
             "train/skipped_steps": self.state.skipped_steps,
             "train/overflow_steps": self.state.overflow_steps,
         }
+        if self.governor is not None:  # the CPU thread count chosen for the steps now (txkit/threads.py)
+            values["train/threads"] = self.governor.current
         if self.mfu_peak:
             values["train/mfu"] = iv["flops"] / seconds / self.mfu_peak
         self._record(values)

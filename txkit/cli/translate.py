@@ -51,7 +51,8 @@ def translate_command(
     device: Optional[str] = _option("device", "--device"),
     dtype: str = typer.Option("auto", "--dtype", help=help_of(DecodeOptions, "dtype")),
     threads: Optional[int] = typer.Option(
-        None, "--threads", help="CPU threads (default: one per core, or $TXKIT_THREADS / $OMP_NUM_THREADS)."
+        None, "--threads", help="CPU threads (default: chosen batch by batch between one per core and one fewer, whichever is faster "
+        "now; or $TXKIT_THREADS / $OMP_NUM_THREADS)."
     ),
 ):
     """Translate a file or standard input: one output line per input line, in order."""
@@ -78,11 +79,12 @@ def translate_command(
         seed=seed, max_tokens=max_tokens, max_sentences=max_sentences, device=device, dtype=dtype, overlong=overlong,
     )  # fmt: skip
     options.check()
-    from txkit.threads import set_threads
+    from txkit.threads import ThreadGovernor
 
-    set_threads(threads)
+    governor = ThreadGovernor.create(threads)  # None when the count is the user's (--threads, environment)
     loaded, src_tok, tgt_tok = load_model(model_path, options.device, options.dtype)
-    translator = Translator(loaded, src_tok, tgt_tok, options)
+    on_cpu = next(loaded.parameters()).device.type == "cpu"
+    translator = Translator(loaded, src_tok, tgt_tok, options, governor=governor if on_cpu else None)
 
     if input is not None:
         source = open(input, "rb")
