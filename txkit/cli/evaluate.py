@@ -23,11 +23,16 @@ def eval_command(
         None, "--ref", "-r", help="Reference file, aligned with the hypotheses; repeat for more references."
     ),
     src: Optional[str] = typer.Option(None, "--src", help="Source file to translate with MODEL."),
-    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, ter."),
+    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, ter (bleu_tokenized: see --tokenized-bleu)."),
     lowercase: bool = typer.Option(
         False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is always case-insensitive)."
     ),
     tokenize: str = typer.Option("13a", "--tokenize", "-tok", help="BLEU tokenizer: 13a, intl, none, zh, char."),
+    tokenized_bleu: Optional[str] = typer.Option(
+        None, "--tokenized-bleu", metavar="LANG",
+        help="Also report the literature's BLEU on lowercased, Moses-tokenized text (LANG: the target language's "
+        "Moses rules, e.g. de), labelled 'BLEU (tokenized, lowercased, Moses)'; never the main score.",
+    ),
     chrf_word_order: int = typer.Option(0, "--chrf-word-order", help="chrF word n-gram order: 0 chrF, 2 chrF++."),
     chrfpp: bool = typer.Option(False, "--chrfpp", help="Score chrF++ (same as --chrf-word-order 2)."),
     bootstrap: int = typer.Option(
@@ -49,6 +54,11 @@ def eval_command(
     metric_names = [name.strip() for name in metrics.split(",") if name.strip()]
     if chrfpp:
         chrf_word_order = 2
+    if tokenized_bleu is not None:
+        if not tokenized_bleu.strip() or not tokenized_bleu.isalpha():
+            raise TxkitError(f"--tokenized-bleu takes the target language's code (e.g. de), not {tokenized_bleu!r}")
+        if "bleu_tokenized" not in metric_names:
+            metric_names.append("bleu_tokenized")
     ref_paths = list(ref or [])
     if not ref_paths:
         raise TxkitError("give at least one reference with --ref")
@@ -103,7 +113,7 @@ def eval_command(
         baseline=baseline_info,
         options=ScoreOptions(
             metrics=tuple(metric_names), lowercase=lowercase, tokenize=tokenize, chrf_word_order=chrf_word_order,
-            bootstrap=bootstrap, seed=seed,
+            bootstrap=bootstrap, seed=seed, moses_lang=tokenized_bleu,
         ),
     )  # fmt: skip
     if json_out is not None:
