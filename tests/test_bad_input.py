@@ -98,6 +98,13 @@ def model(case: Path, fx: Fixtures, name: str = "m") -> Path:
     return copy(fx.model, case / name)
 
 
+def _other_vocabulary(case: Path, fx: Fixtures) -> Path:
+    """A second model folder m2 whose vocabulary has two tokens swapped (an ensemble must refuse it)."""
+    folder = model(case, fx, "m2")
+    swap_two_tokens(folder / "tokenizer.json")
+    return folder
+
+
 def run_copy(case: Path, fx: Fixtures) -> Path:
     return copy(fx.run, case / "run")
 
@@ -228,6 +235,10 @@ CASES = [
          r"m/tokenizer\.json: not valid tokenizer JSON"),
     Case("translate-tokenizer-of-other-size", lambda c, f: ["translate", str(_other_size_tokenizer(c, f)), "-i", str(text(c, f, "f.txt"))],
          r"m/tokenizer\.json: has 400 tokens but the model's vocabulary is \d+"),
+    Case("translate-ensemble-other-vocabulary", lambda c, f: ["translate", str(model(c, f)), str(_other_vocabulary(c, f)), "-i", str(text(c, f, "f.txt"))],
+         r"m2: its target vocabulary differs from .*m's; the models of an ensemble must share one target vocabulary"),
+    Case("eval-ensemble-other-vocabulary", lambda c, f: ["eval", str(model(c, f)), str(_other_vocabulary(c, f)), "--src", str(text(c, f, "s.en")), "--ref", str(text(c, f, "r.de", "de"))],
+         r"m2: its target vocabulary differs from .*m's"),
     Case("translate-no-such-model", lambda c, f: ["translate", str(c / "nope"), "-i", str(text(c, f, "f.txt"))],
          r"nope: no such model folder, run directory or Hub id"),
     # --- txkit eval

@@ -22,7 +22,7 @@ STAGES: dict[str, list[str]] = {
     "model": ["txkit.modeling"],
     "training and decoding": ["txkit.schedule", "txkit.train_state", "txkit.checkpointing", "txkit.training",
                               "txkit.train_setup", "txkit.averaging", "txkit.search", "txkit.step_decoder",
-                              "txkit.decoding"],
+                              "txkit.decoding", "txkit.ensemble"],
     "evaluation": ["txkit.evaluation", "txkit.metrics"],
     "sharing": ["txkit.hub", "txkit.export", "txkit.report"],
     "pipeline": ["txkit.pipeline"],

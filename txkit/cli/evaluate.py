@@ -2,6 +2,7 @@
 
     txkit eval --hyp HYP --ref REF [--ref REF2 ...]      score an existing output
     txkit eval MODEL --src SRC --ref REF                  translate SRC, then score
+    txkit eval M1 M2 --src SRC --ref REF                  translate with an ensemble, then score
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from txkit.errors import TxkitError
 
 
 def eval_command(
-    model: Optional[str] = typer.Argument(
-        None, help="Model directory (or Hub id) to translate --src with; leave out to score --hyp."
+    models: Optional[List[str]] = typer.Argument(
+        None, metavar="[MODEL...]",
+        help="Model directory (or Hub id) to translate --src with (several: an ensemble, as txkit translate); "
+        "leave out to score --hyp.",
     ),
     hyp: Optional[str] = typer.Option(None, "--hyp", "-H", help="Hypothesis file, one segment per line."),
     ref: Optional[List[str]] = typer.Option(
@@ -51,6 +54,7 @@ def eval_command(
     from txkit import evaluation
     from txkit.options import ScoreOptions
 
+    model = ", ".join(models) if models else None  # how the report names the system
     metric_names = [name.strip() for name in metrics.split(",") if name.strip()]
     if chrfpp:
         chrf_word_order = 2
@@ -80,8 +84,8 @@ def eval_command(
         atomic.check_output_file(json_out, "--json", inputs + [("--hyp-out", hyp_out)])
         if hyp_out is not None and Path(json_out).absolute() == Path(hyp_out).absolute():
             raise TxkitError(f"--json {json_out}: is also the --hyp-out file; give two different files")
-    if model is not None:
-        _check_model(model)
+    for one in models or []:
+        _check_model(one)
 
     # Read and check every file before the slow parts (loading metrics, translating).
     refs = [evaluation.read_lines(path, "reference") for path in ref_paths]
@@ -94,7 +98,7 @@ def eval_command(
     else:
         sources = evaluation.read_lines(src, "source")
         evaluation.check_same_length((src, sources), *named_refs)
-        hyps = _translate(model, sources, beam_size=beam_size, max_tokens=max_tokens)
+        hyps = _translate(models, sources, beam_size=beam_size, max_tokens=max_tokens)
         if hyp_out is not None:
             _write_lines(hyp_out, hyps)
         system = {"model": model, "source": src, "path": hyp_out, "lines": len(hyps)}
@@ -121,12 +125,14 @@ def eval_command(
     typer.echo(evaluation.format_table(report))
 
 
-def _translate(model: str, sources: list[str], **decode_opts) -> list[str]:
-    try:
-        from txkit.decoding import translate_lines
-    except ImportError as exc:
-        raise TxkitError(f"cannot translate with {model}: txkit.decoding is not available ({exc})") from None
-    hyps = translate_lines(model, sources, **{k: v for k, v in decode_opts.items() if v is not None})
+def _translate(models: list[str], sources: list[str], **decode_opts) -> list[str]:
+    from txkit.decoding import DecodeOptions, Translator
+    from txkit.ensemble import load_ensemble
+
+    options = DecodeOptions.from_dict({k: v for k, v in decode_opts.items() if v is not None})
+    model, src_tok, tgt_tok = load_ensemble(models, options.device, options.dtype)
+    hyps = Translator(model, src_tok, tgt_tok, options).translate(sources)
+    model = ", ".join(models)
     if len(hyps) != len(sources):
         raise TxkitError(f"{model} returned {len(hyps)} translations for {len(sources)} source lines")
     return hyps
