@@ -30,6 +30,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")  # decoding precision
 SCHEDULES = ("noam", "inverse_sqrt", "linear", "cosine")  # learning-rate schedules
 MIXED_PRECISION = ("no", "bf16", "fp16")
 BEST_METRICS = ("bleu", "loss", "ppl")  # validation metric that picks RUN/best
+FINAL_WEIGHTS = ("ema", "trained")  # what txkit run averages into the final model when train.ema_decay is on
 ACTIVATIONS = ("relu", "gelu")  # TxkitConfig.activation_function
 TOKENIZER_MODELS = ("bpe", "unigram")
 NORMALIZATIONS = ("NFKC", "NFC", "NFKD", "NFD", "none")

@@ -313,11 +313,16 @@ def stage_average(run: _Run) -> None:
     n = run.recipe.eval.average_last
     checkpoints = last_checkpoints(run.run_dir, n, strict=False)
     inputs = {"eval.average_last": n, "checkpoints": [p.name for p in checkpoints], "train": run.fingerprints["train"]}
+    use_ema = bool(run.recipe.train.ema_decay) and run.recipe.eval.final_weights == "ema"
+    if use_ema:  # the moving average each checkpoint keeps (train.ema_decay), averaged as model folders
+        inputs["eval.final_weights"] = "ema"
+        checkpoints = [p / runs.TRAINING_STATE / runs.EMA_DIR for p in checkpoints]
     model_dir = run.run_dir / runs.FINAL_MODEL
     if run.done("average", inputs):
         return
-    started = run.start("average", f"{len(checkpoints)} checkpoint(s) {checkpoints[0].name} .. {checkpoints[-1].name} "
-                                   f"-> {model_dir}")  # fmt: skip
+    names = [(p.parents[1] if use_ema else p).name for p in checkpoints]
+    started = run.start("average", f"{len(checkpoints)} checkpoint(s) {names[0]} .. {names[-1]}"
+                                   f"{' (their EMA weights)' if use_ema else ''} -> {model_dir}")  # fmt: skip
     if len(checkpoints) < n:
         run.echo(f"     warning: eval.average_last is {n} but the run has only {len(checkpoints)} checkpoint(s)")
     average_checkpoints(checkpoints, model_dir)
