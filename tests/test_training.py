@@ -44,15 +44,23 @@ def trained_run(data_env, tmp_path_factory):
     return run_dir, result
 
 
-def _resume_overrides(tokenizer: Path, ema: bool = False) -> list[str]:
+VARIANTS = {
+    "plain": [],
+    "ema": ["train.ema_decay=0.9"],
+    # 60 pairs: about 4 updates an epoch, so the run crosses epochs and each gets its own BPE-dropout segmentation
+    "bpe-dropout": ["tokenizer.dropout=0.1", "data.max_sentences=60"],
+}
+
+
+def _resume_overrides(tokenizer: Path, variant: str = "plain") -> list[str]:
     # dropout stays on (0.1): exact resumption needs the dropout RNG restored
     return [f"tokenizer.path={tokenizer}", "train.max_steps=12", "train.save_every_steps=4", "train.keep_last=0",
-            "train.eval_every_steps=0", "train.log_every_steps=1"] + (["train.ema_decay=0.9"] if ema else [])  # fmt: skip
+            "train.eval_every_steps=0", "train.log_every_steps=1"] + VARIANTS[variant]  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "ema"])
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def reference_run(trained_run, tmp_path_factory, request):
-    """An uninterrupted 12-update run, the yardstick of the resume tests (with and without weight EMA)."""
+    """An uninterrupted 12-update run, the yardstick of the resume tests (plain, with weight EMA, with BPE-dropout)."""
     tokenizer = trained_run[0] / "tokenizer"
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     train(load_recipe(RECIPE, _resume_overrides(tokenizer, request.param)), run_dir)
@@ -174,31 +182,33 @@ def test_existing_run_needs_resume(trained_run):
 
 
 def test_stop_and_resume_gives_the_uninterrupted_run(reference_run, tmp_path):
-    reference, tokenizer, ema = reference_run
+    reference, tokenizer, variant = reference_run
     run_dir = tmp_path / "run"
     # stop after update 6; the last checkpoint is at 4, so updates 5 and 6 are done twice
-    first = train(load_recipe(RECIPE, _resume_overrides(tokenizer, ema) + ["train.stop_after_steps=6"]), run_dir)
+    first = train(load_recipe(RECIPE, _resume_overrides(tokenizer, variant) + ["train.stop_after_steps=6"]), run_dir)
     assert first.stop_reason == "stop_after_steps" and runs.latest_checkpoint(run_dir).name == "checkpoint-00000004"
     assert max(_train_records(run_dir)) == 6
-    second = train(load_recipe(RECIPE, _resume_overrides(tokenizer, ema)), run_dir, resume=True)
+    second = train(load_recipe(RECIPE, _resume_overrides(tokenizer, variant)), run_dir, resume=True)
     assert second.step == 12
     final = _final_weights(run_dir)
-    assert any(name.startswith("ema/") for name in final) == ema
+    assert any(name.startswith("ema/") for name in final) == (variant == "ema")
     _assert_same_weights(final, _final_weights(reference))
     # the log reads as one run: same steps, same losses and learning rates
     mine, theirs = _train_records(run_dir), _train_records(reference)
     assert sorted(mine) == list(range(1, 13))
+    if variant == "bpe-dropout":  # the resumed part crossed epochs, each segmented afresh
+        assert mine[6]["train/epoch"] >= 1 and mine[12]["train/epoch"] >= 2
     for step in mine:
         assert mine[step]["train/loss"] == theirs[step]["train/loss"], step
         assert mine[step]["train/lr"] == theirs[step]["train/lr"], step
 
 
 def test_killed_run_resumes_to_the_same_weights(reference_run, tmp_path):
-    reference, tokenizer, ema = reference_run
+    reference, tokenizer, variant = reference_run
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "txkit", "train", str(RECIPE), "-o", str(run_dir)]
-    for item in _resume_overrides(tokenizer, ema):
+    for item in _resume_overrides(tokenizer, variant):
         command += ["--set", item]
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(4)
@@ -213,10 +223,10 @@ def test_killed_run_resumes_to_the_same_weights(reference_run, tmp_path):
     assert latest is not None and runs.checkpoint_step(latest) < 12
     assert (latest / runs.TRAINING_STATE / "trainer_state.json").is_file()  # complete, never half-written
 
-    result = train(load_recipe(RECIPE, _resume_overrides(tokenizer, ema)), run_dir, resume=True)
+    result = train(load_recipe(RECIPE, _resume_overrides(tokenizer, variant)), run_dir, resume=True)
     assert result.step == 12
     final = _final_weights(run_dir)
-    assert any(name.startswith("ema/") for name in final) == ema
+    assert any(name.startswith("ema/") for name in final) == (variant == "ema")
     _assert_same_weights(final, _final_weights(reference))
     assert not list((run_dir / runs.CHECKPOINTS).glob("*.tmp"))
 
@@ -224,8 +234,8 @@ def test_killed_run_resumes_to_the_same_weights(reference_run, tmp_path):
 def test_ema_weights_follow_their_formula_and_are_what_validation_saw(reference_run):
     """The EMA run's checkpoints hold decay * previous + (1 - decay) * trained weights, and RUN/best (picked by
     the final validation, at step 12) is the EMA, not the trained weights."""
-    reference, _, ema = reference_run
-    if not ema:
+    reference, _, variant = reference_run
+    if variant != "ema":
         pytest.skip("the EMA variant checks this")
     folder = reference / runs.CHECKPOINTS
     ema_at = {s: load_weights(folder / runs.checkpoint_name(s) / runs.TRAINING_STATE / runs.EMA_DIR) for s in (4, 8, 12)}

@@ -174,7 +174,9 @@ def stage_data(run: _Run, fetch: bool = True) -> None:
 def stage_tokenizer(run: _Run) -> None:
     from txkit.prepare import build_recipe_tokenizer
 
-    inputs = {**run.keys(k for k in run.flat if k.startswith("tokenizer.")), **run.keys(_TOKENIZER_KEYS)}
+    # tokenizer.dropout is how training samples segmentations, not part of the vocabulary (_train_inputs has it)
+    inputs = {**run.keys(k for k in run.flat if k.startswith("tokenizer.") and k != "tokenizer.dropout"),
+              **run.keys(_TOKENIZER_KEYS)}  # fmt: skip
     if run.done("tokenizer", inputs):
         return
     path = resolve_tokenizer_path(run.recipe, run.run_dir)
@@ -199,8 +201,14 @@ def _changed(old: dict, new: dict) -> str:
     return "; ".join(diffs) or "other inputs"
 
 
+_RECORDED_WHEN_ON = ("train.ema_decay", "tokenizer.dropout")
+
+
 def _train_inputs(run: _Run) -> dict:
     keys = [k for k in run.flat if k.split(".")[0] in ("model", "data", "train") and k not in _TRAIN_KEYS_IGNORED]
+    keys.append("tokenizer.dropout")
+    # keys newer than existing runs count only when switched on, so that a finished run's record still matches
+    keys = [k for k in keys if k not in _RECORDED_WHEN_ON or run.flat[k]]
     return {**run.keys(keys), "tokenizer": run.fingerprints.get("tokenizer")}
 
 

@@ -83,6 +83,10 @@ class TokenizerSection(TokenizerOptions):
 
     path: str = _key("tokenizer", "tokenizer folder; relative = inside the run directory; built if missing")
     files: list[str] = _key([], "text files to learn it from; empty = both sides of data.train (max_sentences of it)")
+    dropout: float = _key(
+        0.0, "BPE-dropout probability on the training data (Provilkov et al. 2020 use 0.1): a fresh segmentation "
+        "each epoch, seeded by train.seed; validation and test keep the deterministic one; 0 = off (BPE only)"
+    )
 
 
 @dataclass
@@ -423,6 +427,9 @@ def validate(recipe: Recipe) -> None:
     presets = preset_names()
     need(recipe.model.preset in presets,
          f"model.preset must be one of {', '.join(presets)}, not {recipe.model.preset!r}")
+    need(0 <= recipe.tokenizer.dropout < 1, f"tokenizer.dropout must lie in [0, 1), not {recipe.tokenizer.dropout}")
+    need(recipe.tokenizer.dropout == 0 or recipe.tokenizer.model == "bpe",
+         "tokenizer.dropout needs tokenizer.model: bpe (the tokenizers library cannot sample unigram segmentations)")
     need(t.ema_decay is None or t.ema_decay == 0 or 0 < t.ema_decay < 1,
          f"train.ema_decay must lie in (0, 1) (or be null or 0 for off), not {t.ema_decay}")
     for key in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):

@@ -33,6 +33,9 @@ from txkit.batching import TokenBatchSampler, _collate, _round_up
 from txkit.errors import TxkitError
 
 
+_NO_MERGE = 1 << 62  # the rank of a pair that no merge joins
+
+
 class BPEDropout:
     """The segmentation of a BPE `tokenizers` tokenizer, with each merge left out with probability `p`.
 
@@ -62,6 +65,7 @@ class BPEDropout:
         self.normalizer, self.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
         self.prefix, self.suffix = _special_tokens(spec.get("post_processor"), self.vocab)
         self._cache: dict[str, list[int]] = {}  # p = 0, or words that cannot be merged: their ids
+        self._start: dict[str, tuple[list, list]] = {}  # word -> (characters, ranks of adjacent pairs)
 
     def encode(self, text: str, rng: random.Random | None = None) -> list[int]:
         """Subword ids of `text` (stripped, as txkit.data tokenizes it), special tokens included."""
@@ -90,27 +94,37 @@ class BPEDropout:
         cached = self._cache.get(word)
         if cached is not None:
             return cached
-        symbols = self._symbols(word)
+        start = self._start.get(word)
+        if start is None:  # the word's characters and the ranks of their adjacent pairs, kept for the next time
+            symbols = self._symbols(word)
+            pairs = zip(symbols, symbols[1:])
+            start = self._start[word] = (symbols, [self.ranks.get(pair, _NO_MERGE) for pair in pairs])
+        symbols, pair_ranks = list(start[0]), list(start[1])  # pair_ranks[i]: rank of (symbols[i], symbols[i+1])
         p = self.p if rng is not None else 0.0
         ranks = self.ranks
-        candidates = 0
-        while len(symbols) > 1:
-            best_rank, best_at = None, -1
-            for i in range(len(symbols) - 1):
-                rank = ranks.get((symbols[i], symbols[i + 1]))
-                if rank is None:
-                    continue
-                candidates += 1
-                # BPE-dropout: every candidate merge of this step is left out with probability p
-                if p and rng.random() < p:
-                    continue
-                if best_rank is None or rank < best_rank:
-                    best_rank, best_at = rank, i
-            if best_rank is None:
+        while len(pair_ranks):
+            best = min(pair_ranks)
+            if best == _NO_MERGE:
                 break
-            symbols[best_at : best_at + 2] = [symbols[best_at] + symbols[best_at + 1]]
+            i = pair_ranks.index(best)  # the leftmost of the best rank, as tokenizers merges
+            if p and rng.random() < p:
+                # BPE-dropout: each candidate merge of this step is left out with probability p and the best one
+                # kept is applied; the best was left out, so draw for the others in rank order until one is kept
+                others = sorted((r, j) for j, r in enumerate(pair_ranks) if r != _NO_MERGE and j != i)
+                for _, i in others:
+                    if rng.random() >= p:
+                        break
+                else:  # every candidate left out: the word is done
+                    break
+            merged = symbols[i] + symbols[i + 1]
+            symbols[i : i + 2] = [merged]
+            del pair_ranks[i]
+            if i < len(symbols) - 1:
+                pair_ranks[i] = ranks.get((merged, symbols[i + 1]), _NO_MERGE)
+            if i > 0:
+                pair_ranks[i - 1] = ranks.get((symbols[i - 1], merged), _NO_MERGE)
         ids = [self.unk_id if s is None else self.vocab[s] for s in symbols]
-        if not p or candidates == 0:  # the same every time: remember it
+        if not p or all(r == _NO_MERGE for r in start[1]):  # the same every time: remember it
             self._cache[word] = ids
         return ids
 
