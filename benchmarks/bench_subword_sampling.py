@@ -1,6 +1,6 @@
 """The cost of BPE-dropout (`tokenizer.dropout`) next to the training it feeds, on the tiny recipe's data.
 
-    OMP_NUM_THREADS= python benchmarks/bench_subword_sampling.py [--recipe recipes/multi30k-en-de/transformer-tiny.yaml]
+    python benchmarks/bench_subword_sampling.py [--recipe recipes/multi30k-en-de/transformer-tiny.yaml]
                                                                 [--dropout 0.1] [--steps 10] [--epochs 2]
 
 Builds the recipe's Trainer through txkit.train_setup (its tokenizer, data and batches; the tokenizer is built
