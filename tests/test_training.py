@@ -249,6 +249,33 @@ def test_ema_weights_follow_their_formula_and_are_what_validation_saw(reference_
     assert (ema_at[12][name] - trained_12[name]).abs().mean() < (ema_at[8][name] - trained_12[name]).abs().mean()
 
 
+@pytest.mark.parametrize("final_weights", ["ema", "trained"])
+def test_txkit_run_averages_what_eval_final_weights_says(reference_run, tmp_path, final_weights):
+    """txkit run's averaging stage on the EMA run: the mean of the last checkpoints' EMA weights (or of their
+    trained weights with eval.final_weights: trained)."""
+    import shutil
+
+    from txkit.pipeline import _Run, stage_average
+
+    reference, tokenizer, variant = reference_run
+    if variant != "ema":
+        pytest.skip("the EMA variant checks this")
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    overrides = _resume_overrides(tokenizer, "ema") + ["eval.average_last=2", f"eval.final_weights={final_weights}"]
+    run = _Run(load_recipe(RECIPE, overrides), run_dir, echo=lambda _: None)
+    run.fingerprints["train"] = "trained"
+    stage_average(run)
+    folder = run_dir / runs.CHECKPOINTS
+    sub = (runs.TRAINING_STATE, runs.EMA_DIR) if final_weights == "ema" else ()
+    a, b = (load_weights(folder.joinpath(runs.checkpoint_name(s), *sub)) for s in (8, 12))
+    averaged = load_weights(run_dir / runs.FINAL_MODEL)
+    assert averaged.keys() == a.keys()
+    for name in a:
+        expected = ((a[name].double() + b[name].double()) / 2).float()
+        assert torch.equal(averaged[name], expected), name
+
+
 def test_weight_ema_update_swap_and_reload(tmp_path):
     """WeightEMA on a tied txkit model: the update formula, a swap that gives the weights back bit for bit, and
     a reload from the model folder a checkpoint writes."""
