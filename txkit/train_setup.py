@@ -145,7 +145,8 @@ class TrainingSetup:
             )  # fmt: skip
             self.sampler = SampledBatchSampler(self.pairs, r.train.max_tokens, **shards)
         else:
-            self.sampler = TokenBatchSampler(self.pairs.src_lengths, self.pairs.tgt_lengths, r.train.max_tokens, **shards)
+            lengths = (self.pairs.src_lengths, self.pairs.tgt_lengths)
+            self.sampler = TokenBatchSampler(*lengths, r.train.max_tokens, **shards)
         self.valid_pairs = self.valid_batches = None
         if valid_ids is not None:
             self.valid_pairs = TokenizedPairs(valid_ids)

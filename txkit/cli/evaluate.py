@@ -26,7 +26,9 @@ def eval_command(
         None, "--ref", "-r", help="Reference file, aligned with the hypotheses; repeat for more references."
     ),
     src: Optional[str] = typer.Option(None, "--src", help="Source file to translate with MODEL."),
-    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, ter (bleu_tokenized: see --tokenized-bleu)."),
+    metrics: str = typer.Option(
+        "bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, ter (bleu_tokenized: see --tokenized-bleu)."
+    ),
     lowercase: bool = typer.Option(
         False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is always case-insensitive)."
     ),
