@@ -98,6 +98,13 @@ def model(case: Path, fx: Fixtures, name: str = "m") -> Path:
     return copy(fx.model, case / name)
 
 
+def _other_vocabulary(case: Path, fx: Fixtures) -> Path:
+    """A second model folder m2 whose vocabulary has two tokens swapped (an ensemble must refuse it)."""
+    folder = model(case, fx, "m2")
+    swap_two_tokens(folder / "tokenizer.json")
+    return folder
+
+
 def run_copy(case: Path, fx: Fixtures) -> Path:
     return copy(fx.run, case / "run")
 
@@ -233,6 +240,10 @@ CASES = [
          r"m/tokenizer\.json: not valid tokenizer JSON"),
     Case("translate-tokenizer-of-other-size", lambda c, f: ["translate", str(_other_size_tokenizer(c, f)), "-i", str(text(c, f, "f.txt"))],
          r"m/tokenizer\.json: has 400 tokens but the model's vocabulary is \d+"),
+    Case("translate-ensemble-other-vocabulary", lambda c, f: ["translate", str(model(c, f)), str(_other_vocabulary(c, f)), "-i", str(text(c, f, "f.txt"))],
+         r"m2: its target vocabulary differs from .*m's; the models of an ensemble must share one target vocabulary"),
+    Case("eval-ensemble-other-vocabulary", lambda c, f: ["eval", str(model(c, f)), str(_other_vocabulary(c, f)), "--src", str(text(c, f, "s.en")), "--ref", str(text(c, f, "r.de", "de"))],
+         r"m2: its target vocabulary differs from .*m's"),
     Case("translate-no-such-model", lambda c, f: ["translate", str(c / "nope"), "-i", str(text(c, f, "f.txt"))],
          r"nope: no such model folder, run directory or Hub id"),
     # --- txkit eval
@@ -299,6 +310,16 @@ CASES = [
          r"corpus\.de line 2: not valid UTF-8 \(byte 0xe9\); training reads UTF-8 only", owned=["run"], absent=r"--errors"),
     Case("train-unknown-key", lambda c, f: ["train", str(recipe(c, "data:\n  train: x\ntrain:\n  warmup: 4\n")), "-o", str(c / "run")],
          r"recipe\.yaml: unknown key 'train\.warmup' \(did you mean 'train\.warmup_steps'\?\)"),
+    Case("train-ema-decay-one", lambda c, f: ["train", str(RECIPE), "-o", str(c / "run"), "--set", "train.ema_decay=1"],
+         r"tiny\.yaml: train\.ema_decay must lie in \(0, 1\) \(or be null or 0 for off\), not 1\.0"),
+    Case("train-ema-decay-negative", lambda c, f: ["train", str(RECIPE), "-o", str(c / "run"), "--set", "train.ema_decay=-0.5"],
+         r"train\.ema_decay must lie in \(0, 1\)"),
+    Case("train-ema-decay-not-a-number", lambda c, f: ["train", str(RECIPE), "-o", str(c / "run"), "--set", "train.ema_decay=high"],
+         r"train\.ema_decay must be a number, not 'high'"),
+    Case("train-bpe-dropout-one", lambda c, f: ["train", str(RECIPE), "-o", str(c / "run"), "--set", "tokenizer.dropout=1"],
+         r"tiny\.yaml: tokenizer\.dropout must lie in \[0, 1\), not 1\.0"),
+    Case("train-bpe-dropout-unigram", lambda c, f: ["train", str(RECIPE), "-o", str(c / "run"), "--set", "tokenizer.dropout=0.1", "--set", "tokenizer.model=unigram"],
+         r"tokenizer\.dropout needs tokenizer\.model: bpe \(the tokenizers library cannot sample unigram segmentations\)"),
     Case("train-resume-skips-a-damaged-checkpoint", lambda c, f: ["train", str(RECIPE), "-o", str(_cut(run_copy(c, f), f"{CK}/checkpoint-00000004/training_state/optimizer.pt").parents[3]), "--resume", *_resume_sets(f)],
          r"skipping checkpoint-00000004, it is damaged: .*optimizer\.pt: truncated or corrupt.*\n(.*\n)*.*resumed from .*checkpoint-00000002", code=0, owned=["run"]),
     Case("train-resume-from-corrupt-state", lambda c, f: ["train", str(RECIPE), "-o", str(c / "run2"), "--resume-from", str(_cut(run_copy(c, f), f"{CK}/checkpoint-00000004/training_state/trainer_state.json").parents[1]), *_resume_sets(f)],

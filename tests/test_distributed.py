@@ -52,12 +52,15 @@ def _overrides(tokenizer: Path, accumulation: int, max_tokens: int) -> list[str]
     # No dropout: each process draws its own masks, so with dropout the runs would differ by design.
     return [f"tokenizer.path={tokenizer}", "model.dropout=0", f"train.max_steps={STEPS}",
             f"train.max_tokens={max_tokens}", f"train.accumulation={accumulation}", "train.eval_every_steps=0",
-            "train.save_every_steps=0",
+            "train.save_every_steps=0", "train.ema_decay=0.8",  # the weight EMA is kept alike on every process
             "data.valid_max_sentences=8", "train.log_every_steps=2"]  # fmt: skip
 
 
 def _weights(run_dir: Path) -> dict:
-    return load_weights(run_dir / runs.CHECKPOINTS / runs.checkpoint_name(STEPS))
+    """The final checkpoint's trained weights and (as ema/NAME) its moving average."""
+    checkpoint = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(STEPS)
+    ema = load_weights(checkpoint / runs.TRAINING_STATE / runs.EMA_DIR)
+    return {**load_weights(checkpoint), **{f"ema/{name}": tensor for name, tensor in ema.items()}}
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -96,7 +99,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(shared_data,
     # sum of two terms does not depend on their order, so the weights agree to the bit (observed: 0.0).
     # 1e-6 leaves room for a BLAS that splits reductions differently, far below the 1e-2 scale at which
     # a different global batch moves the weights (the control below).
-    assert _max_difference(two_w, same_batch) <= 1e-6
+    assert _max_difference(two_w, same_batch) <= 1e-6  # the trained weights and their EMA
+    name = next(k for k in two_w if k.endswith("fc1.weight") and not k.startswith("ema/"))
+    assert (two_w[name] - two_w[f"ema/{name}"]).abs().max().item() > 1e-3  # the EMA is not the weights
     # Control: one process with one batch per step (half the global batch) ends somewhere else, so the
     # match above is no accident of a forgiving tolerance.
     assert _max_difference(two_w, half_batch) > 1e-3

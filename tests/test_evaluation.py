@@ -116,6 +116,46 @@ def test_variants_reproduce_sacrebleu(corpus):
     assert results["chrf"]["score"] == CHRF(word_order=2).corpus_score(hyps, refs).score
 
 
+# ----------------------------------------------------------------------------- the literature's tokenized BLEU
+
+
+def test_tokenized_bleu_is_moses_then_sacrebleu_none(shared_data, tmp_path, capsys):
+    """On real Multi30k lines: lowercase, Moses-tokenize (sacremoses, target language), sacreBLEU tokenize=none;
+    labelled as such, after the main score, never instead of it."""
+    from sacremoses import MosesTokenizer
+
+    ref = (shared_data / "multi30k" / "test2016.de").read_text(encoding="utf-8").splitlines()[:200]
+    # Glue punctuation onto words and drop some, so that the Moses tokenization has work to do.
+    hyp = [_perturb(line, i).replace(" ,", ",").replace("“", '"') for i, line in enumerate(ref)]
+    moses = MosesTokenizer(lang="de")
+    tokenized = [[moses.tokenize(line.lower(), escape=False, return_str=True) for line in lines] for lines in (hyp, ref)]
+    expected = BLEU(tokenize="none").corpus_score(tokenized[0], [tokenized[1]])
+
+    options = ScoreOptions(metrics=("bleu", "bleu_tokenized"), moses_lang="de", bootstrap=100)
+    results = evaluation.score(hyp, [ref], options)
+    assert results["bleu_tokenized"]["score"] == expected.score
+    assert results["bleu_tokenized"]["name"] == "BLEU (tokenized, lowercased, Moses)"
+    assert "tok:none" in results["bleu_tokenized"]["signature"] and "moses-de" in results["bleu_tokenized"]["signature"]
+    assert results["bleu"]["score"] == BLEU().corpus_score(hyp, [ref]).score  # the main score is untouched
+    low, high = results["bleu_tokenized"]["ci"]
+    assert low <= expected.score <= high
+    # Not the lowercased 13a score under another name: the Moses tokenization changes the figure.
+    assert expected.score != BLEU(lowercase=True).corpus_score(hyp, [ref]).score
+
+    hyp_path, ref_path = _write(tmp_path / "hyp.de", hyp), _write(tmp_path / "ref.de", ref)
+    code, out, err = _txkit(capsys, "eval", "--hyp", hyp_path, "--ref", ref_path, "--tokenized-bleu", "de",
+                            "--bootstrap", "0", "--json", tmp_path / "r.json")  # fmt: skip
+    assert code == 0, err
+    rows = out.splitlines()
+    assert rows[2].startswith("BLEU ") and rows[4].startswith("BLEU (tokenized, lowercased, Moses)"), out
+    assert f"{expected.score:.2f}" in rows[4]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert list(report["scores"]) == ["bleu", "chrf", "bleu_tokenized"]
+    assert report["options"]["moses_lang"] == "de"
+    code, _, err = _txkit(capsys, "eval", "--hyp", hyp_path, "--ref", ref_path, "--metrics", "bleu_tokenized")
+    assert code == 2 and "--tokenized-bleu LANG" in err
+
+
 # ----------------------------------------------------------------------------- evaluate modules
 
 

@@ -18,11 +18,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "txkit"
 STAGES: dict[str, list[str]] = {
     "text and errors": ["txkit", "txkit.errors", "txkit.textio", "txkit.atomic", "txkit.threads"],
     "recipe schema": ["txkit.options", "txkit.recipe", "txkit.corpus_spec", "txkit.runs"],
-    "tokenization and data": ["txkit.modelfiles", "txkit.tokenization", "txkit.data", "txkit.batching", "txkit.prepare", "txkit.fetch"],
+    "tokenization and data": ["txkit.modelfiles", "txkit.tokenization", "txkit.data", "txkit.batching", "txkit.subword_sampling", "txkit.prepare", "txkit.fetch"],
     "model": ["txkit.modeling"],
-    "training and decoding": ["txkit.thread_stable", "txkit.schedule", "txkit.train_state", "txkit.checkpointing", "txkit.training",
+    "training and decoding": ["txkit.thread_stable", "txkit.schedule", "txkit.train_state", "txkit.checkpointing", "txkit.training", "txkit.ema",
                               "txkit.train_setup", "txkit.averaging", "txkit.search", "txkit.step_decoder",
-                              "txkit.decoding"],
+                              "txkit.decoding", "txkit.ensemble"],
     "evaluation": ["txkit.evaluation", "txkit.metrics"],
     "sharing": ["txkit.hub", "txkit.export", "txkit.report"],
     "pipeline": ["txkit.pipeline"],
@@ -31,7 +31,7 @@ STAGES: dict[str, list[str]] = {
 
 # The training stage's modules, which must import nothing from averaging, export, hub or report ...
 TRAINING = {"txkit.schedule", "txkit.train_state", "txkit.checkpointing", "txkit.training", "txkit.train_setup",
-            "txkit.batching"}
+            "txkit.batching", "txkit.ema", "txkit.subword_sampling"}
 
 
 def module_name(path: Path) -> str:

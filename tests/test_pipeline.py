@@ -132,11 +132,17 @@ def test_every_stage_leaves_its_output(finished_run):
     assert len(hyps) == TEST_LINES
     report = json.loads((run_dir / "eval" / "test50.json").read_text())
     scores = report["scores"]
-    assert list(scores) == ["bleu", "bleu_lowercase", "chrf"]
+    assert list(scores) == ["bleu", "bleu_lowercase", "bleu_tokenized", "chrf"]
     assert scores["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert scores["bleu_lowercase"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], lowercase=True).score)
     assert scores["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
     assert "case:lc" in scores["bleu_lowercase"]["signature"] and "case:mixed" in scores["bleu"]["signature"]
+    from sacremoses import MosesTokenizer
+
+    moses = MosesTokenizer(lang="de")
+    tok_hyps, tok_refs = ([moses.tokenize(x.lower(), escape=False, return_str=True) for x in xs] for xs in (hyps, refs))
+    assert scores["bleu_tokenized"]["score"] == pytest.approx(sacrebleu.corpus_bleu(tok_hyps, [tok_refs], tokenize="none").score)
+    assert scores["bleu_tokenized"]["name"] == "BLEU (tokenized, lowercased, Moses)"
     assert report["references"][0]["path"] == str(data / "slice" / "test50.de")
     # a .tsv test set: its references are read from the .tsv itself, and the report names that file
     tsv_report = json.loads((run_dir / "eval" / "test10.json").read_text())
@@ -147,11 +153,13 @@ def test_every_stage_leaves_its_output(finished_run):
     # the model card and the report carry the scores; the end of the output names table and model
     card = (model / "README.md").read_text(encoding="utf-8")
     assert f"{scores['bleu']['score']:.2f}" in card and "BLEU (lowercased)" in card
+    assert f"| BLEU (tokenized, lowercased, Moses) | {scores['bleu_tokenized']['score']:.2f} |" in card
     summary = (run_dir / "report.md").read_text(encoding="utf-8")
-    cells = [f"{scores[k]['score']:.2f}" for k in ("bleu", "bleu_lowercase", "chrf")]
+    assert "| BLEU (tokenized, lowercased, Moses) |" in summary
+    cells = [f"{scores[k]['score']:.2f}" for k in ("bleu", "bleu_lowercase", "bleu_tokenized", "chrf")]
     assert f"| test50 | {' | '.join(cells)} |" in summary
     assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    tail = out.splitlines()[-8:]
+    tail = out.splitlines()[-9:]  # the table (header, 2 rows, 4 signatures), then the model
     assert any(line.startswith("test50") and f"{scores['bleu']['score']:.2f}" in line for line in tail)
     assert tail[-1].startswith(f"model:  {model}")
 

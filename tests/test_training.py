@@ -44,23 +44,37 @@ def trained_run(data_env, tmp_path_factory):
     return run_dir, result
 
 
-def _resume_overrides(tokenizer: Path) -> list[str]:
+VARIANTS = {
+    "plain": [],
+    "ema": ["train.ema_decay=0.9"],
+    # 60 pairs: about 4 updates an epoch, so the run crosses epochs and each gets its own BPE-dropout segmentation
+    "bpe-dropout": ["tokenizer.dropout=0.1", "data.max_sentences=60"],
+}
+
+
+def _resume_overrides(tokenizer: Path, variant: str = "plain") -> list[str]:
     # dropout stays on (0.1): exact resumption needs the dropout RNG restored
     return [f"tokenizer.path={tokenizer}", "train.max_steps=12", "train.save_every_steps=4", "train.keep_last=0",
-            "train.eval_every_steps=0", "train.log_every_steps=1"]  # fmt: skip
+            "train.eval_every_steps=0", "train.log_every_steps=1"] + VARIANTS[variant]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def reference_run(trained_run, tmp_path_factory):
-    """An uninterrupted 12-update run, the yardstick of the resume tests."""
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def reference_run(trained_run, tmp_path_factory, request):
+    """An uninterrupted 12-update run, the yardstick of the resume tests (plain, with weight EMA, with BPE-dropout)."""
     tokenizer = trained_run[0] / "tokenizer"
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    train(load_recipe(RECIPE, _resume_overrides(tokenizer)), run_dir)
-    return run_dir, tokenizer
+    train(load_recipe(RECIPE, _resume_overrides(tokenizer, request.param)), run_dir)
+    return run_dir, tokenizer, request.param
 
 
 def _final_weights(run_dir: Path, step: int = 12) -> dict:
-    return load_weights(run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step))
+    """The trained weights of the checkpoint at `step`, and its EMA weights when it has them."""
+    checkpoint = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step)
+    weights = load_weights(checkpoint)
+    ema = checkpoint / runs.TRAINING_STATE / runs.EMA_DIR
+    if ema.is_dir():
+        weights.update({f"ema/{name}": tensor for name, tensor in load_weights(ema).items()})
+    return weights
 
 
 def _assert_same_weights(a: dict, b: dict):
@@ -168,29 +182,33 @@ def test_existing_run_needs_resume(trained_run):
 
 
 def test_stop_and_resume_gives_the_uninterrupted_run(reference_run, tmp_path):
-    reference, tokenizer = reference_run
+    reference, tokenizer, variant = reference_run
     run_dir = tmp_path / "run"
     # stop after update 6; the last checkpoint is at 4, so updates 5 and 6 are done twice
-    first = train(load_recipe(RECIPE, _resume_overrides(tokenizer) + ["train.stop_after_steps=6"]), run_dir)
+    first = train(load_recipe(RECIPE, _resume_overrides(tokenizer, variant) + ["train.stop_after_steps=6"]), run_dir)
     assert first.stop_reason == "stop_after_steps" and runs.latest_checkpoint(run_dir).name == "checkpoint-00000004"
     assert max(_train_records(run_dir)) == 6
-    second = train(load_recipe(RECIPE, _resume_overrides(tokenizer)), run_dir, resume=True)
+    second = train(load_recipe(RECIPE, _resume_overrides(tokenizer, variant)), run_dir, resume=True)
     assert second.step == 12
-    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    final = _final_weights(run_dir)
+    assert any(name.startswith("ema/") for name in final) == (variant == "ema")
+    _assert_same_weights(final, _final_weights(reference))
     # the log reads as one run: same steps, same losses and learning rates
     mine, theirs = _train_records(run_dir), _train_records(reference)
     assert sorted(mine) == list(range(1, 13))
+    if variant == "bpe-dropout":  # the resumed part crossed epochs, each segmented afresh
+        assert mine[6]["train/epoch"] >= 1 and mine[12]["train/epoch"] >= 2
     for step in mine:
         assert mine[step]["train/loss"] == theirs[step]["train/loss"], step
         assert mine[step]["train/lr"] == theirs[step]["train/lr"], step
 
 
 def test_killed_run_resumes_to_the_same_weights(reference_run, tmp_path):
-    reference, tokenizer = reference_run
+    reference, tokenizer, variant = reference_run
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "txkit", "train", str(RECIPE), "-o", str(run_dir)]
-    for item in _resume_overrides(tokenizer):
+    for item in _resume_overrides(tokenizer, variant):
         command += ["--set", item]
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(4)
@@ -205,10 +223,87 @@ def test_killed_run_resumes_to_the_same_weights(reference_run, tmp_path):
     assert latest is not None and runs.checkpoint_step(latest) < 12
     assert (latest / runs.TRAINING_STATE / "trainer_state.json").is_file()  # complete, never half-written
 
-    result = train(load_recipe(RECIPE, _resume_overrides(tokenizer)), run_dir, resume=True)
+    result = train(load_recipe(RECIPE, _resume_overrides(tokenizer, variant)), run_dir, resume=True)
     assert result.step == 12
-    _assert_same_weights(_final_weights(run_dir), _final_weights(reference))
+    final = _final_weights(run_dir)
+    assert any(name.startswith("ema/") for name in final) == (variant == "ema")
+    _assert_same_weights(final, _final_weights(reference))
     assert not list((run_dir / runs.CHECKPOINTS).glob("*.tmp"))
+
+
+def test_ema_weights_follow_their_formula_and_are_what_validation_saw(reference_run):
+    """The EMA run's checkpoints hold decay * previous + (1 - decay) * trained weights, and RUN/best (picked by
+    the final validation, at step 12) is the EMA, not the trained weights."""
+    reference, _, variant = reference_run
+    if variant != "ema":
+        pytest.skip("the EMA variant checks this")
+    folder = reference / runs.CHECKPOINTS
+    ema_at = {s: load_weights(folder / runs.checkpoint_name(s) / runs.TRAINING_STATE / runs.EMA_DIR) for s in (8, 12)}
+    trained_12 = load_weights(folder / runs.checkpoint_name(12))
+    best = load_weights(reference / runs.BEST)
+    _assert_same_weights(best, ema_at[12])
+    name = next(n for n in trained_12 if n.endswith("fc1.weight"))
+    assert not torch.equal(ema_at[12][name], trained_12[name])
+    # 0.9^4 of the EMA at step 8 carries over to step 12; the rest is a mix of the trained weights in between,
+    # so the EMA lies closer to the trained weights at 12 than the EMA at 8 did
+    assert (ema_at[12][name] - trained_12[name]).abs().mean() < (ema_at[8][name] - trained_12[name]).abs().mean()
+
+
+@pytest.mark.parametrize("final_weights", ["ema", "trained"])
+def test_txkit_run_averages_what_eval_final_weights_says(reference_run, tmp_path, final_weights):
+    """txkit run's averaging stage on the EMA run: the mean of the last checkpoints' EMA weights (or of their
+    trained weights with eval.final_weights: trained)."""
+    import shutil
+
+    from txkit.pipeline import _Run, stage_average
+
+    reference, tokenizer, variant = reference_run
+    if variant != "ema":
+        pytest.skip("the EMA variant checks this")
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    overrides = _resume_overrides(tokenizer, "ema") + ["eval.average_last=2", f"eval.final_weights={final_weights}"]
+    run = _Run(load_recipe(RECIPE, overrides), run_dir, echo=lambda _: None)
+    run.fingerprints["train"] = "trained"
+    stage_average(run)
+    folder = run_dir / runs.CHECKPOINTS
+    sub = (runs.TRAINING_STATE, runs.EMA_DIR) if final_weights == "ema" else ()
+    a, b = (load_weights(folder.joinpath(runs.checkpoint_name(s), *sub)) for s in (8, 12))
+    averaged = load_weights(run_dir / runs.FINAL_MODEL)
+    assert averaged.keys() == a.keys()
+    for name in a:
+        expected = ((a[name].double() + b[name].double()) / 2).float()
+        assert torch.equal(averaged[name], expected), name
+
+
+def test_weight_ema_update_swap_and_reload(tmp_path):
+    """WeightEMA on a tied txkit model: the update formula, a swap that gives the weights back bit for bit, and
+    a reload from the model folder a checkpoint writes."""
+    from txkit.ema import WeightEMA
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = TxkitForConditionalGeneration(TxkitConfig(vocab_size=50, d_model=16, attention_heads=2, ffn_dim=32,
+                                                      encoder_layers=1, decoder_layers=1))  # fmt: skip
+    ema = WeightEMA(model, 0.75)
+    params = dict(model.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(1.0)
+    ema.update()
+    for n, p in params.items():
+        assert torch.allclose(ema.shadow[n], 0.75 * start[n] + 0.25 * p.detach(), atol=1e-6), n
+    trained = {n: p.detach().clone() for n, p in params.items()}
+    with ema.swapped_in():
+        assert all(torch.equal(p, ema.shadow[n]) for n, p in params.items())
+        model.save_pretrained(tmp_path / "ema")
+    assert all(torch.equal(p, trained[n]) for n, p in params.items())
+    again = WeightEMA(model, 0.75)
+    again.load_folder(tmp_path / "ema")
+    assert again.shadow.keys() == ema.shadow.keys()
+    assert all(torch.equal(again.shadow[n], ema.shadow[n]) for n in ema.shadow)
+    assert all(torch.equal(p, trained[n]) for n, p in params.items())
 
 
 def test_early_stopping_after_patience_validations(trained_run, tmp_path):

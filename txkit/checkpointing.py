@@ -10,6 +10,7 @@ tokenizer, modeling code), so any checkpoint can be translated with, averaged or
       scaler.pt            fp16 only: the loss scale
       rank-00000.pt        per process: RNG states (python, numpy, torch, CUDA) and the batch sampler's
                            (epoch, position); each process draws its own dropout masks and reads its own shard
+      ema/                 with train.ema_decay: the moving average of the weights, as a model folder
 
 It is written to `checkpoint-NNNNNNNN.tmp/` and renamed when every process has written its part, so a
 crash (or a kill) at any moment leaves the previous checkpoints intact and never a half-written latest one.
@@ -147,6 +148,7 @@ def save_checkpoint(
     rank_state: dict,
     keep_last: int = 0,
     on_model_folder=None,
+    ema=None,
 ) -> Path:
     """Write RUN/checkpoints/checkpoint-{step}; every process calls this (each writes its rank file).
 
@@ -155,6 +157,7 @@ def save_checkpoint(
         trainer_state: JSON-able counters, written by the main process.
         rank_state: this process's sampler state; its RNG states are added here.
         on_model_folder: called with the model folder before it is renamed (see `save_model_folder`).
+        ema: the run's txkit.ema.WeightEMA, or None; its weights become training_state/ema/, a model folder.
     """
     final = run_dir / runs.CHECKPOINTS / runs.checkpoint_name(step)
     # Every process writes into this folder, so its name is agreed on rather than random; it lives in the
@@ -169,6 +172,9 @@ def save_checkpoint(
     torch.save({**rank_state, "rng": capture_rng()}, state_dir / rank_file(accelerator.process_index))
     if accelerator.is_main_process:
         save_model_folder(tmp, model, *tokenizers, on_model_folder)
+        if ema is not None:
+            with ema.swapped_in():
+                save_model_folder(state_dir / runs.EMA_DIR, model, *tokenizers)
         torch.save(optimizer.state_dict(), state_dir / OPTIMIZER)
         torch.save(scheduler.state_dict(), state_dir / SCHEDULER)
         if accelerator.scaler is not None:

@@ -75,6 +75,8 @@ def load_metric(name: str):
     """
     if name not in METRICS:
         raise TxkitError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    if name == TOKENIZED_BLEU:
+        name = "bleu"  # the same sacreBLEU BLEU, on text that _tokenized_inputs prepared
     if name not in _loaded_metrics:
         import evaluate
 
@@ -86,6 +88,9 @@ def load_metric(name: str):
 
 def _metric_options(name: str, lowercase: bool, tokenize: str, chrf_word_order: int) -> dict:
     """txkit's options -> the keyword arguments of that metric module's compute()."""
+    if name == TOKENIZED_BLEU:
+        # The text is already lowercased and Moses-tokenized (_tokenized_inputs): sacreBLEU adds nothing.
+        return {"lowercase": False, "tokenize": "none"}
     if name == "bleu":
         return {"lowercase": lowercase, "tokenize": tokenize}
     if name == "chrf":
@@ -95,10 +100,12 @@ def _metric_options(name: str, lowercase: bool, tokenize: str, chrf_word_order: 
     return {}
 
 
-def _check_options(metrics: Sequence[str], tokenize: str, chrf_word_order: int) -> None:
+def _check_options(metrics: Sequence[str], tokenize: str, chrf_word_order: int, moses_lang: str | None = None) -> None:
     for name in metrics:
         if name not in METRICS:
             raise TxkitError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    if TOKENIZED_BLEU in metrics and not moses_lang:
+        raise TxkitError(f"{TOKENIZED_BLEU} needs the target language for the Moses tokenizer (--tokenized-bleu LANG)")
     if tokenize not in TOKENIZERS:
         raise TxkitError(f"unknown tokenizer {tokenize!r}; choose from {', '.join(TOKENIZERS)}")
     if chrf_word_order not in (0, 1, 2):
@@ -113,6 +120,59 @@ def _check_corpus(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
     for i, stream in enumerate(refs, 1):
         if len(stream) != len(hyps):
             raise TxkitError(f"reference {i} has {len(stream)} lines but the hypotheses have {len(hyps)}")
+
+
+# ----------------------------------------------------------------------------- the literature's tokenized BLEU
+#
+# Papers on Multi30k (and many on WMT) report BLEU computed by multi-bleu.perl on lowercased text that the
+# Moses tokenizer split. txkit reports it next to sacreBLEU's score as "BLEU (tokenized, lowercased, Moses)"
+# so a run can be compared with those papers, never as the main score: its value depends on the tokenizer.
+# The tokenizer is sacremoses (the Moses tokenizer's maintained Python port), run with escape=False so that
+# "&" and quotes stay as the reference spells them; sacreBLEU then scores with tokenize="none".
+
+TOKENIZED_BLEU = "bleu_tokenized"
+TOKENIZED_BLEU_NAME = "BLEU (tokenized, lowercased, Moses)"
+
+
+def moses_tokenize(lines: Sequence[str], lang: str) -> list[str]:
+    """Lowercased, Moses-tokenized copies of `lines` (sacremoses, `lang`'s rules, no XML escaping)."""
+    try:
+        from sacremoses import MosesTokenizer
+    except ImportError:
+        raise TxkitError("the tokenized BLEU needs the sacremoses package: pip install sacremoses") from None
+    tokenizer = MosesTokenizer(lang=lang)
+    return [tokenizer.tokenize(line.lower(), escape=False, return_str=True) for line in lines]
+
+
+def _tokenized_inputs(hyps: Sequence[str], refs_by_segment: list[list[str]], lang: str):
+    """(hyps, refs_by_segment) lowercased and Moses-tokenized, as the tokenized BLEU scores them."""
+    tokenized_hyps = moses_tokenize(hyps, lang)
+    streams = moses_tokenize([r for segment in refs_by_segment for r in segment], lang)
+    tokenized_refs, at = [], 0
+    for segment in refs_by_segment:
+        tokenized_refs.append(streams[at : at + len(segment)])
+        at += len(segment)
+    return tokenized_hyps, tokenized_refs
+
+
+def _label_tokenized(result: dict, lang: str) -> dict:
+    """Name the tokenized BLEU as such; its signature says what was done before sacreBLEU saw the text."""
+    import sacremoses
+
+    result["name"] = TOKENIZED_BLEU_NAME
+    result["signature"] = f"{result['signature']}|pretok:lc+moses-{lang}+sacremoses-{sacremoses.__version__}"
+    result["formatted"] = result["formatted"].replace("BLEU", TOKENIZED_BLEU_NAME, 1)
+    return result
+
+
+def _score_metric(name: str, hyps, refs_by_segment, o: ScoreOptions, counts: np.ndarray | None):
+    """`_score_one` for txkit's metric `name`, the tokenized BLEU's text preparation and label included."""
+    options = _metric_options(name, o.lowercase, o.tokenize, o.chrf_word_order)
+    if name != TOKENIZED_BLEU:
+        return _score_one(name, list(hyps), refs_by_segment, options, counts)
+    hyps, refs_by_segment = _tokenized_inputs(hyps, refs_by_segment, o.moses_lang)
+    result, boot = _score_one(name, hyps, refs_by_segment, options, counts)
+    return _label_tokenized(result, o.moses_lang), boot
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -188,14 +248,13 @@ def score(hyps: Sequence[str], refs: Sequence[Sequence[str]], options: ScoreOpti
         {metric: {"name", "score", "signature", "ci": (low, high) | None, "bootstrap_mean", "details"}}
     """
     o = options or ScoreOptions()
-    _check_options(o.metrics, o.tokenize, o.chrf_word_order)
+    _check_options(o.metrics, o.tokenize, o.chrf_word_order, o.moses_lang)
     _check_corpus(hyps, refs)
     refs_by_segment = _by_segment(refs)
     counts = _resample_counts(len(hyps), o.bootstrap, o.seed) if o.bootstrap > 0 else None
     results = {}
     for name in o.metrics:
-        metric_options = _metric_options(name, o.lowercase, o.tokenize, o.chrf_word_order)
-        results[name], _ = _score_one(name, list(hyps), refs_by_segment, metric_options, counts)
+        results[name], _ = _score_metric(name, hyps, refs_by_segment, o, counts)
     return results
 
 
@@ -223,15 +282,14 @@ def paired_bootstrap(
     n, seed = o.bootstrap, o.seed
     if n <= 0:
         raise TxkitError(f"the paired bootstrap needs a positive number of samples, got {n}")
-    _check_options([metric], o.tokenize, o.chrf_word_order)
+    _check_options([metric], o.tokenize, o.chrf_word_order, o.moses_lang)
     _check_corpus(hyps_a, refs)
     if len(hyps_b) != len(hyps_a):
         raise TxkitError(f"the baseline has {len(hyps_b)} lines but the system has {len(hyps_a)}")
     refs_by_segment = _by_segment(refs)
     counts = _resample_counts(len(hyps_a), n, seed)
-    metric_options = _metric_options(metric, o.lowercase, o.tokenize, o.chrf_word_order)
-    result_a, boot_a = _score_one(metric, list(hyps_a), refs_by_segment, metric_options, counts)
-    result_b, boot_b = _score_one(metric, list(hyps_b), refs_by_segment, metric_options, counts)
+    result_a, boot_a = _score_metric(metric, hyps_a, refs_by_segment, o, counts)
+    result_b, boot_b = _score_metric(metric, hyps_b, refs_by_segment, o, counts)
 
     observed = abs(result_a["score"] - result_b["score"])
     resampled = np.abs(boot_a - boot_b)
@@ -284,6 +342,7 @@ def build_report(
             "chrf_word_order": o.chrf_word_order,
             "bootstrap": o.bootstrap,
             "seed": o.seed,
+            "moses_lang": o.moses_lang,
             "confidence": CONFIDENCE,
         },
     }

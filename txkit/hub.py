@@ -230,8 +230,9 @@ def _scores_section(reports: Sequence[dict]) -> list[str]:
             )
     lines += [
         "",
-        "Scores are sacreBLEU on detokenized output (not the paper's tokenized BLEU, which reads roughly "
-        "0.5 to 1 point higher).",
+        "Scores are sacreBLEU on detokenized output. A row named \"BLEU (tokenized, lowercased, Moses)\" is the "
+        "literature's tokenized BLEU (lowercased, Moses-tokenized text, no further tokenization), given for "
+        "comparison with papers only.",
         "",
     ]
     return lines

@@ -218,3 +218,6 @@ def check_checkpoint(checkpoint: str | os.PathLike) -> None:
     """A checkpoint to resume from: the model folder and the training state, all checked."""
     check_model_folder(checkpoint)
     check_training_state(checkpoint)
+    ema = Path(checkpoint) / runs.TRAINING_STATE / runs.EMA_DIR
+    if ema.exists():  # the moving average of the weights (train.ema_decay), restored on resume
+        check_model_folder(ema)

@@ -30,10 +30,11 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")  # decoding precision
 SCHEDULES = ("noam", "inverse_sqrt", "linear", "cosine")  # learning-rate schedules
 MIXED_PRECISION = ("no", "bf16", "fp16")
 BEST_METRICS = ("bleu", "loss", "ppl")  # validation metric that picks RUN/best
+FINAL_WEIGHTS = ("ema", "trained")  # what txkit run averages into the final model when train.ema_decay is on
 ACTIVATIONS = ("relu", "gelu")  # TxkitConfig.activation_function
 TOKENIZER_MODELS = ("bpe", "unigram")
 NORMALIZATIONS = ("NFKC", "NFC", "NFKD", "NFD", "none")
-METRICS = ("bleu", "chrf", "ter")
+METRICS = ("bleu", "chrf", "ter", "bleu_tokenized")  # bleu_tokenized: the literature's, see ScoreOptions.moses_lang
 BLEU_TOKENIZERS = ("13a", "intl", "none", "zh", "char")  # sacreBLEU's that need no extra package
 
 
@@ -155,3 +156,8 @@ class ScoreOptions:
     chrf_word_order: int = setting(0, "0 for chrF, 2 for chrF++")
     bootstrap: int = setting(1000, "bootstrap samples for the intervals and the paired test; 0 = no interval")
     seed: int | None = setting(12345, "the resampling seed (sacreBLEU's default)")
+    moses_lang: str | None = setting(
+        None,
+        "bleu_tokenized's Moses tokenizer language (the target language): the literature's BLEU on lowercased, "
+        "Moses-tokenized text, a comparison figure, never the main score",
+    )

@@ -5,7 +5,7 @@
     train       train, continuing from the latest checkpoint             -> RUN/checkpoints, RUN/log.jsonl
     average     average the last `eval.average_last` checkpoints         -> RUN/model
     translate   translate each test set with the recipe's search         -> RUN/translations/<test>.<tgt>
-    evaluate    sacreBLEU BLEU (cased and lowercased) and chrF           -> RUN/eval/<test>.json
+    evaluate    sacreBLEU BLEU (cased, lowercased, tokenized) and chrF   -> RUN/eval/<test>.json
     card        the model card of the shareable folder                   -> RUN/model/README.md
     report      training curves and a summary                            -> RUN/report.png, RUN/report.md
 
@@ -174,7 +174,9 @@ def stage_data(run: _Run, fetch: bool = True) -> None:
 def stage_tokenizer(run: _Run) -> None:
     from txkit.prepare import build_recipe_tokenizer
 
-    inputs = {**run.keys(k for k in run.flat if k.startswith("tokenizer.")), **run.keys(_TOKENIZER_KEYS)}
+    # tokenizer.dropout is how training samples segmentations, not part of the vocabulary (_train_inputs has it)
+    inputs = {**run.keys(k for k in run.flat if k.startswith("tokenizer.") and k != "tokenizer.dropout"),
+              **run.keys(_TOKENIZER_KEYS)}  # fmt: skip
     if run.done("tokenizer", inputs):
         return
     path = resolve_tokenizer_path(run.recipe, run.run_dir)
@@ -199,8 +201,14 @@ def _changed(old: dict, new: dict) -> str:
     return "; ".join(diffs) or "other inputs"
 
 
+_RECORDED_WHEN_ON = ("train.ema_decay", "tokenizer.dropout")
+
+
 def _train_inputs(run: _Run) -> dict:
     keys = [k for k in run.flat if k.split(".")[0] in ("model", "data", "train") and k not in _TRAIN_KEYS_IGNORED]
+    keys.append("tokenizer.dropout")
+    # keys newer than existing runs count only when switched on, so that a finished run's record still matches
+    keys = [k for k in keys if k not in _RECORDED_WHEN_ON or run.flat[k]]
     return {**run.keys(keys), "tokenizer": run.fingerprints.get("tokenizer")}
 
 
@@ -313,11 +321,16 @@ def stage_average(run: _Run) -> None:
     n = run.recipe.eval.average_last
     checkpoints = last_checkpoints(run.run_dir, n, strict=False)
     inputs = {"eval.average_last": n, "checkpoints": [p.name for p in checkpoints], "train": run.fingerprints["train"]}
+    use_ema = bool(run.recipe.train.ema_decay) and run.recipe.eval.final_weights == "ema"
+    if use_ema:  # the moving average each checkpoint keeps (train.ema_decay), averaged as model folders
+        inputs["eval.final_weights"] = "ema"
+        checkpoints = [p / runs.TRAINING_STATE / runs.EMA_DIR for p in checkpoints]
     model_dir = run.run_dir / runs.FINAL_MODEL
     if run.done("average", inputs):
         return
-    started = run.start("average", f"{len(checkpoints)} checkpoint(s) {checkpoints[0].name} .. {checkpoints[-1].name} "
-                                   f"-> {model_dir}")  # fmt: skip
+    names = [(p.parents[1] if use_ema else p).name for p in checkpoints]
+    started = run.start("average", f"{len(checkpoints)} checkpoint(s) {names[0]} .. {names[-1]}"
+                                   f"{' (their EMA weights)' if use_ema else ''} -> {model_dir}")  # fmt: skip
     if len(checkpoints) < n:
         run.echo(f"     warning: eval.average_last is {n} but the run has only {len(checkpoints)} checkpoint(s)")
     average_checkpoints(checkpoints, model_dir)
@@ -385,7 +398,8 @@ def stage_translate(run: _Run) -> None:
 
 
 def stage_evaluate(run: _Run) -> dict[str, dict]:
-    """Score each translation: BLEU (cased, then lowercased as a separate entry) and chrF, with 95% CIs."""
+    """Score each translation: BLEU (cased; lowercased and the literature's tokenized BLEU as separate, labelled
+    entries) and chrF, with 95% CIs."""
     from txkit.evaluation import build_report, read_lines, score, write_report
 
     e, d = run.recipe.eval, run.recipe.data
@@ -393,12 +407,12 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
     folder = run.run_dir / EVAL_DIR
     for name, spec in _test_sets(run).items():
         out = folder / f"{name}.json"
-        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": spec,
+        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": spec, "tokenized_bleu": "moses",
                   "translation": run.fingerprints[f"translate-{name}"]}  # fmt: skip
         if run.done(f"evaluate-{name}", inputs):
             reports[name] = json.loads(out.read_text(encoding="utf-8"))
             continue
-        started = run.start(f"evaluate-{name}", f"BLEU, lowercased BLEU, chrF -> {out}")
+        started = run.start(f"evaluate-{name}", f"BLEU, lowercased BLEU, tokenized BLEU, chrF -> {out}")
         hyp_file = run.run_dir / TRANSLATIONS_DIR / f"{name}.{d.tgt_lang}"
         hyps = read_lines(hyp_file)
         _, refs = _load_test(run, spec)
@@ -411,8 +425,12 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
         # The Multi30k literature reports BLEU on lowercased text: a separate entry, never instead of cased BLEU.
         lowercased = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu",), lowercase=True))["bleu"]
         lowercased["name"] = "BLEU (lowercased)"
+        # The literature's tokenized BLEU (lowercased, Moses-tokenized), labelled as such: a comparison figure.
+        tokenized = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu_tokenized",),
+                                                             moses_lang=d.tgt_lang))["bleu_tokenized"]  # fmt: skip
         scores = report["scores"]
-        report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "chrf": scores["chrf"]}
+        report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "bleu_tokenized": tokenized,
+                            "chrf": scores["chrf"]}  # fmt: skip
         corpus = parse_corpus_spec(spec).collection
         report["dataset"] = {"type": corpus, "name": f"{corpus} {name}" if corpus != name else name}
         folder.mkdir(parents=True, exist_ok=True)

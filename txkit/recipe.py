@@ -33,6 +33,7 @@ from txkit.errors import TxkitError
 from txkit.options import (
     ACTIVATIONS,
     BEST_METRICS,
+    FINAL_WEIGHTS,
     BLEU_TOKENIZERS,
     MIXED_PRECISION,
     SCHEDULES,
@@ -82,6 +83,10 @@ class TokenizerSection(TokenizerOptions):
 
     path: str = _key("tokenizer", "tokenizer folder; relative = inside the run directory; built if missing")
     files: list[str] = _key([], "text files to learn it from; empty = both sides of data.train (max_sentences of it)")
+    dropout: float = _key(
+        0.0, "BPE-dropout probability on the training data (Provilkov et al. 2020 use 0.1): a fresh segmentation "
+        "each epoch, seeded by train.seed; validation and test keep the deterministic one; 0 = off (BPE only)"
+    )
 
 
 @dataclass
@@ -132,6 +137,10 @@ class TrainSection:
     seed: int = _key(1, "seed of initialisation, dropout and batch order")
     log_every_steps: int = _key(100, "log training loss, learning rate and throughput every N updates")
     stop_after_steps: int = _key(0, "debugging: stop after N updates as if interrupted (no final save); 0 = off")
+    ema_decay: float | None = _key(
+        None, "keep an exponential moving average of the weights with this decay, e.g. 0.999, used for validation "
+        "and RUN/best (see eval.final_weights); null or 0 = off (the paper: off)"
+    )
 
 
 @dataclass
@@ -142,6 +151,10 @@ class EvalSection(SearchOptions):
     lowercase: bool = _key(False, "case-insensitive BLEU")
     tokenize: Literal[BLEU_TOKENIZERS] = _key("13a", "sacreBLEU tokenizer for BLEU: 13a, intl, none, zh, char")
     average_last: int = _key(5, "checkpoints averaged into the final model (paper base: 5, big: 20)")
+    final_weights: Literal[FINAL_WEIGHTS] = _key(
+        "ema", "with train.ema_decay on: average the last checkpoints' EMA weights (ema) or their trained weights "
+        "(trained); without EMA the trained weights are averaged"
+    )
     test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
 
 
@@ -414,6 +427,11 @@ def validate(recipe: Recipe) -> None:
     presets = preset_names()
     need(recipe.model.preset in presets,
          f"model.preset must be one of {', '.join(presets)}, not {recipe.model.preset!r}")
+    need(0 <= recipe.tokenizer.dropout < 1, f"tokenizer.dropout must lie in [0, 1), not {recipe.tokenizer.dropout}")
+    need(recipe.tokenizer.dropout == 0 or recipe.tokenizer.model == "bpe",
+         "tokenizer.dropout needs tokenizer.model: bpe (the tokenizers library cannot sample unigram segmentations)")
+    need(t.ema_decay is None or t.ema_decay == 0 or 0 < t.ema_decay < 1,
+         f"train.ema_decay must lie in (0, 1) (or be null or 0 for off), not {t.ema_decay}")
     for key in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
         value = getattr(recipe.model, key)
         need(value is None or 0 <= value < 1, f"model.{key} must lie in [0, 1)")

@@ -219,8 +219,9 @@ def summary_markdown(run_dir: str | os.PathLike, records: Sequence[dict], report
     if rows:
         lines += ["## Test scores", ""] + _markdown_table(header, rows) + [""]
         lines += [f"- `{s}`" for s in signatures] + [""]
-        lines += ["sacreBLEU on detokenized text; the lowercased row is comparable with the Multi30k literature's "
-                  "lowercased BLEU (which is computed on tokenized text and reads somewhat higher).", ""]  # fmt: skip
+        lines += ["sacreBLEU on detokenized text. \"BLEU (tokenized, lowercased, Moses)\" is the Multi30k literature's "
+                  "measure (lowercased, Moses-tokenized text, no further tokenization), for comparison with "
+                  "papers only.", ""]  # fmt: skip
     return "\n".join(lines)
 
 

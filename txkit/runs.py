@@ -49,6 +49,7 @@ VAL_METRICS = "val_metrics.json"  # in BEST
 # in a checkpoint's TRAINING_STATE folder
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
+EMA_DIR = "ema"  # the moving average of the weights (train.ema_decay), a model folder of its own
 SCHEDULER_STATE = "scheduler.pt"
 SCALER_STATE = "scaler.pt"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

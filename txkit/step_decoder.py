@@ -230,7 +230,10 @@ def is_txkit_model(model) -> bool:
 
 
 def step_decoder(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> StepDecoder:
-    """The fastest `StepDecoder` for a model: `TxkitStepDecoder` for txkit's, `ModelStepDecoder` otherwise."""
+    """The fastest `StepDecoder` for a model: `TxkitStepDecoder` for txkit's, `ModelStepDecoder` otherwise;
+    a model that makes its own (txkit.ensemble's EnsembleModel) is asked for it."""
+    if hasattr(model, "make_step_decoder"):
+        return model.make_step_decoder(input_ids, attention_mask)
     if is_txkit_model(model):
         return TxkitStepDecoder(model, input_ids, attention_mask)
     return ModelStepDecoder(model, input_ids, attention_mask)

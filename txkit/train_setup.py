@@ -133,10 +133,20 @@ class TrainingSetup:
                 )
         self._info(f"data.train: {report}")
         self.pairs = TokenizedPairs(train_ids)
-        self.sampler = TokenBatchSampler(
-            self.pairs.src_lengths, self.pairs.tgt_lengths, r.train.max_tokens, seed=r.train.seed,
-            num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True,
-        )  # fmt: skip
+        shards = dict(seed=r.train.seed, num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True)
+        if r.tokenizer.dropout:  # BPE-dropout: each epoch's batches come from that epoch's segmentation
+            from txkit.subword_sampling import SampledBatchSampler, SampledPairs
+
+            rows = self.pairs.rows if self.pairs.rows is not None else range(len(self.pairs))
+            src_all, tgt_all = train_ds["src"], train_ds["tgt"]
+            self.pairs = SampledPairs(
+                self.pairs, [src_all[i] for i in rows], [tgt_all[i] for i in rows], self.src_tok, self.tgt_tok,
+                r.tokenizer.dropout, seed=r.train.seed, max_len=d.max_len, max_tokens=r.train.max_tokens,
+            )  # fmt: skip
+            self.sampler = SampledBatchSampler(self.pairs, r.train.max_tokens, **shards)
+        else:
+            lengths = (self.pairs.src_lengths, self.pairs.tgt_lengths)
+            self.sampler = TokenBatchSampler(*lengths, r.train.max_tokens, **shards)
         self.valid_pairs = self.valid_batches = None
         if valid_ids is not None:
             self.valid_pairs = TokenizedPairs(valid_ids)

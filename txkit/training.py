@@ -156,6 +156,11 @@ class Trainer:
 
             make_thread_stable(self.unwrapped)
             self.governor = ThreadGovernor.create()
+        self.ema = None  # the moving average of the weights (train.ema_decay), from the weights as they are now
+        if recipe.train.ema_decay:
+            from txkit.ema import WeightEMA
+
+            self.ema = WeightEMA(self.unwrapped, recipe.train.ema_decay)
         self._setup_state()  # last: it restores the random number generators when resuming
 
     def _setup_state(self) -> None:
@@ -190,11 +195,22 @@ class Trainer:
         else:
             ckpt.restore_rng(rank_state["rng"])  # last: nothing may draw random numbers after this
         self.sampler.load_state_dict(rank_state["sampler"])
+        if self.ema is not None:
+            self._restore_ema()
         self.log.truncate_after(self.state.step)
         if self.log.has_train_record(self.state.step):  # a finished run logged its last partial interval already
             self.state.interval = new_interval()
         self.state.accumulation, self.state.world_size = t.accumulation, acc.num_processes
         self._info(f"resumed from {self.resume_from} at step {self.state.step}")
+
+    def _restore_ema(self) -> None:
+        from txkit.ema import ema_folder
+
+        folder = ema_folder(self.resume_from)
+        if folder.is_dir():
+            self.ema.load_folder(folder)
+        else:  # a checkpoint of a run without EMA: the average starts from the resumed weights
+            self._info(f"warning: {self.resume_from} has no EMA weights; train.ema_decay starts averaging now")
 
     # -- one update --------------------------------------------------------------------------------
 
@@ -270,6 +286,8 @@ class Trainer:
             return False
         self.scheduler.step()
         self.state.step += 1
+        if self.ema is not None:
+            self.ema.update()
         added = dict(loss=loss_total, nll=nll_total, tgt=n_tgt, src=n_src, steps=1, seconds=elapsed, flops=flops)
         for key, value in added.items():
             self.state.interval[key] += value
@@ -423,6 +441,11 @@ class Trainer:
     def validate(self) -> dict:
         """Loss and perplexity on the validation set, and (with a `hooks.bleu`) BLEU of its translations
         decoded as `txkit translate` decodes (Translator + DecodeOptions from the recipe's eval section)."""
+        # With train.ema_decay, validation (and RUN/best) sees the moving average, not the trained weights.
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+            return self._validate()
+
+    def _validate(self) -> dict:
         import torch
         from accelerate.utils import broadcast_object_list, gather_object
 
@@ -487,7 +510,7 @@ class Trainer:
         path = save_checkpoint(
             self.accelerator, self.run_dir, self.state.step, self.unwrapped, (self.src_tok, self.tgt_tok), self.optimizer,
             self.scheduler, trainer_state, {"sampler": self.sampler.state_dict()},
-            keep_last=self.recipe.train.keep_last, on_model_folder=self.hooks.model_folder_saved,
+            keep_last=self.recipe.train.keep_last, on_model_folder=self.hooks.model_folder_saved, ema=self.ema,
         )  # fmt: skip
         self._info(f"step {self.state.step}: saved {path}")
         return path

@@ -2,6 +2,7 @@
 
     txkit eval --hyp HYP --ref REF [--ref REF2 ...]      score an existing output
     txkit eval MODEL --src SRC --ref REF                  translate SRC, then score
+    txkit eval M1 M2 --src SRC --ref REF                  translate with an ensemble, then score
 """
 
 from __future__ import annotations
@@ -15,19 +16,28 @@ from txkit.errors import TxkitError
 
 
 def eval_command(
-    model: Optional[str] = typer.Argument(
-        None, help="Model directory (or Hub id) to translate --src with; leave out to score --hyp."
+    models: Optional[List[str]] = typer.Argument(
+        None, metavar="[MODEL...]",
+        help="Model directory (or Hub id) to translate --src with (several: an ensemble, as txkit translate); "
+        "leave out to score --hyp.",
     ),
     hyp: Optional[str] = typer.Option(None, "--hyp", "-H", help="Hypothesis file, one segment per line."),
     ref: Optional[List[str]] = typer.Option(
         None, "--ref", "-r", help="Reference file, aligned with the hypotheses; repeat for more references."
     ),
     src: Optional[str] = typer.Option(None, "--src", help="Source file to translate with MODEL."),
-    metrics: str = typer.Option("bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, ter."),
+    metrics: str = typer.Option(
+        "bleu,chrf", "--metrics", "-m", help="Comma-separated: bleu, chrf, ter (bleu_tokenized: see --tokenized-bleu)."
+    ),
     lowercase: bool = typer.Option(
         False, "--lowercase", "-lc", help="Case-insensitive BLEU and chrF (TER is always case-insensitive)."
     ),
     tokenize: str = typer.Option("13a", "--tokenize", "-tok", help="BLEU tokenizer: 13a, intl, none, zh, char."),
+    tokenized_bleu: Optional[str] = typer.Option(
+        None, "--tokenized-bleu", metavar="LANG",
+        help="Also report the literature's BLEU on lowercased, Moses-tokenized text (LANG: the target language's "
+        "Moses rules, e.g. de), labelled 'BLEU (tokenized, lowercased, Moses)'; never the main score.",
+    ),
     chrf_word_order: int = typer.Option(0, "--chrf-word-order", help="chrF word n-gram order: 0 chrF, 2 chrF++."),
     chrfpp: bool = typer.Option(False, "--chrfpp", help="Score chrF++ (same as --chrf-word-order 2)."),
     bootstrap: int = typer.Option(
@@ -46,9 +56,15 @@ def eval_command(
     from txkit import evaluation
     from txkit.options import ScoreOptions
 
+    model = ", ".join(models) if models else None  # how the report names the system
     metric_names = [name.strip() for name in metrics.split(",") if name.strip()]
     if chrfpp:
         chrf_word_order = 2
+    if tokenized_bleu is not None:
+        if not tokenized_bleu.strip() or not tokenized_bleu.isalpha():
+            raise TxkitError(f"--tokenized-bleu takes the target language's code (e.g. de), not {tokenized_bleu!r}")
+        if "bleu_tokenized" not in metric_names:
+            metric_names.append("bleu_tokenized")
     ref_paths = list(ref or [])
     if not ref_paths:
         raise TxkitError("give at least one reference with --ref")
@@ -70,8 +86,8 @@ def eval_command(
         atomic.check_output_file(json_out, "--json", inputs + [("--hyp-out", hyp_out)])
         if hyp_out is not None and Path(json_out).absolute() == Path(hyp_out).absolute():
             raise TxkitError(f"--json {json_out}: is also the --hyp-out file; give two different files")
-    if model is not None:
-        _check_model(model)
+    for one in models or []:
+        _check_model(one)
 
     # Read and check every file before the slow parts (loading metrics, translating).
     refs = [evaluation.read_lines(path, "reference") for path in ref_paths]
@@ -84,7 +100,7 @@ def eval_command(
     else:
         sources = evaluation.read_lines(src, "source")
         evaluation.check_same_length((src, sources), *named_refs)
-        hyps = _translate(model, sources, beam_size=beam_size, max_tokens=max_tokens)
+        hyps = _translate(models, sources, beam_size=beam_size, max_tokens=max_tokens)
         if hyp_out is not None:
             _write_lines(hyp_out, hyps)
         system = {"model": model, "source": src, "path": hyp_out, "lines": len(hyps)}
@@ -103,7 +119,7 @@ def eval_command(
         baseline=baseline_info,
         options=ScoreOptions(
             metrics=tuple(metric_names), lowercase=lowercase, tokenize=tokenize, chrf_word_order=chrf_word_order,
-            bootstrap=bootstrap, seed=seed,
+            bootstrap=bootstrap, seed=seed, moses_lang=tokenized_bleu,
         ),
     )  # fmt: skip
     if json_out is not None:
@@ -111,12 +127,14 @@ def eval_command(
     typer.echo(evaluation.format_table(report))
 
 
-def _translate(model: str, sources: list[str], **decode_opts) -> list[str]:
-    try:
-        from txkit.decoding import translate_lines
-    except ImportError as exc:
-        raise TxkitError(f"cannot translate with {model}: txkit.decoding is not available ({exc})") from None
-    hyps = translate_lines(model, sources, **{k: v for k, v in decode_opts.items() if v is not None})
+def _translate(models: list[str], sources: list[str], **decode_opts) -> list[str]:
+    from txkit.decoding import DecodeOptions, Translator
+    from txkit.ensemble import load_ensemble
+
+    options = DecodeOptions.from_dict({k: v for k, v in decode_opts.items() if v is not None})
+    model, src_tok, tgt_tok = load_ensemble(models, options.device, options.dtype)
+    hyps = Translator(model, src_tok, tgt_tok, options).translate(sources)
+    model = ", ".join(models)
     if len(hyps) != len(sources):
         raise TxkitError(f"{model} returned {len(hyps)} translations for {len(sources)} source lines")
     return hyps

@@ -1,8 +1,9 @@
-"""`txkit translate MODEL [-i INPUT] [-o OUTPUT]`: translate a file or standard input, one line per line.
+"""`txkit translate MODEL... [-i INPUT] [-o OUTPUT]`: translate a file or standard input, one line per line.
 
     txkit translate runs/multi30k                    # interactive: type a sentence, get its translation
     txkit translate runs/multi30k -i test.en -o test.hyp.de
     txkit translate user/model --nbest 4 < test.en   # "LINE ||| translation ||| score", 4 lines per input
+    txkit translate runs/a runs/b -i test.en         # an ensemble: log-probabilities averaged (txkit/ensemble.py)
 
 Standard input is translated as it streams (each line as soon as it arrives when typed; in chunks when
 piped); a file given with -o is written under a temporary name and renamed when complete.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -28,7 +29,11 @@ def _option(name: str, *flags: str, help: str | None = None):
 
 
 def translate_command(
-    model: str = typer.Argument(..., help="Run directory (its final, best or latest model), model folder or Hub id."),
+    models: List[str] = typer.Argument(
+        ..., metavar="MODEL...",
+        help="Run directory (its final, best or latest model), model folder or Hub id; several: an ensemble "
+        "(their log-probabilities averaged at every step; they must share the target vocabulary).",
+    ),
     input: Optional[Path] = typer.Option(
         None, "--input", "-i", help="Source file, one sentence per line (default: stdin)."
     ),
@@ -63,13 +68,14 @@ def translate_command(
         raise TxkitError(f"--input {input}: is a directory, not a text file")
     if input is not None and not input.is_file():
         raise TxkitError(f"input file not found: {input}")
-    model_path = resolve_model(model)
+    model_paths = [resolve_model(model) for model in models]
     if output is not None:  # before the model is loaded: an unusable output fails now, not after decoding
-        atomic.check_output_file(output, "--output", [("--input", input), ("MODEL", model_path)])
+        atomic.check_output_file(output, "--output", [("--input", input)] + [("MODEL", p) for p in model_paths])
 
     from transformers.utils import logging as hf_logging
 
-    from txkit.decoding import Translator, iter_text_lines, load_model
+    from txkit.decoding import Translator, iter_text_lines
+    from txkit.ensemble import load_ensemble
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar between the user and the translations
 
@@ -82,7 +88,7 @@ def translate_command(
     from txkit.threads import ThreadGovernor
 
     governor = ThreadGovernor.create(threads)  # None when the count is the user's (--threads, environment)
-    loaded, src_tok, tgt_tok = load_model(model_path, options.device, options.dtype)
+    loaded, src_tok, tgt_tok = load_ensemble(model_paths, options.device, options.dtype)
     on_cpu = next(loaded.parameters()).device.type == "cpu"
     translator = Translator(loaded, src_tok, tgt_tok, options, governor=governor if on_cpu else None)
 
