@@ -74,7 +74,9 @@ class ThreadGovernor:
     the current choice; every `probe_every`-th runs with the other, and the choice moves to the other when its
     time per unit of work (per target token) is below `1 / margin` of the current one's. The current choice's
     time is smoothed (exponential average) so one odd batch does not make it look slow; a probe's replaces the
-    other count's last one, which is stale. A wrong switch costs one probe interval: the next probe undoes it. The first `warmup` units are not counted
+    other count's last one, which is stale. Two units in a row `alarm` times slower than the current count's
+    average (a competitor arrived) bring the next probe forward. A wrong switch costs one probe interval: the
+    next probe undoes it. The first `warmup` units are not counted
     (allocations, caches); the other count is first measured right after the first measured unit.
 
         governor = ThreadGovernor.create()      # None when the user fixed the count or there is one core
@@ -82,7 +84,10 @@ class ThreadGovernor:
             step()
     """
 
-    def __init__(self, full: int, probe_every: int = 24, margin: float = 1.15, warmup: int = 2, smoothing: float = 0.3):
+    def __init__(
+        self, full: int, probe_every: int = 24, margin: float = 1.15, warmup: int = 2, smoothing: float = 0.3,
+        alarm: float = 1.4,
+    ):
         if full < 2:
             raise ValueError("a governor needs at least 2 threads to choose from")
         self.counts = (full, full - 1)
@@ -91,7 +96,9 @@ class ThreadGovernor:
         self.margin = margin
         self.warmup = warmup
         self.smoothing = smoothing
+        self.alarm = alarm
         self.cost: dict[int, float | None] = {c: None for c in self.counts}  # seconds per unit of work
+        self.slow_units = 0  # units in a row at least `alarm` times slower than the current count's average
         self.units = 0
         self.switches = 0
         self._running = full
@@ -115,7 +122,7 @@ class ThreadGovernor:
         other = self.counts[1] if self.current == self.counts[0] else self.counts[0]
         measured = self.units - self.warmup  # units recorded so far
         probe = self.cost[self.current] is not None and (
-            self.cost[other] is None or (measured + 1) % self.probe_every == 0
+            self.cost[other] is None or (measured + 1) % self.probe_every == 0 or self.slow_units >= 2
         )
         count = other if probe else self.current
         if torch.get_num_threads() != count:
@@ -131,8 +138,13 @@ class ThreadGovernor:
         count, cost = self._running, seconds / work
         if count == self.current:  # the current choice: smoothed over its recent units
             old = self.cost[count]
-            self.cost[count] = cost if old is None else (1 - self.smoothing) * old + self.smoothing * cost
+            self.slow_units = self.slow_units + 1 if old is not None and cost > self.alarm * old else 0
+            if old is None or self.slow_units >= 2:  # the machine changed: the average is stale
+                self.cost[count] = cost
+            else:
+                self.cost[count] = (1 - self.smoothing) * old + self.smoothing * cost
             return
+        self.slow_units = 0
         self.cost[count] = cost  # a probe: its last measurement is stale, replace it
         if self.cost[self.current] is not None and cost * self.margin < self.cost[self.current]:
             self.current = count
