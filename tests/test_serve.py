@@ -423,3 +423,61 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(trained_model, sour
         assert response.status_code == 200
         assert response.json()["translations"] == expected
     assert "Traceback" not in "".join(srv.stderr)
+
+
+# ----------------------------------------------------------------------------- the page, in a real browser
+
+BROWSER = os.environ.get("TXKIT_CHROMIUM", "/usr/bin/chromium")
+DRIVER = os.environ.get("TXKIT_CHROMEDRIVER", "/usr/bin/chromedriver")
+SKIP_BROWSER_ENV = "TXKIT_SKIP_BROWSER"  # =1: skip the browser test where Chromium cannot be installed
+
+
+def _browser():
+    """Headless Chromium driven by selenium, from the system's packages (`.ci/run` installs them). Missing,
+    the test fails, as the other tests fail without their dependencies, unless TXKIT_SKIP_BROWSER=1."""
+    missing = [path for path in (BROWSER, DRIVER) if not Path(path).is_file()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("the selenium package (pip install -e '.[test]')")
+    if missing:
+        message = f"the browser test needs {', '.join(missing)}: apt-get install chromium chromium-driver"
+        if os.environ.get(SKIP_BROWSER_ENV) == "1":
+            pytest.skip(message + f" ({SKIP_BROWSER_ENV}=1)")
+        pytest.fail(message + f", or set {SKIP_BROWSER_ENV}=1 to skip it")
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1200,640", "--disable-extensions", "--no-first-run"):  # fmt: skip
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)  # explicit driver: nothing downloaded
+
+
+def test_the_page_translates_in_a_real_browser(server, trained_model, sources, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    lines = sources.read_text(encoding="utf-8").splitlines()
+    expected = cli_translate(trained_model, sources, tmp_path)
+    browser = _browser()
+    try:
+        browser.get(server.url + "/")
+        assert browser.title == "txkit translate"
+        browser.find_element(By.ID, "source").send_keys(lines[5])
+        browser.find_element(By.ID, "translate").click()
+        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "translation").text.strip())
+        assert browser.find_element(By.ID, "translation").text == expected[5]
+        assert re.fullmatch(r"1 line\(s\) in [\d.]+ s", browser.find_element(By.ID, "status").text)
+        shot = Path(os.environ.get("TXKIT_SCREENSHOT", tmp_path / "page.png"))
+        assert browser.save_screenshot(str(shot))
+        urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(url.startswith(server.url) for url in urls), urls  # nothing fetched from elsewhere
+    finally:
+        browser.quit()
+    image = Image.open(shot).convert("RGB")
+    assert image.size[0] >= 1000
+    colours = image.getcolors(maxcolors=1 << 24)
+    background = max(colours)[0] / (image.size[0] * image.size[1])
+    assert len(colours) > 50 and background < 0.97  # text, panels and the button drawn: not a blank page
