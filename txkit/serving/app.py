@@ -261,7 +261,10 @@ async def _translate(request: Request, settings: ServeSettings, state: dict, met
     def on_done():  # called on the decoding worker's thread
         loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None))
 
-    job = engine.submit(texts, options, on_done)
+    try:
+        job = engine.submit(texts, options, on_done)
+    except RuntimeError:  # the worker has stopped: the server is shutting down
+        raise ApiError(503, "the server is shutting down") from None
     watcher = asyncio.ensure_future(_watch_disconnect(request, engine, job, finished))
     try:
         await finished

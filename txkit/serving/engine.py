@@ -70,6 +70,9 @@ class Engine:
         self._in_search: set[Pending] = set()
         self._translators: collections.OrderedDict[tuple, Translator] = collections.OrderedDict()
         self._closing = False
+        # One tokenizer object serves the request threads (encode) and the worker (decode); encoding may
+        # reconfigure it (truncation, padding), which its Rust side refuses while another thread uses it.
+        self._tokenizer_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="txkit-decoder", daemon=True)
 
     # the request side (any thread) --------------------------------------------------------------
@@ -82,7 +85,8 @@ class Engine:
         job = Job(options=options, on_done=on_done)
         job.results = [[("", 0.0)] * options.nbest for _ in lines]  # empty lines keep this result
         tokenizer = Translator(self.model, self.src_tok, self.tgt_tok, options)  # cheap: no tensors
-        items = tokenizer.pending(lines, first_line=0)  # line numbers within this request: its sampling seeds
+        with self._tokenizer_lock:
+            items = tokenizer.pending(lines, first_line=0)  # line numbers within the request: its sampling seeds
         job.overlong = list(tokenizer.overlong)
         for item in items:
             if item is not None:
@@ -202,7 +206,8 @@ class Engine:
 
     def _done(self, translator: Translator, item: Pending, hyps) -> None:
         job, line = item.key
-        result = translator.detokenize(hyps)
+        with self._tokenizer_lock:
+            result = translator.detokenize(hyps)
         with self._cond:
             self._in_search.discard(item)
             if job.cancelled or job.finished:
