@@ -215,6 +215,27 @@ def test_concurrent_clients_share_batches_and_get_their_own_translations(server,
     assert singles < batches
 
 
+def test_no_batching_searches_one_sentence_at_a_time(trained_model, sources, tmp_path):
+    """`--no-batching` (the benchmark's reference): concurrent requests are still answered correctly, but the
+    search never holds more than one sentence."""
+    lines = sources.read_text(encoding="utf-8").splitlines()
+    expected = cli_translate(trained_model, sources, tmp_path, "--greedy")
+    srv = Server(trained_model, "--no-batching").wait_ready()
+    try:
+        results: dict = {}
+        threads = [threading.Thread(target=lambda i=i: results.update({i: srv.post({"text": lines[i], "greedy": True})}))
+                   for i in range(8)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {i: r.json()["translation"] for i, r in results.items()} == dict(enumerate(expected[:8]))
+        assert srv.metric("txkit_batch_sentences_count") == 8
+        assert srv.metric('txkit_batch_sentences_bucket{le="1.0"}') == 8
+    finally:
+        srv.stop()
+
+
 def test_sampling_does_not_depend_on_the_batch(server):
     """The same sampled request alone and among other clients' sentences gives the same samples."""
     body = {"texts": ["A girl in a red coat is walking her dog.", "Two men are playing chess."],
