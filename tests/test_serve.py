@@ -502,3 +502,26 @@ def test_the_page_translates_in_a_real_browser(server, trained_model, sources, t
     colours = image.getcolors(maxcolors=1 << 24)
     background = max(colours)[0] / (image.size[0] * image.size[1])
     assert len(colours) > 50 and background < 0.97  # text, panels and the button drawn: not a blank page
+
+
+def test_the_page_works_behind_the_api_key(keyed_server, trained_model, sources, tmp_path):
+    """The browser holds the key as HTTP Basic credentials (here given in the URL, as a user types them in the
+    browser's prompt); the page's own requests carry them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    lines = sources.read_text(encoding="utf-8").splitlines()
+    expected = cli_translate(trained_model, sources, tmp_path)
+    browser = _browser()
+    try:
+        browser.get(keyed_server.url.replace("http://", "http://someone:s3cret-key@") + "/")
+        browser.find_element(By.ID, "source").send_keys(lines[2])
+        browser.find_element(By.ID, "translate").click()
+        WebDriverWait(browser, 60).until(
+            lambda b: b.find_element(By.ID, "status").text not in ("", "translating...")
+        )
+        assert browser.find_element(By.ID, "status").get_attribute("class") != "error", \
+            browser.find_element(By.ID, "status").text  # fmt: skip
+        assert browser.find_element(By.ID, "translation").text == expected[2]
+    finally:
+        browser.quit()
