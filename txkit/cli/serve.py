@@ -36,7 +36,9 @@ def serve_command(
     no_batching: bool = typer.Option(
         False, "--no-batching", help="Search one sentence at a time (no cross-request batching; for comparison)."
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: the GPU when there is one)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 (default: the GPU when there is one)."
+    ),
     dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16, fp16 (auto: bf16/fp16 on GPU, fp32 on CPU)."),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: one per core, or $TXKIT_THREADS / $OMP_NUM_THREADS)."
@@ -47,8 +49,9 @@ def serve_command(
     from txkit.runs import resolve_model
 
     port_number = _port(port)
-    for name, value in (("--max-body-bytes", max_body_bytes), ("--max-texts", max_texts),
-                        ("--max-chars", max_chars), ("--max-beam-size", max_beam_size), ("--max-batch", max_batch)):  # fmt: skip
+    limits = {"--max-body-bytes": max_body_bytes, "--max-texts": max_texts, "--max-chars": max_chars,
+              "--max-beam-size": max_beam_size, "--max-batch": max_batch}  # fmt: skip
+    for name, value in limits.items():
         if value < 1:
             raise TxkitError(f"{name} {value}: must be at least 1")
     if api_key is not None and not api_key.strip():
