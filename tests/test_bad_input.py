@@ -340,12 +340,42 @@ CASES = [
          r"log\.jsonl: no training log"),
     Case("report-out-is-a-file", lambda c, f: ["report", str(run_copy(c, f)), "--out", str(text(c, f, "f.txt"))],
          r"--out .*f\.txt: exists and is not a folder"),
+    # --- txkit serve (refused before anything listens)
+    Case("serve-no-such-model", lambda c, f: ["serve", str(c / "nope"), "--port", "0"],
+         r"nope: no such model folder, run directory or Hub id"),
+    Case("serve-truncated-weights", lambda c, f: ["serve", str(_cut(model(c, f), "model.safetensors")), "--port", "0"],
+         r"m/model\.safetensors: truncated"),
+    Case("serve-port-not-a-number", lambda c, f: ["serve", str(model(c, f)), "--port", "http"],
+         r"--port http: expected a TCP port number from 0 to 65535"),
+    Case("serve-port-out-of-range", lambda c, f: ["serve", str(model(c, f)), "--port", "70000"],
+         r"--port 70000: expected a TCP port number"),
+    Case("serve-port-taken", lambda c, f: ["serve", str(model(c, f)), "--port", str(_taken_port())],
+         r"--host 127\.0\.0\.1 --port \d+: cannot listen there \(Address already in use\)"),
+    Case("serve-no-texts-allowed", lambda c, f: ["serve", str(model(c, f)), "--port", "0", "--max-texts", "0"],
+         r"--max-texts 0: must be at least 1"),
+    Case("serve-empty-api-key", lambda c, f: ["serve", str(model(c, f)), "--port", "0", "--api-key", " "],
+         r"--api-key \(or \$TXKIT_API_KEY\) is empty"),
+    Case("serve-device-gpu", lambda c, f: ["serve", str(model(c, f)), "--port", "0", "--device", "gpu"],
+         r"--device gpu: unknown device"),
     # --- txkit push (nothing is sent: the checks come first)
     Case("push-truncated-weights", lambda c, f: ["push", str(_cut(model(c, f), "model.safetensors")), "--repo", "me/tiny"],
          r"m/model\.safetensors: truncated"),
     Case("push-bad-repo-id", lambda c, f: ["push", str(model(c, f)), "--repo", "no slash"],
          r"--repo 'no slash': expected USER/NAME"),
 ]
+
+
+_HELD_SOCKETS: list = []  # listening sockets the port-taken case keeps open until the module ends
+
+
+def _taken_port() -> int:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    _HELD_SOCKETS.append(sock)
+    return sock.getsockname()[1]
 
 
 def _gzip(case: Path) -> Path:

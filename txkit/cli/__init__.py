@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "average",
     "push",
     "export",
+    "serve",
     "run",
     "report",
 ]
@@ -49,7 +50,7 @@ def _root(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
     ),
 ):
-    """txkit: tokenizer, train, translate, eval, average, export, push, run."""
+    """txkit: tokenizer, train, translate, eval, average, export, push, serve, run."""
 
 
 for _name in _COMMAND_MODULES:
