@@ -34,7 +34,9 @@ from txkit.options import (
     ACTIVATIONS,
     BEST_METRICS,
     BLEU_TOKENIZERS,
+    ENGINES,
     MIXED_PRECISION,
+    QUANTIZATIONS,
     SCHEDULES,
     SearchOptions,
     TokenizerOptions,
@@ -143,6 +145,9 @@ class EvalSection(SearchOptions):
     tokenize: Literal[BLEU_TOKENIZERS] = _key("13a", "sacreBLEU tokenizer for BLEU: 13a, intl, none, zh, char")
     average_last: int = _key(5, "checkpoints averaged into the final model (paper base: 5, big: 20)")
     test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
+    engine: Literal[ENGINES] = _key("txkit", "what translates the test sets: txkit or ctranslate2 (needs lp_form hf); "
+                                    "validation during training always uses txkit's search")
+    quantize: Literal[QUANTIZATIONS] = _key("none", "test-set translation in int8 (CPU): none or int8")
 
 
 SECTIONS: dict[str, type] = {
@@ -407,6 +412,8 @@ def validate(recipe: Recipe) -> None:
          f"train.keep_last ({t.keep_last}) must be at least eval.average_last ({recipe.eval.average_last}) "
          "so the checkpoints to average are kept")
     need(recipe.eval.beam_size >= 1, "eval.beam_size must be at least 1")
+    need(recipe.eval.engine != "ctranslate2" or recipe.eval.lp_form == "hf" or recipe.eval.length_penalty == 0,
+         "eval.engine ctranslate2 needs eval.lp_form hf (CTranslate2 has no gnmt length-penalty form)")
     need(recipe.data.src_lang != recipe.data.tgt_lang or recipe.data.src_lang == "",
          "data.src_lang and data.tgt_lang must differ")
     need(bool(recipe.data.train), "data.train is required")

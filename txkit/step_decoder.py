@@ -5,7 +5,8 @@ model, `TxkitStepDecoder` is faster; `step_decoder` picks by the model's config 
 
 A DECLARED COPY. `TxkitStepDecoder.step` restates the arithmetic of `TxkitDecoderLayer.forward`
 (txkit/modeling/modeling_txkit.py): the pre-/post-norm residual order and the attention/feed-forward
-projections, called as F.linear / F.layer_norm on the layers' own weight tensors. It is kept because it is
+projections, called as F.linear / F.layer_norm on the layers' own weight tensors (or the layers' int8 modules
+after `txkit.engines.quantize_int8`). It is kept because it is
 measurably faster (benchmarks/RESULTS.md, README Performance: the search 1.5x its first version, 4.9x
 `generate`): cross-attention keys/values once per sentence, a self-attention cache that is never reordered
 (an ancestry mask instead), and no nn.Module call machinery per layer per step. It reads the weights and
@@ -77,7 +78,12 @@ class _LayerParams:
 
     def __init__(self, layer):
         def linear(module):
-            return module.weight, module.bias
+            """x -> module(x): F.linear on the float weights, or the module itself when it holds int8 ones
+            (txkit.engines.quantize_int8: its weight is packed, not a tensor)"""
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                return lambda x, weight=weight, bias=module.bias: F.linear(x, weight, bias)
+            return module
 
         def norm(module):
             return module.normalized_shape, module.weight, module.bias, module.eps
@@ -91,7 +97,7 @@ class _LayerParams:
         self.ffn_norm = norm(layer.final_layer_norm)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.activation(F.linear(x, *self.fc1)), *self.fc2)
+        return self.fc2(self.activation(self.fc1(x)))
 
 
 class TxkitStepDecoder:
@@ -165,22 +171,22 @@ class TxkitStepDecoder:
     def _attend_self(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
         """Self-attention of the new position: h (N, D) -> (N, D); its keys/values are the step's slots."""
         N, s, g = h.size(0), self.slots, self.group
-        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.k))
-        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.v))
+        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(p.k(h))
+        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(p.v(h))
         mask = self.ancestry[:, None, :, : s + g]  # (G, 1, group, slots)
         out = F.scaled_dot_product_attention(
-            self._rows_as_queries(F.linear(h, *p.q)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
+            self._rows_as_queries(p.q(h)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
             attn_mask=mask,
         )  # fmt: skip  # (G, H, group, Dh)
-        return F.linear(out.transpose(1, 2).reshape(N, -1), *p.o)
+        return p.o(out.transpose(1, 2).reshape(N, -1))
 
     def _attend_encoder(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
         """Cross-attention: the rows of each group are query positions over their sentence's keys/values."""
         keys, values = self.cross[i]
         out = F.scaled_dot_product_attention(
-            self._rows_as_queries(F.linear(h, *p.cross_q)), keys, values, attn_mask=self.encoder_mask
+            self._rows_as_queries(p.cross_q(h)), keys, values, attn_mask=self.encoder_mask
         )  # (G, H, group, Dh)
-        return F.linear(out.transpose(1, 2).reshape(h.size(0), -1), *p.cross_o)
+        return p.cross_o(out.transpose(1, 2).reshape(h.size(0), -1))
 
     def _make_room(self, needed: int) -> None:
         """Room for `needed` more slots: drop the slots before every group's start, else double the capacity."""

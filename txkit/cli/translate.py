@@ -50,6 +50,16 @@ def translate_command(
     overlong: str = _option("overlong", "--overlong"),
     device: Optional[str] = _option("device", "--device"),
     dtype: str = typer.Option("auto", "--dtype", help=help_of(DecodeOptions, "dtype")),
+    engine: str = _option("engine", "--engine", help=(
+        "txkit: txkit's own search. ctranslate2: CTranslate2 on the model converted once through txkit's Marian "
+        "export (cached beside the model folder, keyed on its weights); the same beam, length limit, n-best and "
+        "sampling options, the transformers length-penalty form only (--lp-form hf): the paper's gnmt form is "
+        "refused."
+    )),  # fmt: skip
+    quantize: str = _option("quantize", "--quantize", help=(
+        "none, or int8: linear layers in int8 (txkit: torch's dynamic quantization, CPU only; ctranslate2: its "
+        "int8 compute type)."
+    )),  # fmt: skip
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: one per core, or $TXKIT_THREADS / $OMP_NUM_THREADS)."
     ),
@@ -68,7 +78,7 @@ def translate_command(
 
     from transformers.utils import logging as hf_logging
 
-    from txkit.decoding import Translator, iter_text_lines, load_model
+    from txkit.decoding import iter_text_lines
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar between the user and the translations
 
@@ -76,13 +86,17 @@ def translate_command(
         beam_size=1 if greedy else beam_size, length_penalty=length_penalty, lp_form=lp_form, max_len_a=max_len_a,
         max_len_b=max_len_b, nbest=nbest, sampling=sample, top_k=top_k, top_p=top_p, temperature=temperature,
         seed=seed, max_tokens=max_tokens, max_sentences=max_sentences, device=device, dtype=dtype, overlong=overlong,
+        engine=engine, quantize=quantize,
     )  # fmt: skip
     options.check()
+    if engine == "ctranslate2":
+        from txkit.engines import check_ctranslate2_options
+
+        check_ctranslate2_options(options)
+    from txkit.engines import load_translator
     from txkit.threads import set_threads
 
-    set_threads(threads)
-    loaded, src_tok, tgt_tok = load_model(model_path, options.device, options.dtype)
-    translator = Translator(loaded, src_tok, tgt_tok, options)
+    translator = load_translator(model_path, options, set_threads(threads))
 
     if input is not None:
         source = open(input, "rb")
