@@ -227,7 +227,7 @@ CASES = [
     Case("train-recipe-ctranslate2-gnmt", lambda c, f: ["train", str(recipe(c, "data:\n  train: x\neval:\n  engine: ctranslate2\n")), "-o", str(c / "run")],
          r"eval\.engine ctranslate2 needs eval\.lp_form hf"),
     Case("train-recipe-engine-unknown", lambda c, f: ["train", str(recipe(c, "data:\n  train: x\neval:\n  engine: onnx\n")), "-o", str(c / "run")],
-         r"eval\.engine"),
+         r"eval\.engine must be one of txkit, ctranslate2, not 'onnx'"),
     Case("translate-truncated-weights", lambda c, f: ["translate", str(_cut(model(c, f), "model.safetensors")), "-i", str(text(c, f, "f.txt"))],
          r"m/model\.safetensors: truncated"),
     Case("translate-empty-weights", lambda c, f: ["translate", str(_cut(model(c, f), "model.safetensors", 0)), "-i", str(text(c, f, "f.txt"))],
