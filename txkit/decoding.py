@@ -303,32 +303,31 @@ class Translator:
         return [(_one_line(text), h.score) for text, h in zip(texts, hyps)]
 
     def _translate(self, lines: list[str], first_line: int) -> list[list[Hypothesis]]:
-        """Search the lines longest first with continuous batching: the sentences searched together keep
-        (sentences x longest source) within `max_tokens` and at most `max_sentences` of them."""
+        """Search the lines in length-sorted batches under the token budget, each batch to its end.
+
+        Not through `search_continuous`: on a tiny-recipe checkpoint (step 200), translating the first 300 and
+        600 lines of Multi30k test2016 that way (the batch refilled as sentences finish, under the same
+        budget) took 1.04-1.44x the time of these batches in four runs on the shared machine
+        (benchmarks/RESULTS.md): a joining sentence widens every row's self-attention window to the oldest
+        sentence's, and each join or leave copies the whole cache, while the batches' tail costs little when
+        the sentences of a batch have similar lengths."""
         opts = self.options
         items = self.pending(lines, first_line)
         results = [[Hypothesis(0.0, [], 0.0)] * opts.nbest for _ in lines]
-        todo = sorted((item for item in items if item is not None), key=lambda p: (-len(p.ids), p.key))
-        searched: dict[int, int] = {}  # key -> source length, of the sentences in the search
-
-        def feed(room: int) -> list[Pending]:
-            taken = []
-            longest = max(searched.values(), default=0)
-            while len(taken) < min(room, len(todo)):
-                n = len(todo[len(taken)].ids)
-                longest = max(longest, n)
-                if (searched or taken) and (len(searched) + len(taken) + 1) * longest > opts.max_tokens:
-                    break
-                taken.append(todo[len(taken)])
-            del todo[: len(taken)]
-            searched.update((p.key, len(p.ids)) for p in taken)
-            return taken
-
-        def finished(item: Pending, hyps: list[Hypothesis]) -> None:
-            results[item.key] = hyps
-            del searched[item.key]
-
-        self.search_continuous(feed, finished, room=opts.max_sentences or 1 << 30)
+        todo = [item for item in items if item is not None]
+        if not todo:
+            return results
+        batches = length_sorted_batches([len(item.ids) for item in todo], opts.max_tokens, opts.max_sentences)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    chosen = [todo[j] for j in batch]
+                    for item, hyps in zip(chosen, self._search(chosen)):
+                        results[item.key] = hyps
+        finally:
+            self.model.train(was_training)
         return results
 
     def _prepare(self, lines: list[str], first_line: int) -> _Work:

@@ -252,7 +252,8 @@ class TxkitStepDecoder:
         total = kept.numel() + extra
         spare = self._spare
         if spare is None or spare.size(0) < total or spare.shape[1:] != self.kv.shape[1:]:
-            spare = self.kv.new_empty(max(total, 1), *self.kv.shape[1:])  # the same capacity
+            # the same capacity; room for sentences that join later (`add` grows `kv` into it without a copy)
+            spare = self.kv.new_empty(total + total // 2 + 8, *self.kv.shape[1:])
         kv = spare[:total]  # copy the used slots
         torch.index_select(self.kv[..., : self.slots, :], 0, kept, out=kv[: kept.numel(), ..., : self.slots, :])
         if extra:
@@ -287,7 +288,11 @@ class TxkitStepDecoder:
             new_mask = new_mask.repeat_interleave(r, 0)
         G = N // self.group
         added = new_mask.size(0)  # new groups
-        self._regroup(torch.arange(G, device=self.device), extra=added)
+        if self._kv_alloc.size(0) >= G + added and self.kv.size(4) == self._kv_alloc.size(4):
+            self.kv = self._kv_alloc[: G + added]  # `kv` is a prefix of its buffer: grow in place, no copy
+            self.kv[G:, ..., : self.slots, :] = 0  # attended to (masked out) by the new rows: finite
+        else:
+            self._regroup(torch.arange(G, device=self.device), extra=added)
         S = max(self.encoder_mask.size(-1), longest)
 
         def widen(x: torch.Tensor, fill) -> torch.Tensor:  # pad dim -2 (source positions) to S
