@@ -43,12 +43,16 @@ def load_translator(model_path: str | Path, options, threads: int | None = None)
         check_ctranslate2_options(options)
         if not Path(model_path).is_dir():
             raise TxkitError(f"--engine ctranslate2: {model_path} is not a local model folder")
+        import json
+        from types import SimpleNamespace
+
         from txkit.decoding import load_tokenizers_for
         from txkit.modelfiles import check_model_folder
-        from txkit.modeling import TxkitConfig
 
         check_model_folder(model_path)
-        config = TxkitConfig.from_pretrained(model_path)
+        # the config's JSON, not TxkitConfig: importing txkit's modeling (transformers' model code) is most of
+        # the time before the first translation (python -X importtime)
+        config = SimpleNamespace(**json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")))
         src_tok, tgt_tok = load_tokenizers_for(str(model_path))
         return CTranslate2Translator(model_path, src_tok, tgt_tok, options, config, threads)
     if options.quantize == "int8" and options.dtype not in (None, "auto", "fp32"):
