@@ -71,9 +71,11 @@ def quantize_int8(model):
     quantized int8 ones, for CPU inference; embeddings and LayerNorms stay float32.
 
     Why `torch.ao.quantization.quantize_dynamic`: it is what torch 2.13 itself offers for CPU int8 linear
-    layers (fbgemm/onednn kernels). It warns that it is deprecated in favour of torchao, but torchao's
-    int8 dynamic-activation config runs through its tensor subclass on CPU, which measured slower than
-    float32 here (benchmarks/RESULTS.md); the warning is silenced."""
+    layers (fbgemm/onednn kernels). It warns that it is deprecated in favour of torchao, but torchao 0.18 (in a
+    scratch venv, not a txkit dependency) was measured slower on CPU, on the tiny recipe's step-400 checkpoint
+    (150 test2016 lines, 1 thread, txkit's search): `Int8DynamicActivationInt8WeightConfig` 2.0 sent/s,
+    `Int8WeightOnlyConfig` 18-22, this 22-25, float32 24-25 (benchmarks/RESULTS.md). The warning is silenced;
+    when torch removes it, torchao's CPU kernels are the place to look again."""
     import warnings
 
     import torch
