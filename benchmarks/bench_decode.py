@@ -4,6 +4,15 @@
     python benchmarks/bench_decode.py --preset transformer-tiny --train-steps 400 --n 200 --threads 1
     python benchmarks/bench_decode.py --marian exports/opus-mt-en-de     # any Marian folder
     python benchmarks/bench_decode.py --model MODEL --profile prof.txt   # torch profiler over txkit's search
+    python benchmarks/bench_decode.py --model MODEL --engines --threads 1,2 --source multi30k/test2016.en
+
+With --engines, the table of engines x threads x precision instead (`engines_table`): txkit's own engine
+(`txkit translate`'s Translator; int8 = `--quantize int8`), `--engine ctranslate2` through txkit, and
+CTranslate2 called directly with its best settings (all sentences in one `translate_batch`, which sorts them
+by length into --max-tokens token batches, as its documentation recommends; one length limit, the longest
+sentence's), all in the hf length-penalty form (the one CTranslate2 has), 1 and 2 threads, float32 and int8:
+sentences/s, target tokens/s, BLEU against the reference (sacreBLEU), and the first sentence's latency of
+`txkit translate` reading standard input (a fresh process: start, model load, first line out).
 
 Translates the first N sentences of newstest2014.en with beam search and prints sentences and target tokens
 per second for four ways of decoding the same length-sorted batches (txkit's `length_sorted_batches`):
@@ -175,6 +184,102 @@ def profile_txkit(run, out_path: str) -> None:
     print(table)
 
 
+# ----------------------------------------------------------------------------- engines x threads x precision
+
+
+def engines_table(args, model_path: str) -> None:
+    """The engines side by side (module docstring, --engines); prints one row per engine/threads/precision."""
+    import ctranslate2
+    import sacrebleu
+
+    from txkit.engines import ctranslate2_model, load_translator
+    from txkit.runs import resolve_model
+
+    model_path = resolve_model(model_path)
+    source = Path(args.source) if Path(args.source).is_absolute() else SHARED / args.source
+    reference = Path(args.reference) if args.reference else source.with_suffix("." + args.target_lang)
+    with open(source, encoding="utf-8") as f:
+        sources = [line.rstrip("\n") for _, line in zip(range(args.n), f)]
+    with open(reference, encoding="utf-8") as f:
+        refs = [line.rstrip("\n") for _, line in zip(range(args.n), f)]
+    ct2_dir = ctranslate2_model(model_path)  # converted (and cached) before any timing
+    rows = []
+    threads_list = [int(t) for t in str(args.threads).split(",")]
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for precision in ("fp32", "int8"):
+            quantize = "int8" if precision == "int8" else "none"
+            base = dict(beam_size=args.beam, length_penalty=args.alpha, lp_form="hf", max_tokens=args.max_tokens,
+                        quantize=quantize)  # fmt: skip
+            ours = load_translator(model_path, DecodeOptions(**base), threads)
+            theirs = load_translator(model_path, DecodeOptions(**base, engine="ctranslate2"), threads)
+            direct = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type="int8" if quantize == "int8"
+                                            else "float32", inter_threads=1, intra_threads=threads)  # fmt: skip
+            tok = ours.src_tok
+            source_tokens = [tok.convert_ids_to_tokens(ids) for ids in tok(sources)["input_ids"]]
+            limit = max(len(t) for t in source_tokens) + 50
+
+            def run_direct(direct=direct, tok=tok):
+                out = direct.translate_batch(source_tokens, beam_size=args.beam, length_penalty=args.alpha,
+                                             max_decoding_length=limit, max_batch_size=args.max_tokens,
+                                             batch_type="tokens", min_decoding_length=0)  # fmt: skip
+                return tok.batch_decode([tok.convert_tokens_to_ids(r.hypotheses[0]) for r in out],
+                                        skip_special_tokens=True)  # fmt: skip
+
+            paths = {"txkit": lambda ours=ours: ours.translate(sources),
+                     "txkit --engine ctranslate2": lambda theirs=theirs: theirs.translate(sources),
+                     "ctranslate2 direct": run_direct}  # fmt: skip
+            ours.translate(sources[:8]), theirs.translate(sources[:8])  # warm up (allocator, kernels, imports)
+            times = {name: [] for name in paths}
+            outputs = {}
+            for round_ in range(args.repeat):
+                names = list(paths)
+                names = names[round_ % len(names) :] + names[: round_ % len(names)]
+                for name in names:
+                    started = time.perf_counter()
+                    outputs[name] = paths[name]()
+                    times[name].append(time.perf_counter() - started)
+            for name in paths:
+                seconds = min(times[name])
+                tokens = sum(len(ids) for ids in ours.tgt_tok(outputs[name], add_special_tokens=False)["input_ids"])
+                bleu = sacrebleu.corpus_bleu(outputs[name], [refs]).score
+                same = sum(a == b for a, b in zip(outputs[name], outputs["txkit"]))
+                rows.append((name, threads, precision, len(sources) / seconds, tokens / seconds, bleu, same, seconds))
+    print(f"model {model_path}; {len(sources)} sentences of {source.name}, beam {args.beam}, alpha {args.alpha} "
+          f"(hf form), --max-tokens {args.max_tokens}, best of {args.repeat} rounds; torch {torch.__version__}, "
+          f"ctranslate2 {ctranslate2.__version__}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'engine':<28} {'thr':>3} {'prec':>5} {'sent/s':>8} {'tgt tok/s':>10} {'BLEU':>6} {'=txkit':>7} "
+          f"{'vs ct2 direct':>14}")  # fmt: skip
+    direct_speed = {(t, p): sps for n, t, p, sps, *_ in rows if n == "ctranslate2 direct"}
+    for name, threads, precision, sps, tps, bleu, same, _ in rows:
+        print(f"{name:<28} {threads:>3} {precision:>5} {sps:>8.1f} {tps:>10.0f} {bleu:>6.2f} "
+              f"{same:>4}/{len(sources):<3} {sps / direct_speed[(threads, precision)]:>13.2f}x")  # fmt: skip
+    if args.latency:
+        first_sentence_latency(model_path, sources[0], threads_list[0], args.latency)
+
+
+def first_sentence_latency(model_path: str, sentence: str, threads: int, tries: int) -> None:
+    """Seconds from starting `txkit translate MODEL` (a fresh process) to its first output line, one sentence
+    on standard input kept open, per engine and precision; best of `tries`."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
+    for extra in ([], ["--quantize", "int8"], ["--engine", "ctranslate2"], ["--engine", "ctranslate2", "--quantize", "int8"]):
+        best = float("inf")
+        for _ in range(tries):
+            started = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "txkit", "translate", model_path, "--lp-form", "hf",
+                                     "--threads", str(threads), *extra], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+            proc.stdin.write(sentence.encode("utf-8") + b"\n")
+            proc.stdin.flush()
+            proc.stdout.readline()
+            best = min(best, time.perf_counter() - started)
+            proc.stdin.close()
+            proc.wait()
+        print(f"first-sentence latency, txkit translate {' '.join(extra) or '(txkit engine, fp32)'}: {best:.2f} s")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -187,7 +292,13 @@ def main(argv=None) -> None:
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.6, help="length penalty alpha")
     parser.add_argument("--max-tokens", type=int, default=4096, help="batch budget in source tokens")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and CTranslate2")
+    parser.add_argument("--threads", default="1", help="CPU threads for torch and CTranslate2 (--engines: a list, 1,2)")
+    parser.add_argument("--engines", action="store_true", help="the engines x threads x precision table instead")
+    parser.add_argument("--source", default="newstest2014/newstest2014.en", help="--engines: source file (in shared data)")
+    parser.add_argument("--reference", help="--engines: reference file (default: the source's with --target-lang)")
+    parser.add_argument("--target-lang", default="de")
+    parser.add_argument("--latency", type=int, default=0, metavar="N",
+                        help="--engines: also the first sentence's latency, best of N fresh processes")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all paths (best round counts)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of: {', '.join(PATHS)}")
     parser.add_argument("--profile", metavar="FILE", help="profile one txkit paper run; write the table to FILE")
@@ -197,6 +308,10 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and compute")
     parser.add_argument("--work-dir", default="/tmp/txkit-bench", help="where built tokenizer/models are cached")
     args = parser.parse_args(argv)
+    if args.engines:
+        engines_table(args, args.model or str(build_model(args)))
+        return
+    args.threads = int(args.threads)
     torch.set_num_threads(args.threads)
     paths = [p.strip() for p in args.paths.split(",")]
     unknown = [p for p in paths if p not in PATHS]

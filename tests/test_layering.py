@@ -24,7 +24,7 @@ STAGES: dict[str, list[str]] = {
                               "txkit.train_setup", "txkit.averaging", "txkit.search", "txkit.step_decoder",
                               "txkit.decoding", "txkit.ensemble"],
     "evaluation": ["txkit.evaluation", "txkit.metrics"],
-    "sharing": ["txkit.hub", "txkit.export", "txkit.report", "txkit.serving"],
+    "sharing": ["txkit.hub", "txkit.export", "txkit.report", "txkit.serving", "txkit.engines"],
     "pipeline": ["txkit.pipeline"],
     "cli": ["txkit.cli", "txkit.__main__"],
 }  # fmt: skip

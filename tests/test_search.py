@@ -3,6 +3,7 @@ independence from the batch, greedy and sampling."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +15,9 @@ from txkit.search import (
     beam_search,
     greedy_search,
     length_penalty,
+    beam_search_continuous,
     sample_search,
+    token_search_continuous,
     top_candidates,
 )
 
@@ -213,11 +216,95 @@ def test_finished_sentences_leave_the_batch_without_changing_results(lp_form):
         scores = [h.score for h in together[sentence]]
         assert scores == sorted(scores, reverse=True) and len(scores) == 3
         steps_alone.append(alone_decoder.steps)
-    # A sentence occupies the batch only while it is searched (1 row at the first step, then 3 beams), so the
-    # work is what the sentences cost alone; a sentence that stayed after finishing would add rows.
+    # A sentence occupies the batch only while it is searched (3 beam rows from its first step on, the two
+    # not yet opened at -inf, so that sentences joining mid-search have the same layout), so the work is what
+    # the sentences cost alone; a sentence that stayed after finishing would add rows.
     assert len(set(steps_alone)) > 1  # the premise: sentences finish at different steps
     assert decoder.steps == max(steps_alone)
-    assert decoder.row_steps == sum(1 + 3 * (n - 1) for n in steps_alone)
+    assert decoder.row_steps == sum(3 * n for n in steps_alone)
+
+
+class JoiningDecoder:
+    """A `StepDecoder` like TableDecoder that sentences can join mid-search (`add`; a sentence's source is
+    [its number]). `waiting()` is asked at every step, so a test sees whether the batch stays full."""
+
+    start_token_id = START
+    device = torch.device("cpu")
+
+    def __init__(self, log_probs_of, waiting):
+        self.log_probs_of = log_probs_of
+        self.waiting = waiting
+        self.rows: list[tuple[int, tuple, bool]] = []  # (sentence, tokens so far, started) per row
+        self.steps_seen: list[tuple[int, int]] = []  # per step: (sentences searched, sentences still waiting)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.rows = [(s, prefix + (tok,) if started else prefix, True)
+                     for (s, prefix, started), tok in zip(self.rows, tokens.tolist())]  # fmt: skip
+        self.steps_seen.append((len({s for s, _, _ in self.rows}), self.waiting()))
+        return torch.stack([self.log_probs_of(s, prefix) for s, prefix, _ in self.rows])
+
+    def select(self, rows: torch.Tensor, sentences_changed: bool) -> None:
+        self.rows = [self.rows[r] for r in rows.tolist()]
+
+    def add(self, sources: list[list[int]], rows_per_sentence: int) -> None:
+        self.rows += [(ids[0], (), False) for ids in sources for _ in range(rows_per_sentence)]
+
+
+@dataclasses.dataclass(eq=False)
+class Item:
+    ids: list
+    max_length: int
+    key: int
+    cancelled: bool = False
+
+
+@pytest.mark.parametrize(
+    "how",
+    [dict(lp_form="gnmt"), dict(lp_form="hf"), dict(lp_form="gnmt", nbest=3), dict(greedy=True),
+     dict(sampling=True)],
+    ids=["gnmt", "hf", "nbest", "greedy", "sampling"],
+)  # fmt: skip
+def test_continuous_search_fills_free_places_and_keeps_each_result(how):
+    """Sentences of mixed limits join as others finish: the batch stays at `room` sentences while any wait,
+    and every sentence gets what it gets searched alone (a cancelled one gets nothing)."""
+    table = random_table(seed=11)
+    limits = [4, 12, 7, 12, 2, 9, 3, 11, 6, 5, 12, 8]
+    K = 3
+    seeds = lambda item: [100 + item.key, 200 + item.key]  # noqa: E731
+
+    def run(decoder, items, feed, done, room):
+        if how.get("greedy") or how.get("sampling"):
+            sampling = dict(top_k=0, top_p=1.0, temperature=1.0) if how.get("sampling") else None
+            n = 2 if sampling else 1
+            token_search_continuous(decoder, items, feed, done, EOS, sampling=sampling, seeds=seeds,
+                                    num_samples=n, room=room)  # fmt: skip
+            return
+        beam_search_continuous(decoder, items, feed, done, EOS, beam_size=K, alpha=0.6,
+                               lp_form=how["lp_form"], nbest=how.get("nbest", 1), room=room)  # fmt: skip
+
+    alone = {}
+    for key, limit in enumerate(limits):
+        decoder = TableDecoder(lambda s, p, key=key: table(key, p), 1)
+        run(decoder, [Item([key], limit, key)], None, lambda item, hyps: alone.__setitem__(item.key, hyps), 0)
+    waiting = [Item([key], limit, key) for key, limit in enumerate(limits)]
+    cancelled = waiting[5]
+    got = {}
+
+    def done(item, hyps):
+        got[item.key] = hyps
+        if cancelled not in waiting:  # the client of sentence 5 goes away while it is searched
+            cancelled.cancelled = True
+
+    decoder = JoiningDecoder(table, lambda: len(waiting))
+    room = 4
+    run(decoder, [], lambda free: [waiting.pop(0) for _ in range(min(free, len(waiting)))],
+                            done, room)  # fmt: skip
+    assert not waiting and set(got) == set(range(len(limits))) - {5}
+    for key, hyps in got.items():
+        assert hyps == alone[key], key
+    # while sentences waited, every step searched `room` of them: a finished one's place is taken at once
+    assert all(searched == room for searched, still_waiting in decoder.steps_seen if still_waiting)
+    assert sum(1 for _, still_waiting in decoder.steps_seen if still_waiting) > 5  # the premise: many joins
 
 
 def test_greedy_takes_the_most_likely_token_and_stops_at_eos():

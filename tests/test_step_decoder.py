@@ -80,3 +80,52 @@ def test_a_model_that_is_not_txkits_gets_the_generic_step_decoder():
     model.config.model_type = "marian"  # as a Marian export's config says
     decoder = step_decoder(model, torch.randint(4, VOCAB, (1, 3)), torch.ones(1, 3, dtype=torch.long))
     assert isinstance(decoder, ModelStepDecoder)
+
+
+@pytest.mark.parametrize("normalize_before", [False, True], ids=["post-norm", "pre-norm"])
+def test_sentences_joining_mid_search_get_the_models_own_outputs(normalize_before):
+    """Continuous batching: sentences `add`ed while others are at later steps (with longer and shorter sources,
+    in groups of the same and of another size, after the buffer was compacted and grew) each get, at each of
+    their steps, what the model's full forward gives for their own history."""
+    model = small_model("relu", normalize_before, False)
+    config = model.config
+    gen = torch.Generator().manual_seed(2)
+    sources = [torch.randint(4, VOCAB, (n,), generator=gen).tolist() + [config.eos_token_id] for n in (5, 9, 3, 12, 6)]
+
+    def padded(ids_list):
+        longest = max(map(len, ids_list))
+        ids = torch.full((len(ids_list), longest), config.pad_token_id)
+        for i, ids_ in enumerate(ids_list):
+            ids[i, : len(ids_)] = torch.tensor(ids_)
+        return ids, ids.ne(config.pad_token_id).long()
+
+    decoder = step_decoder(model, *padded(sources[:2]))
+    decoder.select(torch.tensor([0, 0, 1, 1]), True)  # two beams per sentence
+    sentence = [0, 0, 1, 1]  # the source of each row
+    history = [[config.decoder_start_token_id] for _ in sentence]  # decoder input of each row so far
+    # per step: sentences to add (and rows each), then rows kept after the step
+    plan = [(None, [1, 0, 2, 3]), ([2], None), ([3], [0, 1, 2, 3, 4, 5]), (None, [2, 3, 4, 5]),
+            ([4], [0, 2, 2, 3, 4, 5]), ([1], None), (None, [3, 4, 5, 6, 7])] + [(None, None)] * 16  # fmt: skip
+    written = 0  # self-attention slots written
+    with torch.inference_mode():
+        for number, (joining, kept) in enumerate(plan):
+            if joining:
+                decoder.add([sources[s] for s in joining], 2)
+                for s in joining:
+                    sentence += [s, s]
+                    history += [[config.decoder_start_token_id], [config.decoder_start_token_id]]
+            written += decoder.group
+            got = decoder.step(torch.tensor([h[-1] for h in history]))
+            for row, (s, h) in enumerate(zip(sentence, history)):
+                ids, mask = padded([sources[s]])
+                full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=torch.tensor([h]),
+                             use_cache=False).logits[0, -1]  # fmt: skip
+                torch.testing.assert_close(got[row], F.log_softmax(full.float(), dim=-1), atol=1e-4, rtol=0,
+                                           msg=lambda m: f"step {number}, row {row}: {m}")  # fmt: skip
+            tokens = torch.randint(4, VOCAB, (len(history),), generator=gen).tolist()
+            history = [h + [t] for h, t in zip(history, tokens)]
+            if kept is not None:
+                changed = [sentence[r] for r in kept] != sentence  # False: beams moved within their sentences
+                decoder.select(torch.tensor(kept), changed)
+                sentence, history = [sentence[r] for r in kept], [list(history[r]) for r in kept]
+    assert int(decoder.start.min()) == 0 and decoder.slots < written  # the slots before any group's start were dropped

@@ -30,7 +30,7 @@ import torch
 
 from txkit.errors import TxkitError
 from txkit.options import DTYPES, DecodeOptions  # noqa: F401  (DecodeOptions: part of this module's API)
-from txkit.search import Hypothesis, beam_search, greedy_search, sample_search
+from txkit.search import Hypothesis, beam_search_continuous, token_search_continuous
 from txkit.step_decoder import step_decoder
 from txkit.textio import decode_lines
 
@@ -262,14 +262,19 @@ class Translator:
         self,
         feed: Callable[[int], list[Pending]],
         done: Callable[[Pending, list[Hypothesis]], None],
+        room: int | None = None,
     ) -> None:
         """Search sentences as they arrive. `feed(room)` returns up to `room` waiting sentences without
         blocking ([] when none wait); `done(pending, hyps)` receives each finished sentence's hypotheses,
         best first, in the order sentences finish. Returns once `feed` gives nothing and no sentence is
         left in the search. A sentence's result does not depend on what else is searched with it.
 
-        This form takes one batch from `feed` at a time and searches it to the end."""
-        room = self.options.max_sentences or _CONTINUOUS_ROOM
+        Continuous batching: `feed` is asked again at every step while fewer than `room` sentences (default
+        `options.max_sentences`, else 64) are searched, and the sentences it gives join the search at once
+        (their encoder states computed, the rows of finished ones reused), so the batch stays full while
+        input waits. A model whose step decoder cannot take sentences mid-search (not txkit's) is searched
+        one fed batch at a time."""
+        room = room or self.options.max_sentences or _CONTINUOUS_ROOM
         was_training = self.model.training
         self.model.eval()
         try:
@@ -279,9 +284,16 @@ class Translator:
                     if not arrived:
                         return
                     batch = [p for p in arrived if not p.cancelled]
-                    for item, hyps in zip(batch, self._search(batch) if batch else []):
-                        if not item.cancelled:
-                            done(item, hyps)
+                    if not batch:
+                        continue
+                    decoder = self._decoder(batch)
+                    if not hasattr(decoder, "add"):
+                        for item, hyps in zip(batch, self._search(batch, decoder)):
+                            if not item.cancelled:
+                                done(item, hyps)
+                        continue
+                    self._search(batch, decoder, feed=feed, done=done, room=room)
+                    return
         finally:
             self.model.train(was_training)
 
@@ -293,6 +305,14 @@ class Translator:
         return [(_one_line(text), h.score) for text, h in zip(texts, hyps)]
 
     def _translate(self, lines: list[str], first_line: int) -> list[list[Hypothesis]]:
+        """Search the lines in length-sorted batches under the token budget, each batch to its end.
+
+        Not through `search_continuous`: on a tiny-recipe checkpoint (step 200), translating the first 300 and
+        600 lines of Multi30k test2016 that way (the batch refilled as sentences finish, under the same
+        budget) took 1.04-1.44x the time of these batches in four runs on the shared machine
+        (benchmarks/RESULTS.md): a joining sentence widens every row's self-attention window to the oldest
+        sentence's, and each join or leave copies the whole cache, while the batches' tail costs little when
+        the sentences of a batch have similar lengths."""
         opts = self.options
         items = self.pending(lines, first_line)
         results = [[Hypothesis(0.0, [], 0.0)] * opts.nbest for _ in lines]
@@ -337,9 +357,8 @@ class Translator:
             work.max_lengths[i] = max(1, min(int(opts.max_len_a * n_source + opts.max_len_b), limit))
         return work
 
-    def _search(self, items: list[Pending]):
-        """Search one batch of sentences; per sentence, its hypotheses best first."""
-        opts = self.options
+    def _decoder(self, items: list[Pending]):
+        """A step decoder over a first batch of sentences (their encoder states computed)."""
         device = next(self.model.parameters()).device
         sources = [item.ids for item in items]
         longest = max(len(ids) for ids in sources)
@@ -348,23 +367,34 @@ class Translator:
         for row, ids in enumerate(sources):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention_mask[row, : len(ids)] = 1
-        decoder = step_decoder(self.model, input_ids.to(device), attention_mask.to(device))
-        max_lengths = [item.max_length for item in items]
+        return step_decoder(self.model, input_ids.to(device), attention_mask.to(device))
+
+    def _search(self, items: list[Pending], decoder=None, feed=None, done=None, room: int = 0):
+        """Search a batch of sentences; per sentence, its hypotheses best first. With `feed`, continuous
+        batching: more sentences join from `feed`, and every result goes to `done` instead."""
+        opts = self.options
+        decoder = decoder if decoder is not None else self._decoder(items)
+        results: list = [None] * len(items)
+        index = {id(item): i for i, item in enumerate(items)}
+        if done is None:
+            def done(item, hyps):  # noqa: E306
+                results[index[id(item)]] = hyps
         if opts.sampling:
-            seeds = [[_sentence_seed(opts.seed, item.line, s) for s in range(opts.nbest)] for item in items]
-            return sample_search(
-                decoder, max_lengths, self.eos_token_id, top_k=opts.top_k, top_p=opts.top_p,
-                temperature=opts.temperature, seeds=seeds, num_samples=opts.nbest,
-                alpha=opts.length_penalty, lp_form=opts.lp_form,
+            token_search_continuous(
+                decoder, items, feed, done, self.eos_token_id,
+                sampling=dict(top_k=opts.top_k, top_p=opts.top_p, temperature=opts.temperature),
+                seeds=lambda item: [_sentence_seed(opts.seed, item.line, s) for s in range(opts.nbest)],
+                num_samples=opts.nbest, alpha=opts.length_penalty, lp_form=opts.lp_form, room=room,
             )  # fmt: skip
-        if opts.beam_size == 1:
-            return greedy_search(
-                decoder, max_lengths, self.eos_token_id, alpha=opts.length_penalty, lp_form=opts.lp_form
-            )
-        return beam_search(
-            decoder, max_lengths, self.eos_token_id, beam_size=opts.beam_size, alpha=opts.length_penalty,
-            lp_form=opts.lp_form, nbest=opts.nbest,
-        )  # fmt: skip
+        elif opts.beam_size == 1:
+            token_search_continuous(decoder, items, feed, done, self.eos_token_id, alpha=opts.length_penalty,
+                                    lp_form=opts.lp_form, room=room)  # fmt: skip
+        else:
+            beam_search_continuous(
+                decoder, items, feed, done, self.eos_token_id, beam_size=opts.beam_size, alpha=opts.length_penalty,
+                lp_form=opts.lp_form, nbest=opts.nbest, room=room,
+            )  # fmt: skip
+        return results
 
 
 def translate_lines(model_path: str | Path, lines: Sequence[str], **options) -> list[str]:

@@ -55,6 +55,8 @@ _TOKENIZER_KEYS = ("data.train", "data.src_lang", "data.tgt_lang", "data.hub_con
 # Every search option re-translates when it changes: the keys come from SearchOptions' fields, so a new
 # search key is noticed without a list to keep by hand.
 _DECODE_KEYS = tuple(f"eval.{f.name}" for f in dataclasses.fields(SearchOptions))
+# the engine keys count only when not their defaults, so runs made before they existed are not re-translated
+_ENGINE_DEFAULTS = {"eval.engine": "txkit", "eval.quantize": "none"}
 
 
 @dataclass
@@ -365,12 +367,13 @@ def _load_test(run: _Run, spec: str):
 
 def translate_inputs(run: _Run, spec: str) -> dict:
     """What a test set's translation depends on: every search option, the test set and the model."""
-    return {**run.keys(_DECODE_KEYS), "test": spec, "model": run.fingerprints.get("average")}
+    engine = {k: v for k, v in run.keys(_ENGINE_DEFAULTS).items() if v != _ENGINE_DEFAULTS[k]}
+    return {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average")}
 
 
 def stage_translate(run: _Run) -> None:
     """Translate every test set with RUN/model; one marker per test set, so a finished one is kept."""
-    from txkit.decoding import DecodeOptions, Translator, load_model
+    from txkit.decoding import DecodeOptions
 
     e, tgt = run.recipe.eval, run.recipe.data.tgt_lang
     model_dir = run.run_dir / runs.FINAL_MODEL
@@ -381,9 +384,10 @@ def stage_translate(run: _Run) -> None:
             todo[name] = (spec, inputs)
     if not todo:
         return
-    model, src_tok, tgt_tok = load_model(model_dir)
-    options = DecodeOptions(**e.search_options())
-    translator = Translator(model, src_tok, tgt_tok, options)
+    from txkit.engines import load_translator
+
+    options = DecodeOptions(**e.search_options(), engine=e.engine, quantize=e.quantize)
+    translator = load_translator(model_dir, options)
     folder = run.run_dir / TRANSLATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for name, (spec, inputs) in todo.items():
@@ -394,7 +398,8 @@ def stage_translate(run: _Run) -> None:
         _write_atomic(out, "".join(h + "\n" for h in hyps))
         seconds = time.monotonic() - started
         run.echo(f"     {len(hyps)} sentences in {seconds:.1f} s")
-        run.finish(f"translate-{name}", inputs, [out], started, lines=len(hyps), device=str(model.device))
+        device = str(next(translator.model.parameters()).device) if hasattr(translator, "model") else "ctranslate2"
+        run.finish(f"translate-{name}", inputs, [out], started, lines=len(hyps), device=device)
 
 
 def stage_evaluate(run: _Run) -> dict[str, dict]:

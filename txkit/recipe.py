@@ -35,7 +35,9 @@ from txkit.options import (
     BEST_METRICS,
     FINAL_WEIGHTS,
     BLEU_TOKENIZERS,
+    ENGINES,
     MIXED_PRECISION,
+    QUANTIZATIONS,
     SCHEDULES,
     SearchOptions,
     TokenizerOptions,
@@ -156,6 +158,9 @@ class EvalSection(SearchOptions):
         "(trained); without EMA the trained weights are averaged"
     )
     test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
+    engine: Literal[ENGINES] = _key("txkit", "what translates the test sets: txkit or ctranslate2 (needs lp_form hf); "
+                                    "validation during training always uses txkit's search")
+    quantize: Literal[QUANTIZATIONS] = _key("none", "test-set translation in int8 (CPU): none or int8")
 
 
 SECTIONS: dict[str, type] = {
@@ -420,6 +425,8 @@ def validate(recipe: Recipe) -> None:
          f"train.keep_last ({t.keep_last}) must be at least eval.average_last ({recipe.eval.average_last}) "
          "so the checkpoints to average are kept")
     need(recipe.eval.beam_size >= 1, "eval.beam_size must be at least 1")
+    need(recipe.eval.engine != "ctranslate2" or recipe.eval.lp_form == "hf" or recipe.eval.length_penalty == 0,
+         "eval.engine ctranslate2 needs eval.lp_form hf (CTranslate2 has no gnmt length-penalty form)")
     need(recipe.data.src_lang != recipe.data.tgt_lang or recipe.data.src_lang == "",
          "data.src_lang and data.tgt_lang must differ")
     need(bool(recipe.data.train), "data.train is required")

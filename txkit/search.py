@@ -20,7 +20,9 @@ and because it applies exactly the paper's search:
 |Y| counts the generated tokens including the final </s>, as transformers and tensor2tensor count it.
 
 The search talks to the model through a `StepDecoder`: `step(last_tokens) -> log-probabilities` and
-`select(rows, sentences_changed)` to keep/reorder the decoder state; txkit.step_decoder implements it for
+`select(rows, sentences_changed)` to keep/reorder the decoder state, and for continuous batching (a finished
+sentence's place taken at once by a waiting one, `*_continuous`) `add(sources, rows_per_sentence)` to let
+sentences join mid-search, each with its own step count; txkit.step_decoder implements it for
 models (`TxkitStepDecoder`, `ModelStepDecoder`). Tests use hand-made step functions to check the search itself.
 
 Shapes in comments: A active sentences, K beam size, V target vocabulary, t tokens generated so far.
@@ -64,8 +66,17 @@ class StepDecoder(Protocol):
 
     def select(self, rows: torch.Tensor, sentences_changed: bool) -> None:
         """Keep the decoder state of `rows` (N',), in that order. `sentences_changed` is False when rows only
-        move between beams of the same sentences (per-sentence state such as encoder output stays as is)."""
+        move between beams of the same sentences (per-sentence state such as encoder output stays as is).
+        `rows` may be empty (every sentence left; `add` may follow)."""
         ...
+
+    # Continuous batching (`beam_search_continuous`, `token_search_continuous` with a `feed`) also needs:
+    #
+    #     def add(self, sources: list[list[int]], rows_per_sentence: int) -> None:
+    #         """Append sentences (source token ids, </s> included) after the current rows, each with
+    #         `rows_per_sentence` rows whose next `step` is their first (position 0, no history)."""
+    #
+    # (TxkitStepDecoder has it; a decoder without it is searched one batch at a time.)
 
 
 def length_penalty(length: int, alpha: float, form: str) -> float:
@@ -75,6 +86,16 @@ def length_penalty(length: int, alpha: float, form: str) -> float:
     if form == "hf":
         return float(length**alpha)
     raise ValueError(f"unknown length-penalty form {form!r}; choose one of {', '.join(LP_FORMS)}")
+
+
+@dataclass(eq=False)
+class _Sentence:
+    """A sentence of a batch search: its output limit and its index in the batch (`feed` items of the
+    continuous searches have these fields too, plus `ids`, the source, and `cancelled`)."""
+
+    max_length: int
+    key: int
+    cancelled: bool = False
 
 
 def beam_search(
@@ -100,71 +121,130 @@ def beam_search(
     Returns:
         per sentence, its `nbest` best finished hypotheses.
     """
+    results: list[list[Hypothesis]] = [[] for _ in max_lengths]
+    items = [_Sentence(limit, i) for i, limit in enumerate(max_lengths)]
+    beam_search_continuous(decoder, items, None, lambda item, hyps: results.__setitem__(item.key, hyps),
+                           eos_token_id, beam_size, alpha, lp_form, nbest)  # fmt: skip
+    return results
+
+
+def beam_search_continuous(
+    decoder: StepDecoder,
+    items: list,
+    feed,
+    done,
+    eos_token_id: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+    lp_form: str = "gnmt",
+    nbest: int = 1,
+    room: int = 0,
+) -> None:
+    """`beam_search` with continuous batching: `items` (with `max_length`; one decoder row each) start the
+    search; whenever fewer than `room` sentences are searched, `feed(free places)` may give more (items with
+    `ids` and `max_length`), which join through `decoder.add` and start at their first step while the others
+    go on. `done(item, hyps)` receives each sentence's `nbest` best hypotheses as it finishes; an item whose
+    `cancelled` is set leaves without a result. Returns when no sentence is left and `feed` gives none.
+    Every sentence has its own step count, so its result does not depend on when it joined.
+    """
     if lp_form not in LP_FORMS:
         raise ValueError(f"unknown length-penalty form {lp_form!r}; choose one of {', '.join(LP_FORMS)}")
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest ({nbest}) must be between 1 and the beam size ({beam_size})")
     K = beam_size
-    batch = len(max_lengths)
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]  # min-heaps of the K best per sentence
-    if batch == 0:
-        return []
     device = _device_of(decoder)
-    active = list(range(batch))  # original index of each active sentence
-    limits = list(max_lengths)
-    scores = torch.zeros(batch, 1, device=device)  # (A, k) sum log p of the open hypotheses; k = 1 at first
-    history = torch.zeros(batch, 1, 0, dtype=torch.long, device=device)  # (A, k, t)
-    last = torch.full((batch,), decoder.start_token_id, dtype=torch.long, device=device)  # (A * k,)
-    t = 0
-    while active:
-        A, k = scores.shape
-        log_probs = decoder.step(last)  # (A * k, V)
+    active = list(items)  # the sentences searched, in row-group order
+    finished: list[list[Hypothesis]] = [[] for _ in active]  # min-heaps of the K best per sentence
+    steps = [0] * len(active)  # tokens generated per sentence
+    # Every sentence has K rows from the start; the other beams begin at -inf, so the first step's candidates
+    # are its first beam's (the same as one row), and sentences joining later have the same row layout.
+    if active:
+        decoder.select(torch.arange(len(active), device=device).repeat_interleave(K), sentences_changed=True)
+    scores = _fresh_scores(len(active), K, device)  # (A, K) sum log p of the open hypotheses
+    history = torch.zeros(len(active), K, 0, dtype=torch.long, device=device)  # (A, K, T) right-aligned tokens
+    while True:
+        if feed is not None and len(active) < room:
+            joining = [item for item in feed(room - len(active)) if not item.cancelled]
+            if joining:
+                decoder.add([item.ids for item in joining], K)
+                active += joining
+                finished += [[] for _ in joining]
+                steps += [0] * len(joining)
+                scores = torch.cat([scores, _fresh_scores(len(joining), K, device)])
+                history = torch.cat([history, history.new_zeros(len(joining), K, history.size(2))])
+        if not active:
+            return
+        A = len(active)
+        T = history.size(2)
+        last = history[:, :, -1].reshape(-1) if T else history.new_full((A * K,), decoder.start_token_id)
+        if T:
+            fresh = torch.tensor([n == 0 for n in steps], device=device)
+            if fresh.any():
+                last = last.masked_fill(fresh.repeat_interleave(K), decoder.start_token_id)
+        log_probs = decoder.step(last)  # (A * K, V)
         V = log_probs.size(-1)
-        top_scores, top_index = top_candidates(scores, log_probs, min(2 * K, k * V))  # (A, 2K), best first
+        top_scores, top_index = top_candidates(scores, log_probs, min(2 * K, K * V))  # (A, 2K), best first
         top_beam = top_index // V  # which open hypothesis each candidate extends
         top_token = top_index % V
-        t += 1
-        at_limit = torch.tensor([t >= limit for limit in limits], device=device)  # (A,)
+        steps = [n + 1 for n in steps]
+        limits = [item.max_length for item in active]
+        at_limit = torch.tensor([n >= limit for n, limit in zip(steps, limits)], device=device)  # (A,)
         ends = top_token.eq(eos_token_id) | at_limit.unsqueeze(-1)  # (A, 2K)
 
         # 1. The best K candidates that end become finished hypotheses.
         finishing = ends[:, :K] & top_scores[:, :K].isfinite()
         if finishing.any():
-            lp = length_penalty(t, alpha, lp_form)
-            normalized = top_scores[:, :K] / lp  # same fp32 op as transformers, so equal scores stay equal
+            lp = torch.tensor([length_penalty(n, alpha, lp_form) for n in steps], device=device)  # (A,) fp32
+            normalized = top_scores[:, :K] / lp.unsqueeze(-1)  # same fp32 op as transformers: equal scores stay equal
             rows, cols = finishing.nonzero(as_tuple=True)
             prefixes = history[rows, top_beam[rows, cols]].tolist()
             tokens = top_token[rows, cols].tolist()
             for a, prefix, token, score, log_prob in zip(
                 rows.tolist(), prefixes, tokens, normalized[rows, cols].tolist(), top_scores[rows, cols].tolist()
             ):
+                prefix = prefix[T - steps[a] + 1 :] if steps[a] > 1 else []
                 hyp = Hypothesis(score, prefix if token == eos_token_id else prefix + [token], log_prob)
-                heap = finished[active[a]]
+                heap = finished[a]
                 if len(heap) < K:
                     heapq.heappush(heap, hyp)
                 elif hyp.score > heap[0].score:
                     heapq.heapreplace(heap, hyp)
 
         # 2. The best K candidates that do not end stay open.
-        open_scores, open_pos = top_scores.masked_fill(ends, float("-inf")).topk(min(K, top_scores.size(1)), dim=-1)
+        open_scores, open_pos = top_scores.masked_fill(ends, float("-inf")).topk(K, dim=-1)
         open_beam = top_beam.gather(1, open_pos)
         open_token = top_token.gather(1, open_pos)
-        source_rows = torch.arange(A, device=device).unsqueeze(-1) * k + open_beam  # (A, K) rows of this step
+        source_rows = torch.arange(A, device=device).unsqueeze(-1) * K + open_beam  # (A, K) rows of this step
 
         # 3. Which sentences are done: at their limit, or no open hypothesis can enter the kept finished ones.
-        done = _done(open_scores[:, 0], t, limits, [finished[i] for i in active], K, nbest, alpha, lp_form)
-        keep = [a for a in range(A) if not done[a]]
-        if not keep:
-            break
-        keep_t = torch.tensor(keep, device=device)
+        is_done = _done(open_scores[:, 0], steps, limits, finished, K, nbest, alpha, lp_form)
+        keep = []
+        for a, item in enumerate(active):
+            if item.cancelled:
+                continue
+            if is_done[a]:
+                done(item, sorted(finished[a], reverse=True)[:nbest])
+            else:
+                keep.append(a)
+        if not keep and feed is None:
+            return
+        keep_t = torch.tensor(keep, dtype=torch.long, device=device)
         source_rows = source_rows[keep_t]  # (A', K)
-        decoder.select(source_rows.reshape(-1), sentences_changed=(k != K or len(keep) < A))
-        history = torch.cat([history.view(A * k, t - 1)[source_rows], open_token[keep_t].unsqueeze(-1)], dim=-1)
+        decoder.select(source_rows.reshape(-1), sentences_changed=len(keep) < A)
+        width = max((steps[a] for a in keep), default=0)  # history columns still needed
+        kept_history = history.view(A * K, T)[source_rows][..., T - width + 1 :] if width > 1 else history[:0, :0, :0]
+        history = torch.cat([kept_history.reshape(len(keep), K, max(width - 1, 0)), open_token[keep_t].unsqueeze(-1)], dim=-1)
         scores = open_scores[keep_t]
-        last = open_token[keep_t].reshape(-1)
         active = [active[a] for a in keep]
-        limits = [limits[a] for a in keep]
-    return [sorted(heap, reverse=True)[:nbest] for heap in finished]
+        finished = [finished[a] for a in keep]
+        steps = [steps[a] for a in keep]
+
+
+def _fresh_scores(n: int, K: int, device) -> torch.Tensor:
+    """(n, K) scores of sentences before their first step: 0 for the first beam, -inf for the others."""
+    scores = torch.full((n, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    return scores
 
 
 # Width of the vocabulary chunks `top_candidates` ranks first (see there).
@@ -208,7 +288,7 @@ def top_candidates(scores: torch.Tensor, log_probs: torch.Tensor, n: int) -> tup
 
 def _done(
     best_open: torch.Tensor,
-    t: int,
+    steps: list[int],
     limits: list[int],
     finished: list[list[Hypothesis]],
     K: int,
@@ -216,22 +296,23 @@ def _done(
     alpha: float,
     lp_form: str,
 ) -> list[bool]:
-    """Per active sentence: may its search stop after step t?"""
+    """Per active sentence: may its search stop after its step `steps[a]`?"""
     if lp_form == "hf":
         # transformers' heuristic (early_stopping=False): the best open hypothesis, normalised at its current
         # length, cannot beat the worst of K finished ones. Computed in fp32 as transformers does.
-        bounds = (best_open / float(t**alpha)).tolist()
+        divisors = torch.tensor([float(t**alpha) for t in steps], device=best_open.device)
+        bounds = (best_open / divisors).tolist()
         need = K
     else:
         # Exact: later hypotheses have sum log p <= the best open one's (<= 0) and a length in (t, limit], so
         # their score is at most best_open / max lp over those lengths (lp is monotonic in the length).
         bounds = []
-        for best, limit in zip(best_open.tolist(), limits):
+        for best, t, limit in zip(best_open.tolist(), steps, limits):
             lp = max(length_penalty(t + 1, alpha, "gnmt"), length_penalty(max(limit, t + 1), alpha, "gnmt"))
             bounds.append(best / lp)
         need = nbest
     done = []
-    for bound, limit, heap in zip(bounds, limits, finished):
+    for bound, t, limit, heap in zip(bounds, steps, limits, finished):
         if t >= limit:
             done.append(True)
         elif len(heap) < need:
@@ -249,8 +330,11 @@ def greedy_search(
 
     Scores are normalised by the same length penalty as beam search so that they compare.
     """
-    return _token_by_token(decoder, max_lengths, eos_token_id, lambda log_probs, _: log_probs.argmax(dim=-1),
-                           None, 1, alpha, lp_form)  # fmt: skip
+    results: list[list[Hypothesis]] = [[] for _ in max_lengths]
+    items = [_Sentence(limit, i) for i, limit in enumerate(max_lengths)]
+    token_search_continuous(decoder, items, None, lambda item, hyps: results.__setitem__(item.key, hyps),
+                            eos_token_id, alpha=alpha, lp_form=lp_form)  # fmt: skip
+    return results
 
 
 def sample_search(
@@ -273,74 +357,118 @@ def sample_search(
     which other sentences share the batch (None: torch's global generator). Scores use the model's own
     log-probabilities, normalised by the same length penalty as beam search so that they compare.
     """
-    generators = None
-    if seeds is not None:
-        device = _device_of(decoder)
-        generators = [torch.Generator(device=device).manual_seed(seeds[i][s])
-                      for i in range(len(max_lengths)) for s in range(num_samples)]  # fmt: skip
+    results: list[list[Hypothesis]] = [[] for _ in max_lengths]
+    items = [_Sentence(limit, i) for i, limit in enumerate(max_lengths)]
+    token_search_continuous(
+        decoder, items, None, lambda item, hyps: results.__setitem__(item.key, hyps), eos_token_id,
+        sampling=dict(top_k=top_k, top_p=top_p, temperature=temperature),
+        seeds=None if seeds is None else (lambda item: seeds[item.key]), num_samples=num_samples, alpha=alpha,
+        lp_form=lp_form,
+    )  # fmt: skip
+    return results
 
-    def draw(log_probs, row_generators):
-        return _sample(log_probs, top_k, top_p, temperature, row_generators)
 
-    return _token_by_token(decoder, max_lengths, eos_token_id, draw, generators, num_samples, alpha, lp_form)
-
-
-def _token_by_token(
+def token_search_continuous(
     decoder: StepDecoder,
-    max_lengths: list[int],
+    items: list,
+    feed,
+    done,
     eos_token_id: int,
-    choose,
-    generators: list | None,
-    num_samples: int,
-    alpha: float,
-    lp_form: str,
-) -> list[list[Hypothesis]]:
-    """The loop greedy search and sampling share: `choose(log_probs (A, V), generators of the A rows) -> (A,)`
-    picks each row's next token; a row leaves the batch when it ends."""
-    batch = len(max_lengths)
-    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    if batch == 0:
-        return []
+    sampling: dict | None = None,
+    seeds=None,
+    num_samples: int = 1,
+    alpha: float = 0.6,
+    lp_form: str = "gnmt",
+    room: int = 0,
+) -> None:
+    """Greedy search (`sampling` None) or sampling (`sampling` = top_k, top_p, temperature; `num_samples`
+    rows per sentence, row s drawing from a generator seeded with `seeds(item)[s]`, or torch's global one
+    when `seeds` is None), one token per step, with continuous batching as in `beam_search_continuous`:
+    a row leaves when it ends, a sentence is `done` when all its rows have ended, and `feed` fills the
+    free places up to `room` sentences."""
     device = _device_of(decoder)
-    active = [i for i in range(batch) for _ in range(num_samples)]
-    limits = [max_lengths[i] for i in active]
-    if num_samples > 1:
-        decoder.select(torch.arange(batch, device=device).repeat_interleave(num_samples), sentences_changed=True)
-    n = len(active)
-    sums = torch.zeros(n, device=device)  # (A,) sum log p
-    history = torch.zeros(n, 0, dtype=torch.long, device=device)  # (A, t)
-    last = torch.full((n,), decoder.start_token_id, dtype=torch.long, device=device)
-    t = 0
-    while active:
-        log_probs = decoder.step(last)  # (A, V)
-        token = choose(log_probs, generators)  # (A,)
+    n = num_samples
+    records = [[item, n, []] for item in items]  # per sentence: item, rows still going, hypotheses
+    rows = [rec for rec in records for _ in range(n)]  # the sentence of each row
+    if n > 1 and records:
+        decoder.select(torch.arange(len(records), device=device).repeat_interleave(n), sentences_changed=True)
+
+    def generators_for(recs):
+        if seeds is None:
+            return None
+        return [torch.Generator(device=device).manual_seed(seed) for rec in recs for seed in seeds(rec[0])[:n]]
+
+    generators = generators_for(records)
+    steps = [0] * len(rows)  # tokens generated per row
+    sums = torch.zeros(len(rows), device=device)  # (N,) sum log p
+    history = torch.zeros(len(rows), 0, dtype=torch.long, device=device)  # (N, T) right-aligned tokens
+    live = len(records)  # sentences searched
+    while True:
+        if feed is not None and live < room:
+            joining = [[item, n, []] for item in feed(room - live) if not item.cancelled]
+            if joining:
+                decoder.add([rec[0].ids for rec in joining], n)
+                rows += [rec for rec in joining for _ in range(n)]
+                steps += [0] * (n * len(joining))
+                sums = torch.cat([sums, sums.new_zeros(n * len(joining))])
+                history = torch.cat([history, history.new_zeros(n * len(joining), history.size(1))])
+                if generators is not None:
+                    generators += generators_for(joining)
+                live += len(joining)
+        if not rows:
+            return
+        T = history.size(1)
+        last = history[:, -1] if T else history.new_full((len(rows),), decoder.start_token_id)
+        if T and 0 in steps:
+            last = last.masked_fill(torch.tensor([t == 0 for t in steps], device=device), decoder.start_token_id)
+        log_probs = decoder.step(last)  # (N, V)
+        if sampling is None:
+            token = log_probs.argmax(dim=-1)  # (N,)
+        else:
+            token = _sample(log_probs, generators=generators, **sampling)
         sums = sums + log_probs.gather(1, token.unsqueeze(-1)).squeeze(-1)
         history = torch.cat([history, token.unsqueeze(-1)], dim=-1)
-        t += 1
-        ended = token.eq(eos_token_id) | torch.tensor([t >= limit for limit in limits], device=device)
-        if ended.any():
-            lp = length_penalty(t, alpha, lp_form)
-            rows = ended.nonzero(as_tuple=True)[0]
-            for a, tokens, total in zip(rows.tolist(), history[rows].tolist(), sums[rows].tolist()):
-                if tokens[-1] == eos_token_id:
-                    tokens = tokens[:-1]
-                results[active[a]].append(Hypothesis(total / lp, tokens, total))
-            keep = (~ended).nonzero(as_tuple=True)[0]  # (A',)
-            if keep.numel() == 0:
-                break
-            decoder.select(keep, sentences_changed=True)
-            kept = keep.tolist()
-            active = [active[a] for a in kept]
-            limits = [limits[a] for a in kept]
-            if generators is not None:
-                generators = [generators[a] for a in kept]
-            sums, history, token = sums[keep], history[keep], token[keep]
-        last = token
-    return [sorted(hyps, reverse=True) for hyps in results]
+        steps = [t + 1 for t in steps]
+        ended = token.eq(eos_token_id) | torch.tensor(
+            [t >= rec[0].max_length for t, rec in zip(steps, rows)], device=device
+        )  # (N,)
+        cancelled = [rec[0].cancelled for rec in rows]
+        if not ended.any() and not any(cancelled):
+            continue
+        T = history.size(1)
+        ended_rows = ended.nonzero(as_tuple=True)[0].tolist()
+        for r, tokens, total in zip(ended_rows, history[ended_rows].tolist(), sums[ended_rows].tolist()):
+            rec = rows[r]
+            if cancelled[r]:
+                continue
+            tokens = tokens[T - steps[r] :]
+            if tokens[-1] == eos_token_id:
+                tokens = tokens[:-1]
+            rec[2].append(Hypothesis(total / length_penalty(steps[r], alpha, lp_form), tokens, total))
+            rec[1] -= 1
+            if rec[1] == 0:
+                done(rec[0], sorted(rec[2], reverse=True))
+                live -= 1
+        ended_list = ended.tolist()
+        keep = [r for r in range(len(rows)) if not ended_list[r] and not cancelled[r]]
+        for rec in {id(rows[r]): rows[r] for r in range(len(rows)) if cancelled[r]}.values():
+            rec[1] = -1  # cancelled: leaves without a result
+            live -= 1
+        if not keep and feed is None:
+            return
+        keep_t = torch.tensor(keep, dtype=torch.long, device=device)  # (N',)
+        decoder.select(keep_t, sentences_changed=True)
+        width = max((steps[r] for r in keep), default=0)
+        history = history[keep_t][:, T - width :] if width else history.new_zeros(len(keep), 0)
+        sums = sums[keep_t]
+        if generators is not None:
+            generators = [generators[r] for r in keep]
+        rows = [rows[r] for r in keep]
+        steps = [steps[r] for r in keep]
 
 
 def _sample(
-    log_probs: torch.Tensor, top_k: int, top_p: float, temperature: float, generators: list | None
+    log_probs: torch.Tensor, top_k: int, top_p: float, temperature: float, generators: list | None = None
 ) -> torch.Tensor:
     """(A, V) log-probabilities -> (A,) tokens drawn after temperature, top-k and top-p filtering,
     row a from generators[a]."""

@@ -5,7 +5,8 @@ model, `TxkitStepDecoder` is faster; `step_decoder` picks by the model's config 
 
 A DECLARED COPY. `TxkitStepDecoder.step` restates the arithmetic of `TxkitDecoderLayer.forward`
 (txkit/modeling/modeling_txkit.py): the pre-/post-norm residual order and the attention/feed-forward
-projections, called as F.linear / F.layer_norm on the layers' own weight tensors. It is kept because it is
+projections, called as F.linear / F.layer_norm on the layers' own weight tensors (or the layers' int8 modules
+after `txkit.engines.quantize_int8`). It is kept because it is
 measurably faster (benchmarks/RESULTS.md, README Performance: the search 1.5x its first version, 4.9x
 `generate`): cross-attention keys/values once per sentence, a self-attention cache that is never reordered
 (an ancestry mask instead), and no nn.Module call machinery per layer per step. It reads the weights and
@@ -77,7 +78,12 @@ class _LayerParams:
 
     def __init__(self, layer):
         def linear(module):
-            return module.weight, module.bias
+            """x -> module(x): F.linear on the float weights, or the module itself when it holds int8 ones
+            (txkit.engines.quantize_int8: its weight is packed, not a tensor)"""
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                return lambda x, weight=weight, bias=module.bias: F.linear(x, weight, bias)
+            return module
 
         def norm(module):
             return module.normalized_shape, module.weight, module.bias, module.eps
@@ -91,7 +97,7 @@ class _LayerParams:
         self.ffn_norm = norm(layer.final_layer_norm)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.activation(F.linear(x, *self.fc1)), *self.fc2)
+        return self.fc2(self.activation(self.fc1(x)))
 
 
 class TxkitStepDecoder:
@@ -108,6 +114,9 @@ class TxkitStepDecoder:
       attends over all its group's slots through an additive mask of its ancestry (its own slot at every
       earlier step). Reordering beams reorders only that mask; the float buffer is re-indexed only when
       sentences leave. (The plain way, gathering every row's cache at every step, was ~19% of the time.)
+    * Sentences can join mid-search (`add`, continuous batching): each row keeps its own position, a new
+      group's ancestry starts empty at the current slot, and slots that no group reaches any more (before
+      the oldest group's first slot) are dropped when the buffer is full, so it stays bounded.
     """
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -115,26 +124,25 @@ class TxkitStepDecoder:
         self.device = input_ids.device
         config = model.config
         self.start_token_id = config.decoder_start_token_id
+        self.pad_token_id = config.pad_token_id
         self.decoder = model.model.decoder
         self.layers = list(self.decoder.layers)
         self.heads = config.attention_heads
         self.head_dim = config.d_model // config.attention_heads
         self.pre_norm = bool(config.normalize_before)
-        encoder_out = model.model.encoder(input_ids, attention_mask).last_hidden_state  # (B, S, D)
-        self.encoder_mask = attention_mask.bool()[:, None, None, :]  # (G, 1, 1, S), one group per sentence
-        self.cross = [
-            (self._split(layer.encoder_attn.k_proj(encoder_out)), self._split(layer.encoder_attn.v_proj(encoder_out)))
-            for layer in self.layers
-        ]  # per layer: keys, values (G, H, S, Dh)
         # each layer's weights as plain tensors: calling F.linear / F.layer_norm on them skips nn.Module's call
         # machinery, ~5% of a tiny model's decoding time in cProfile (benchmarks/RESULTS.md)
         self.params = [_LayerParams(layer) for layer in self.layers]
         self._own = {}  # group size -> (group, group) additive mask of each row's own new slot
         self.group = 1  # rows per group (sentence); rows = G * group
-        self.slots = 0  # self-attention slots used per group
-        self.t = 0  # tokens decoded so far
+        self.slots = 0  # self-attention slots used (shared by all groups; a group uses those from its start on)
+        encoder_out = self._encode(input_ids, attention_mask)  # (G, S, D)
         G = input_ids.size(0)
-        self.kv = encoder_out.new_empty(G, len(self.layers), 2, self.heads, 16, self.head_dim)  # (G, L, 2, H, cap, Dh)
+        self.encoder_mask = attention_mask.bool()[:, None, None, :]  # (G, 1, 1, S), one group per sentence
+        self.cross = self._cross(encoder_out)  # per layer: keys, values (G, H, S, Dh)
+        self.pos = torch.zeros(G, dtype=torch.long, device=self.device)  # (N,) position of each row's next token
+        self.start = torch.zeros(G, dtype=torch.long, device=self.device)  # (G,) first slot of each group
+        self.kv = encoder_out.new_zeros(G, len(self.layers), 2, self.heads, 16, self.head_dim)  # (G, L, 2, H, cap, Dh)
         # `kv` is a view of the first G groups of `_kv_alloc`; `_spare` is the buffer the previous compaction
         # copied out of. Compactions copy into it rather than into fresh memory: a new tensor this size comes
         # from mmap, and its page faults made the copy 4x slower (33 vs 8 ms for 47 MB; benchmarks/RESULTS.md).
@@ -142,6 +150,15 @@ class TxkitStepDecoder:
         # (G, group, cap) additive mask: 0 where a row attends (its ancestry), -inf elsewhere; float rather
         # than bool so that attention does not convert it at every call
         self.ancestry = encoder_out.new_full((G, 1, 16), float("-inf"))
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.model.encoder(input_ids, attention_mask).last_hidden_state  # (B, S, D)
+
+    def _cross(self, encoder_out: torch.Tensor) -> list:
+        return [
+            (self._split(layer.encoder_attn.k_proj(encoder_out)), self._split(layer.encoder_attn.v_proj(encoder_out)))
+            for layer in self.layers
+        ]
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, H, L, Dh)"""
@@ -154,33 +171,46 @@ class TxkitStepDecoder:
     def _attend_self(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
         """Self-attention of the new position: h (N, D) -> (N, D); its keys/values are the step's slots."""
         N, s, g = h.size(0), self.slots, self.group
-        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.k))
-        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(F.linear(h, *p.v))
+        self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(p.k(h))
+        self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(p.v(h))
         mask = self.ancestry[:, None, :, : s + g]  # (G, 1, group, slots)
         out = F.scaled_dot_product_attention(
-            self._rows_as_queries(F.linear(h, *p.q)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
+            self._rows_as_queries(p.q(h)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
             attn_mask=mask,
         )  # fmt: skip  # (G, H, group, Dh)
-        return F.linear(out.transpose(1, 2).reshape(N, -1), *p.o)
+        return p.o(out.transpose(1, 2).reshape(N, -1))
 
     def _attend_encoder(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
         """Cross-attention: the rows of each group are query positions over their sentence's keys/values."""
         keys, values = self.cross[i]
         out = F.scaled_dot_product_attention(
-            self._rows_as_queries(F.linear(h, *p.cross_q)), keys, values, attn_mask=self.encoder_mask
+            self._rows_as_queries(p.cross_q(h)), keys, values, attn_mask=self.encoder_mask
         )  # (G, H, group, Dh)
-        return F.linear(out.transpose(1, 2).reshape(h.size(0), -1), *p.cross_o)
+        return p.cross_o(out.transpose(1, 2).reshape(h.size(0), -1))
+
+    def _make_room(self, needed: int) -> None:
+        """Room for `needed` more slots: drop the slots before every group's start, else double the capacity."""
+        s, cap = self.slots, self.kv.size(4)
+        dead = int(self.start.min()) if self.start.numel() else s
+        keep = s - dead
+        new_cap = cap if keep + needed <= cap // 2 else 2 * (keep + needed)
+        kv = self.kv.new_zeros(*self.kv.shape[:4], new_cap, self.head_dim)
+        kv[..., :keep, :] = self.kv[..., dead:s, :]
+        ancestry = self.ancestry.new_full((*self.ancestry.shape[:2], new_cap), float("-inf"))
+        ancestry[..., :keep] = self.ancestry[..., dead:s]
+        self.kv, self.ancestry, self.slots = kv, ancestry, keep
+        self.start = self.start - dead
+        self._kv_alloc, self._spare = kv, None
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        s, g = self.slots, self.group
-        x = self.decoder.embed(tokens.unsqueeze(-1), offset=self.t)[:, 0]  # (N, D)
-        if s + g > self.kv.size(4):  # full: double the capacity, keeping what is held
-            kv = self.kv.new_empty(*self.kv.shape[:4], 2 * (s + g), self.head_dim)
-            kv[..., :s, :] = self.kv[..., :s, :]
-            ancestry = self.ancestry.new_full((*self.ancestry.shape[:2], 2 * (s + g)), float("-inf"))
-            ancestry[..., :s] = self.ancestry[..., :s]
-            self.kv, self.ancestry = kv, ancestry
-            self._kv_alloc, self._spare = kv, None
+        g = self.group
+        if self.slots + g > self.kv.size(4):
+            self._make_room(g)
+        s = self.slots
+        # the decoder's input embedding (TxkitDecoder.embed, eval mode) at each row's own position
+        x = self.decoder.embed_tokens(tokens) * self.decoder.embed_scale + self.decoder.positions[self.pos].to(
+            self.kv.dtype
+        )  # (N, D)
         own = self._own.get(g)
         if own is None:  # 0 on the diagonal (a row's own new slot), -inf elsewhere
             own = torch.full((g, g), float("-inf"), device=self.device).fill_diagonal_(0.0)
@@ -196,29 +226,95 @@ class TxkitStepDecoder:
                 x = F.layer_norm(x + self._attend_encoder(p, x, i), *p.cross_norm)
                 x = F.layer_norm(x + p.ffn(x), *p.ffn_norm)
         self.slots += g
-        self.t += 1
+        self.pos = self.pos + 1
         logits = self.model.output_logits(self.decoder.finish(x))  # (N, V)
         return F.log_softmax(logits.float(), dim=-1)
 
     def select(self, rows: torch.Tensor, sentences_changed: bool) -> None:
         n = rows.numel()
+        self.pos = self.pos.index_select(0, rows)
         ancestry = self.ancestry.view(-1, self.ancestry.size(-1)).index_select(0, rows)  # (n, cap) of the kept rows
         if sentences_changed:
             groups = rows // self.group  # (n,) the group of each kept row
             kept, counts = torch.unique_consecutive(groups, return_counts=True)
-            if bool((counts == counts[0]).all()):
+            if n and bool((counts == counts[0]).all()):
                 self.group = int(counts[0])  # whole groups of equal size: the sentences' states stay shared
             else:  # uneven groups (samples ending at different steps): one group per row
                 kept, self.group = groups, 1
-            self.cross = [(k.index_select(0, kept), v.index_select(0, kept)) for k, v in self.cross]
-            self.encoder_mask = self.encoder_mask.index_select(0, kept)
-            spare = self._spare
-            if spare is None or spare.size(0) < kept.numel():
-                spare = self.kv.new_empty(kept.numel(), *self.kv.shape[1:])  # the same capacity
-            kv = spare[: kept.numel()]  # copy the used slots
-            torch.index_select(self.kv[..., : self.slots, :], 0, kept, out=kv[..., : self.slots, :])
-            self.kv, self._kv_alloc, self._spare = kv, spare, self._kv_alloc
-        self.ancestry = ancestry.view(n // self.group, self.group, -1)
+            self._regroup(kept)
+        self.ancestry = ancestry.view(n // self.group, self.group, ancestry.size(-1))
+
+    def _regroup(self, kept: torch.Tensor, extra: int = 0) -> None:
+        """Keep the per-group state of groups `kept` (in that order) and `extra` empty groups after them."""
+        self.cross = [(k.index_select(0, kept), v.index_select(0, kept)) for k, v in self.cross]
+        self.encoder_mask = self.encoder_mask.index_select(0, kept)
+        self.start = self.start.index_select(0, kept)
+        total = kept.numel() + extra
+        spare = self._spare
+        if spare is None or spare.size(0) < total or spare.shape[1:] != self.kv.shape[1:]:
+            # the same capacity; room for sentences that join later (`add` grows `kv` into it without a copy)
+            spare = self.kv.new_empty(total + total // 2 + 8, *self.kv.shape[1:])
+        kv = spare[:total]  # copy the used slots
+        torch.index_select(self.kv[..., : self.slots, :], 0, kept, out=kv[: kept.numel(), ..., : self.slots, :])
+        if extra:
+            kv[kept.numel() :, ..., : self.slots, :] = 0  # attended to (masked out) by the new rows: finite
+        self.kv, self._kv_alloc, self._spare = kv, spare, self._kv_alloc
+
+    def add(self, sources: list[list[int]], rows_per_sentence: int) -> None:
+        """Continuous batching: append sentences (source token ids, </s> included) after the current rows,
+        each with `rows_per_sentence` rows whose next step is their first. Their encoder states are computed
+        now; the state of the rows already here is kept (cross-attention padded to the longest source)."""
+        r, B = rows_per_sentence, len(sources)
+        longest = max(len(ids) for ids in sources)
+        input_ids = torch.full((B, longest), self.pad_token_id, dtype=torch.long)  # (B, S')
+        mask = torch.zeros((B, longest), dtype=torch.long)
+        for row, ids in enumerate(sources):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        new_cross = self._cross(self._encode(input_ids, mask))  # per layer (B, H, S', Dh)
+        new_mask = mask.bool()[:, None, None, :]  # (B, 1, 1, S')
+        N = self.pos.numel()
+        if not N:  # nothing left from before: start the slots afresh
+            self.slots = 0
+        if N and r != self.group and self.group != 1:  # mixed group sizes: one group per row from now on
+            self._regroup(torch.arange(N // self.group, device=self.device).repeat_interleave(self.group))
+            self.ancestry = self.ancestry.view(N, 1, -1)
+            self.group = 1
+        if not N:
+            self.group = r
+        if r != self.group:  # the new sentences' rows as groups of one
+            new_cross = [(k.repeat_interleave(r, 0), v.repeat_interleave(r, 0)) for k, v in new_cross]
+            new_mask = new_mask.repeat_interleave(r, 0)
+        G = N // self.group
+        added = new_mask.size(0)  # new groups
+        if self._kv_alloc.size(0) >= G + added and self.kv.size(4) == self._kv_alloc.size(4):
+            self.kv = self._kv_alloc[: G + added]  # `kv` is a prefix of its buffer: grow in place, no copy
+            self.kv[G:, ..., : self.slots, :] = 0  # attended to (masked out) by the new rows: finite
+        else:
+            self._regroup(torch.arange(G, device=self.device), extra=added)
+        S = max(self.encoder_mask.size(-1), longest)
+
+        def widen(x: torch.Tensor, fill) -> torch.Tensor:  # pad dim -2 (source positions) to S
+            if x.size(-2) == S:
+                return x
+            pad = x.new_full((*x.shape[:-2], S - x.size(-2), x.size(-1)), fill)
+            return torch.cat([x, pad], dim=-2)
+
+        def widen_mask(m: torch.Tensor) -> torch.Tensor:  # (., 1, 1, S') -> (., 1, 1, S), padding masked
+            return m if m.size(-1) == S else torch.cat([m, m.new_zeros(*m.shape[:-1], S - m.size(-1))], dim=-1)
+
+        self.cross = [
+            (torch.cat([widen(k, 0), widen(nk, 0)]), torch.cat([widen(v, 0), widen(nv, 0)]))
+            for (k, v), (nk, nv) in zip(self.cross, new_cross)
+        ]
+        self.encoder_mask = torch.cat([widen_mask(self.encoder_mask), widen_mask(new_mask)])
+        self.start = torch.cat([self.start, self.start.new_full((added,), self.slots)])
+        self.pos = torch.cat([self.pos, self.pos.new_zeros(B * r)])
+        cap = self.kv.size(4)
+        self.ancestry = torch.cat(
+            [self.ancestry.view(G, self.group, cap), self.ancestry.new_full((added, self.group, cap), float("-inf"))]
+        )
 
 
 TXKIT_MODEL_TYPE = "txkit"  # TxkitConfig.model_type; repeated here so that choosing a path needs no import

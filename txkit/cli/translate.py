@@ -55,6 +55,16 @@ def translate_command(
     overlong: str = _option("overlong", "--overlong"),
     device: Optional[str] = _option("device", "--device"),
     dtype: str = typer.Option("auto", "--dtype", help=help_of(DecodeOptions, "dtype")),
+    engine: str = _option("engine", "--engine", help=(
+        "txkit: txkit's own search. ctranslate2: CTranslate2 on the model converted once through txkit's Marian "
+        "export (cached beside the model folder, keyed on its weights); the same beam, length limit, n-best and "
+        "batch options, the transformers length-penalty form only (--lp-form hf): the paper's gnmt form and --sample are "
+        "refused. The default stays txkit: CTranslate2's speed-up was not measured on an idle machine."
+    )),  # fmt: skip
+    quantize: str = _option("quantize", "--quantize", help=(
+        "none, or int8: linear layers in int8 (txkit: torch's dynamic quantization, CPU only; ctranslate2: its "
+        "int8 compute type)."
+    )),  # fmt: skip
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: chosen batch by batch between one per core and one fewer, whichever is faster "
         "now; or $TXKIT_THREADS / $OMP_NUM_THREADS)."
@@ -74,8 +84,7 @@ def translate_command(
 
     from transformers.utils import logging as hf_logging
 
-    from txkit.decoding import Translator, iter_text_lines
-    from txkit.ensemble import load_ensemble
+    from txkit.decoding import iter_text_lines
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar between the user and the translations
 
@@ -83,14 +92,19 @@ def translate_command(
         beam_size=1 if greedy else beam_size, length_penalty=length_penalty, lp_form=lp_form, max_len_a=max_len_a,
         max_len_b=max_len_b, nbest=nbest, sampling=sample, top_k=top_k, top_p=top_p, temperature=temperature,
         seed=seed, max_tokens=max_tokens, max_sentences=max_sentences, device=device, dtype=dtype, overlong=overlong,
+        engine=engine, quantize=quantize,
     )  # fmt: skip
     options.check()
+    if engine == "ctranslate2":
+        from txkit.engines import check_ctranslate2_options
+
+        check_ctranslate2_options(options)
+    from txkit.engines import load_translator
     from txkit.threads import ThreadGovernor
 
-    governor = ThreadGovernor.create(threads)  # None when the count is the user's (--threads, environment)
-    loaded, src_tok, tgt_tok = load_ensemble(model_paths, options.device, options.dtype)
-    on_cpu = next(loaded.parameters()).device.type == "cpu"
-    translator = Translator(loaded, src_tok, tgt_tok, options, governor=governor if on_cpu else None)
+    # txkit's engine: the thread count chosen batch by batch (None when it is the user's); CTranslate2: fixed
+    governor = ThreadGovernor.create(threads)
+    translator = load_translator(model_paths, options, threads if threads is not None else _torch_threads(), governor)
 
     if input is not None:
         source = open(input, "rb")
@@ -113,6 +127,12 @@ def translate_command(
         if input is not None:
             source.close()
     _report_overlong(translator, options.overlong)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _write(translator, lines, out, nbest: int, flush: bool) -> None:

@@ -1,0 +1,149 @@
+"""txkit.engines on the test suite's trained model: `--engine ctranslate2` gives txkit's translations (hf
+length-penalty form) with the same options and line handling, its conversion is cached per weights, and
+`--quantize int8` runs txkit's search on int8 linear layers."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import run_cli
+from txkit.decoding import DecodeOptions, Translator, load_model
+from txkit.engines import CT2_DIR_SUFFIX, CTranslate2Translator, load_translator, quantize_int8
+from txkit.errors import TxkitError
+
+pytest.importorskip("ctranslate2")
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_model):
+    return load_model(trained_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sources(shared_data) -> list[str]:
+    with open(shared_data / "multi30k" / "test2016.en", encoding="utf-8") as f:
+        return [next(f).rstrip("\n") for _ in range(200)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(max_len_a=0.0, max_len_b=6), dict(nbest=3), dict(beam_size=1), dict(length_penalty=1.0)],
+    ids=["beam4", "short-limit", "nbest", "greedy", "alpha1"],
+)
+def test_ctranslate2_gives_txkits_translations_in_the_hf_form(trained_model, loaded, sources, options):
+    """The same translations and scores as txkit's own search (the hf form), n-best lists included; the
+    per-sentence length limit (source + 50, or a short one that cuts most outputs) is honoured."""
+    opts = DecodeOptions(lp_form="hf", **options)
+    ours = Translator(*loaded, opts).translate_nbest(sources)
+    theirs = load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2", **options), 1)
+    assert isinstance(theirs, CTranslate2Translator)
+    got = theirs.translate_nbest(sources)
+    best_same = sum(a[0][0] == b[0][0] for a, b in zip(ours, got))
+    assert best_same >= len(sources) - 1  # float rounding may flip a rare near-tie
+    all_same = sum([t for t, _ in a] == [t for t, _ in b] for a, b in zip(ours, got))
+    assert all_same >= len(sources) - 3
+    for a, b in zip(ours, got):
+        if a[0][0] == b[0][0]:
+            assert a[0][1] == pytest.approx(b[0][1], abs=1e-3)
+    if options.get("max_len_b") == 6:  # the premise: the limit cut translations
+        assert sum(len(h[0][0].split()) >= 4 for h in got) > len(sources) // 2
+
+
+def test_ctranslate2_keeps_lines_and_refuses_what_it_cannot_honour(trained_model, sources):
+    """Empty lines stay empty, an overlong line is truncated and reported; the paper's length-penalty form
+    and sampling (CTranslate2 cannot seed each sentence's draws) are refused, naming the option."""
+    lines = ["", sources[0], "   ", " ".join([sources[1]] * 20), sources[2]]
+    ct2 = load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    out = ct2.translate(lines)
+    assert len(out) == 5 and out[0] == out[2] == "" and all(out[i] for i in (1, 3, 4))
+    assert ct2.overlong == [3]
+    assert ct2.translate(lines[3:4]) == out[3:4]
+    with pytest.raises(TxkitError, match="^--sample: CTranslate2 cannot seed"):
+        load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2", sampling=True), 1)
+    with pytest.raises(TxkitError, match="^--lp-form gnmt: CTranslate2"):
+        load_translator(trained_model, DecodeOptions(engine="ctranslate2"), 1)
+    # alpha 0: both forms are the plain sum of log-probabilities
+    assert load_translator(trained_model, DecodeOptions(engine="ctranslate2", length_penalty=0.0), 1).translate(
+        sources[:30]
+    ) == Translator(*load_model(trained_model, device="cpu"), DecodeOptions(length_penalty=0.0)).translate(sources[:30])
+
+
+def test_ctranslate2_conversion_is_cached_per_weights(trained_model, tmp_path, sources):
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    ct2 = load_translator(model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    home = tmp_path / ("model" + CT2_DIR_SUFFIX)
+    (first,) = [p for p in home.iterdir() if not p.name.startswith(".")]
+    assert ct2.path == first and (first / "model.bin").is_file()
+    stamp = (first / "model.bin").stat().st_mtime_ns
+    before = ct2.translate(sources[:20])
+    again = load_translator(model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    assert again.path == first and (first / "model.bin").stat().st_mtime_ns == stamp  # not converted again
+    # "retrained": other weights give another conversion, and the old one goes
+    m, src_tok, tgt_tok = load_model(model, device="cpu")
+    with torch.no_grad():
+        for p in m.model.decoder.layers[0].ffn.fc2.parameters():
+            p.mul_(0.5)
+    m.save_pretrained(model)
+    changed = load_translator(model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    assert changed.path != first and not first.exists()
+    assert [p.name for p in home.iterdir()] == [changed.path.name]
+    assert changed.translate(sources[:20]) == Translator(m, src_tok, tgt_tok, DecodeOptions(lp_form="hf")).translate(
+        sources[:20]
+    ) != before
+
+
+def test_quantize_int8_translates_close_to_float32(loaded, sources):
+    """txkit's engine on int8 linear layers: every linear layer quantized, translations mostly the same
+    and BLEU against the references close (the test model is small; the real figures are in README)."""
+    import copy
+
+    import sacrebleu
+
+    model, src_tok, tgt_tok = loaded
+    int8 = quantize_int8(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.Linear) and not hasattr(m, "_packed_params") for m in int8.modules())
+    fp32_out = Translator(model, src_tok, tgt_tok, DecodeOptions()).translate(sources)
+    int8_out = Translator(int8, src_tok, tgt_tok, DecodeOptions()).translate(sources)
+    same = sum(a == b for a, b in zip(fp32_out, int8_out))
+    assert len(sources) // 4 < same < len(sources)  # int8 changes some translations of this small model
+    from conftest import SHARED_DATA
+
+    with open(SHARED_DATA / "multi30k" / "test2016.de", encoding="utf-8") as f:
+        refs = [next(f).rstrip("\n") for _ in range(len(sources))]
+    bleu = [sacrebleu.corpus_bleu(out, [refs]).score for out in (fp32_out, int8_out)]
+    assert bleu[0] > 1 and abs(bleu[0] - bleu[1]) < 1.0, bleu
+    # teacher-forced on the references, int8 predicts the next token as float32 does almost everywhere
+    batch = src_tok(sources[:50], padding=True, return_tensors="pt")
+    labels = tgt_tok(refs[:50], padding=True, return_tensors="pt")["input_ids"]
+    labels = labels.masked_fill(labels.eq(tgt_tok.pad_token_id), -100)
+    with torch.inference_mode():
+        a, b = (m(**batch, labels=labels).logits.argmax(-1) for m in (model, int8))
+    real = labels.ne(-100)
+    assert (a[real] == b[real]).float().mean() > 0.9
+
+
+def test_engine_options_through_the_cli(trained_model, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("A man rides a bike.\n\nTwo dogs play.\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    code, _, err = run_cli(["translate", trained_model, "-i", source, "-o", out, "--engine", "ctranslate2",
+                            "--lp-form", "hf", "--quantize", "int8"], capsys)  # fmt: skip
+    assert code == 0, err
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[0] and lines[2]
+    code, _, err = run_cli(["translate", trained_model, "-i", source, "--engine", "ctranslate2"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --lp-form gnmt: CTranslate2 has only the hf length-penalty form |Y|^alpha "
+        "(use --lp-form hf, --length-penalty 0, or --engine txkit)"
+    ]
+    code, out_text, err = run_cli(["translate", "--help"], capsys)
+    assert "ctranslate2" in out_text and "int8" in out_text
+
+
+def test_a_hub_id_is_refused_by_the_ctranslate2_engine():
+    with pytest.raises(TxkitError, match="--engine ctranslate2"):
+        load_translator("someone/model", DecodeOptions(lp_form="hf", engine="ctranslate2"))

@@ -1,0 +1,247 @@
+"""Decoding engines behind `txkit translate`: txkit's own search (txkit.decoding.Translator), optionally on
+int8 weights, and CTranslate2 on a conversion of the same model.
+
+* `quantize_int8(model)`: dynamic int8 quantization of the model's linear layers (weights stored as int8,
+  activations quantized per batch at run time), through torch's own `torch.ao.quantization.quantize_dynamic`
+  (see its docstring for why that one).
+* `CTranslate2Translator`: the `Translator` interface (translate, translate_nbest, translate_stream, ...)
+  over `ctranslate2.Translator`. The model is converted once through txkit's own Marian export
+  (txkit.export) and cached beside the model folder (`MODEL.ctranslate2/<weights hash>`), so a retrained
+  model is converted again and older conversions are removed; the conversion is written atomically. The
+  options map one to one (beam size, length penalty, per-sentence length limit, n-best, batch budget),
+  except two that CTranslate2 cannot honour exactly and that are refused (`check_ctranslate2_options`): the
+  paper's GNMT length-penalty form, which it does not have, and sampling, whose draws it cannot seed per
+  sentence (`ctranslate2.set_random_seed` does not reseed its worker thread: measured), so that samples
+  would depend on the rest of the input. Empty and overlong lines follow txkit's policies, because
+  the lines are prepared by txkit's own `Translator._prepare`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from txkit.errors import TxkitError
+from txkit.options import ENGINES, QUANTIZATIONS  # noqa: F401  (part of this module's API)
+
+CT2_DIR_SUFFIX = ".ctranslate2"
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+def load_translator(model_paths, options, threads: int | None = None, governor=None):
+    """The translator `options.engine` and `options.quantize` ask for, for MODEL (a resolved path or Hub id, or
+    a list of them for an ensemble): txkit's `Translator` (on int8 linear layers with quantize int8), whose CPU
+    thread count `governor` (txkit.threads.ThreadGovernor) may choose batch by batch, or a
+    `CTranslate2Translator` running `threads` threads."""
+    from txkit.decoding import Translator
+    from txkit.ensemble import load_ensemble
+
+    paths = [model_paths] if isinstance(model_paths, (str, Path)) else list(model_paths)
+    options.check()
+    if options.engine == "ctranslate2":
+        check_ctranslate2_options(options)
+        if len(paths) != 1:
+            raise TxkitError("--engine ctranslate2 translates with one model; ensembles need --engine txkit")
+        model_path = paths[0]
+        if not Path(model_path).is_dir():
+            raise TxkitError(f"--engine ctranslate2: {model_path} is not a local model folder")
+        import json
+        from types import SimpleNamespace
+
+        from txkit.decoding import load_tokenizers_for
+        from txkit.modelfiles import check_model_folder
+
+        check_model_folder(model_path)
+        # the config's JSON, not TxkitConfig: importing txkit's modeling (transformers' model code) is most of
+        # the time before the first translation (python -X importtime)
+        config = SimpleNamespace(**json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")))
+        src_tok, tgt_tok = load_tokenizers_for(str(model_path))
+        return CTranslate2Translator(model_path, src_tok, tgt_tok, options, config, threads)
+    if options.quantize == "int8" and options.dtype not in (None, "auto", "fp32"):
+        raise TxkitError(f"--quantize int8: quantizes float32 weights; drop --dtype {options.dtype}")
+    model, src_tok, tgt_tok = load_ensemble(paths, options.device, options.dtype)
+    if options.quantize == "int8":
+        model = quantize_int8(model)
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return Translator(model, src_tok, tgt_tok, options, governor=governor if on_cpu else None)
+
+
+# ----------------------------------------------------------------------------- int8 on txkit's engine
+
+
+def quantize_int8(model):
+    """The model with its linear layers (attention, feed-forward, output projection) replaced by dynamically
+    quantized int8 ones, for CPU inference; embeddings and LayerNorms stay float32.
+
+    Why `torch.ao.quantization.quantize_dynamic`: it is what torch 2.13 itself offers for CPU int8 linear
+    layers (fbgemm/onednn kernels). It warns that it is deprecated in favour of torchao, but torchao 0.18 (in a
+    scratch venv, not a txkit dependency) was measured slower on CPU, on the tiny recipe's step-400 checkpoint
+    (150 test2016 lines, 1 thread, txkit's search): `Int8DynamicActivationInt8WeightConfig` 2.0 sent/s,
+    `Int8WeightOnlyConfig` 18-22, this 22-25, float32 24-25 (benchmarks/RESULTS.md). The warning is silenced;
+    when torch removes it, torchao's CPU kernels are the place to look again."""
+    import warnings
+
+    import torch
+
+    if next(model.parameters()).device.type != "cpu":
+        raise TxkitError("--quantize int8: int8 dynamic quantization runs on the CPU only (use --device cpu)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+# ----------------------------------------------------------------------------- CTranslate2
+
+
+def check_ctranslate2_options(options) -> None:
+    """Refuse what CTranslate2 cannot do exactly as txkit's search does, naming the option."""
+    if options.lp_form == "gnmt" and options.length_penalty != 0:
+        raise TxkitError(
+            "--lp-form gnmt: CTranslate2 has only the hf length-penalty form |Y|^alpha "
+            "(use --lp-form hf, --length-penalty 0, or --engine txkit)"
+        )
+    if options.sampling:  # measured: set_random_seed does not reseed the worker thread's generator
+        raise TxkitError(
+            "--sample: CTranslate2 cannot seed each sentence's draws (they would depend on the rest of the "
+            "input); use --engine txkit for sampling"
+        )
+    if options.device not in (None, "cpu") and not str(options.device).startswith("cuda"):
+        raise TxkitError(f"--device {options.device}: CTranslate2 runs on cpu or cuda")
+    if options.dtype not in (None, "auto", "fp32"):
+        raise TxkitError(f"--dtype {options.dtype}: use --quantize int8 with --engine ctranslate2 (or fp32)")
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """sha256 over the model's weight, config and tokenizer files (names and bytes), 16 hex digits."""
+    digest = hashlib.sha256()
+    folder = Path(model_dir)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def ctranslate2_model(model_dir: str | Path) -> Path:
+    """The CTranslate2 conversion of a txkit model folder, converting it first when there is none for these
+    weights: `MODEL.ctranslate2/<digest>` beside the folder (or under ~/.cache/txkit when that is not
+    writable). A new conversion replaces older ones of the same model."""
+    import tempfile
+
+    from txkit import atomic
+    from txkit.export import convert_ctranslate2, export_marian
+
+    model_dir = Path(model_dir).resolve()
+    digest = weights_digest(model_dir)
+    home = model_dir.parent / (model_dir.name + CT2_DIR_SUFFIX)
+    if not os.access(model_dir.parent, os.W_OK) and not home.is_dir():
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "txkit" / "ctranslate2"
+        home = cache / hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]
+    target = home / digest
+    if (target / "model.bin").is_file():
+        return target
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".marian-", dir=home) as tmp:
+        marian = export_marian(model_dir, Path(tmp) / "marian", verify=True)
+        convert_ctranslate2(marian, target, overwrite=True)  # written to a temporary folder, then renamed
+    for old in home.iterdir():  # conversions of earlier weights
+        if old.is_dir() and old.name != target.name and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    atomic.clean_stale(target)
+    return target
+
+
+class CTranslate2Translator:
+    """`txkit.decoding.Translator`'s interface over CTranslate2, for `txkit translate --engine ctranslate2`.
+
+    Lines are prepared by txkit (tokenizer, empty lines, overlong policy, per-sentence limits) and their
+    tokens handed to CTranslate2 as strings (the Marian export renumbers ids, not tokens). Sentences are sorted
+    by length and each group of equal length limit is one `translate_batch` call (CTranslate2 has one
+    `max_decoding_length` per call), batched by CTranslate2 itself in `max_tokens`-token batches. Sampling
+    translates sentence by sentence, CTranslate2's random seed set from (seed, line), so a seed gives the same
+    samples whatever else is translated (not the draws of txkit's engine: another random stream)."""
+
+    def __init__(self, model_dir: str | Path, src_tok, tgt_tok, options, config, threads: int | None = None):
+        import ctranslate2
+
+        from txkit.decoding import Translator
+
+        check_ctranslate2_options(options)
+        self.options = options
+        self.src_tok, self.tgt_tok = src_tok, tgt_tok
+        self.max_positions = getattr(config, "max_position_embeddings", None) or 1024
+        self.overlong: list[int] = []
+        self._prepare = Translator._prepare.__get__(self)
+        self.path = ctranslate2_model(model_dir)
+        device = "cuda" if str(options.device or "cpu").startswith("cuda") else "cpu"
+        compute_type = "int8" if options.quantize == "int8" else "float32"
+        import torch
+
+        self.translator = ctranslate2.Translator(
+            str(self.path), device=device, compute_type=compute_type, inter_threads=1,
+            intra_threads=threads or torch.get_num_threads(),
+        )  # fmt: skip
+
+    # the Translator interface ----------------------------------------------------------------------
+
+    def translate(self, lines: Sequence[str]) -> list[str]:
+        return [hyps[0][0] for hyps in self.translate_nbest(lines)]
+
+    def translate_nbest(self, lines: Sequence[str]) -> list[list[tuple[str, float]]]:
+        self.overlong = []
+        return self._translate(list(lines), 0)
+
+    def translate_stream(self, lines: Iterable[str], chunk_lines: int | None = None) -> Iterator[str]:
+        for hyps in self.translate_stream_nbest(lines, chunk_lines):
+            yield hyps[0][0]
+
+    def translate_stream_nbest(self, lines: Iterable[str], chunk_lines: int | None = None):
+        from txkit.decoding import STREAM_CHUNK_LINES, _arrived_chunks
+
+        self.overlong = []
+        done = 0
+        for chunk in _arrived_chunks(lines, chunk_lines or STREAM_CHUNK_LINES):
+            yield from self._translate(chunk, done)
+            done += len(chunk)
+
+    # internals --------------------------------------------------------------------------------------
+
+    def _translate(self, lines: list[str], first_line: int) -> list[list[tuple[str, float]]]:
+        from txkit.decoding import _one_line
+
+        opts = self.options
+        work = self._prepare(lines, first_line)
+        self.overlong.extend(work.overlong)
+        results = [[("", 0.0)] * opts.nbest for _ in lines]
+        todo = sorted((i for i, ids in enumerate(work.ids) if ids is not None), key=lambda i: -len(work.ids[i]))
+        if not todo:
+            return results
+        tokens = {i: self.src_tok.convert_ids_to_tokens(work.ids[i]) for i in todo}
+        common = dict(
+            length_penalty=opts.length_penalty, num_hypotheses=opts.nbest, return_scores=True,
+            min_decoding_length=0, max_input_length=0,
+        )  # fmt: skip
+        common.update(beam_size=opts.beam_size)
+        groups: dict[int, list[int]] = {}  # length limit -> sentences
+        for i in todo:
+            groups.setdefault(work.max_lengths[i], []).append(i)
+        for limit, group in sorted(groups.items(), reverse=True):
+            out = self.translator.translate_batch(
+                [tokens[i] for i in group], max_decoding_length=limit, max_batch_size=opts.max_tokens,
+                batch_type="tokens", **common,
+            )  # fmt: skip
+            for i, result in zip(group, out):
+                ids = [self.tgt_tok.convert_tokens_to_ids(h) for h in result.hypotheses]
+                texts = self.tgt_tok.batch_decode(ids, skip_special_tokens=True)
+                hyps = sorted(zip(texts, result.scores), key=lambda x: -x[1])
+                results[i] = [(_one_line(text), float(score)) for text, score in hyps]
+        return results
