@@ -40,27 +40,32 @@ def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
     text first.
     """
     from txkit import atomic
+    from txkit.mixing import train_corpora, train_tags
     from txkit.tokenization import build_tokenizer
 
     t, d = recipe.tokenizer, recipe.data
     path.parent.mkdir(parents=True, exist_ok=True)
     text_dir = None
     files = [resolve_data_path(f) for f in t.files]
-    if not files:
-        files = corpus_files(d.train, d.src_lang, d.tgt_lang)
-        if len(files) != 2 or d.max_sentences:
-            ds = load_corpus(recipe, d.train, "train")
+    # Several corpora: the vocabulary learns from all of them, unweighted (the weights are the sampler's); their
+    # tags are special tokens, never in the text it learns from.
+    for k, corpus in enumerate(train_corpora(recipe) if not files else []):
+        corpus_pair = corpus_files(corpus.path, d.src_lang, d.tgt_lang)
+        if len(corpus_pair) != 2 or d.max_sentences:
+            ds = load_corpus(recipe, corpus.path, "train")
             if d.max_sentences:
                 ds = ds.select(range(min(d.max_sentences, len(ds))))
-            text_dir = atomic.temp_dir(path)
-            files = [text_dir / f"train.{d.src_lang}", text_dir / f"train.{d.tgt_lang}"]
-            for column, file in zip(("src", "tgt"), files):
+            text_dir = text_dir or atomic.temp_dir(path)
+            corpus_pair = [text_dir / f"train{k or ''}.{d.src_lang}", text_dir / f"train{k or ''}.{d.tgt_lang}"]
+            for column, file in zip(("src", "tgt"), corpus_pair):
                 file.write_text("".join(line.replace("\n", " ") + "\n" for line in ds[column]), encoding="utf-8")
+        files += corpus_pair
     for f in files:
         if not Path(f).is_file():
             raise TxkitError(f"tokenizer.files: file not found: {f}")
     try:
-        build_tokenizer(files, path, src_lang=d.src_lang, show_progress=False, stats=False, **t.tokenizer_options())
+        build_tokenizer(files, path, src_lang=d.src_lang, show_progress=False, stats=False, tags=train_tags(recipe),
+                        **t.tokenizer_options())  # fmt: skip
     except TxkitError as exc:
         raise _utf8_only(exc) from None
     finally:

@@ -93,8 +93,9 @@ class TokenizerSection(TokenizerOptions):
 class DataSection:
     """Corpora and filtering. Corpus specs are relative to $TXKIT_DATA unless absolute."""
 
-    train: str = _key(
-        "multi30k/train", "training corpus: prefix DIR/NAME (files NAME.SRC, NAME.TGT), .tsv, .jsonl, .parquet, hub:ID"
+    train: str | list = _key(
+        "multi30k/train", "training corpus: prefix DIR/NAME (files NAME.SRC, NAME.TGT), .tsv, .jsonl, .parquet, hub:ID; "
+        "or several, mixed by weight, each with an optional source tag: a list of {path, weight, tag} (txkit.mixing)"
     )
     valid: str = _key("multi30k/val", "validation corpus (same form); empty = no validation")
     src_lang: str = _key("en", "source language code (the file suffix)")
@@ -329,6 +330,13 @@ def _set(recipe: Recipe, key: str, value: Any, source: str, raw: str | None = No
         raise _unknown(source, "key", key, all_keys())
     section_name, name = key.split(".", 1)
     section = getattr(recipe, section_name)
+    if key == "data.train":  # a string, or a list of {path, weight, tag} mappings: txkit.mixing checks it
+        from txkit.mixing import parse_train
+
+        if raw is not None and not raw.lstrip().startswith(("[", "{")):
+            value = raw  # --set data.train=multi30k/train: verbatim
+        section.train = parse_train("" if value is None else value, source)
+        return
     hints = typing.get_type_hints(type(section))
     setattr(section, name, _convert(value, hints[name], key, source, raw))
 
@@ -480,7 +488,11 @@ def corpus_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
 def check_data_files(recipe: Recipe) -> None:
     """Every local file of data.train and data.valid exists: checked before anything is built or loaded."""
     d = recipe.data
-    for key, spec in (("data.train", d.train), ("data.valid", d.valid)):
+    from txkit.mixing import train_corpora
+
+    specs = [("data.train" if isinstance(d.train, str) else f"data.train[{i}].path", c.path)
+             for i, c in enumerate(train_corpora(recipe))] + [("data.valid", d.valid)]  # fmt: skip
+    for key, spec in specs:
         for f in corpus_files(spec, d.src_lang, d.tgt_lang) if spec else []:
             if not f.is_file():
                 root = os.environ.get(DATA_ENV) or f"{DEFAULT_DATA_DIR} ({DATA_ENV} unset)"
