@@ -5,8 +5,8 @@
         - {path: multi30k/train, weight: 2}
         - {path: bt/news.tsv, weight: 1, tag: "<BT>"}
 
-    parse_train(value, source)        the recipe's `data.train` checked: the string, or a list of TrainCorpus dicts
-    train_corpora(recipe)             [TrainCorpus] for either form
+    parse_train(value, source)        the recipe's `data.train` checked (txkit.corpus_spec, light: the recipe uses it)
+    train_corpora(recipe)             [TrainCorpus] for either form (txkit.corpus_spec)
     Mixture(sizes, weights, seed)     which pairs of each corpus an epoch draws (stateless, from the seed)
     MixedBatchSampler(...)            txkit.batching's token-bucketed batches over an epoch's drawn pairs
 
@@ -34,84 +34,17 @@ new state. With BPE-dropout, an epoch's batches are packed from that epoch's seg
 A recipe with one corpus (the string form, or a one-entry list without a tag) takes the code path it always
 took: the same batches, bit for bit, and the same run fingerprint.
 
-Light module (the standard library, numpy in the sampler): the recipe imports the parsing.
+The recipe-side parsing lives in txkit.corpus_spec (the standard library only), which the recipe imports;
+this module is the data stage's part: the draw, the sampler, the tags in the text and in the tokenizer.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
+from txkit.corpus_spec import TrainCorpus, is_mixture, parse_train, tag_text, train_corpora, train_tags
 from txkit.errors import TxkitError
 
-_TAG = re.compile(r"^\S+$")  # a tag is one whitespace-free token, such as <2de> or <BT>
-_ENTRY_KEYS = ("path", "weight", "tag")
-
-
-@dataclass(frozen=True)
-class TrainCorpus:
-    """One training corpus: its spec (as `data.train`'s string form), its weight and its source tag ("" = none)."""
-
-    path: str
-    weight: float = 1.0
-    tag: str = ""
-
-
-def parse_train(value, source: str = "recipe"):
-    """`data.train` checked and normalised: a corpus spec string as is, or a list of {path, weight, tag} dicts
-    (every key present). Errors name the key (`data.train[1].weight`)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise TxkitError(f"{source}: data.train must be a corpus spec or a list of {{path, weight, tag}} entries, "
-                         f"not {value!r}")  # fmt: skip
-    entries, tags = [], set()
-    for i, entry in enumerate(value):
-        key = f"data.train[{i}]"
-        if isinstance(entry, str):
-            entry = {"path": entry}
-        if not isinstance(entry, dict):
-            raise TxkitError(f"{source}: {key} must be a mapping such as {{path: multi30k/train, weight: 1}}, "
-                             f"not {entry!r}")  # fmt: skip
-        unknown = [k for k in entry if k not in _ENTRY_KEYS]
-        if unknown:
-            raise TxkitError(f"{source}: {key}.{unknown[0]}: unknown key (valid: {', '.join(_ENTRY_KEYS)})")
-        path = entry.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise TxkitError(f"{source}: {key}.path is required: the corpus spec (e.g. multi30k/train)")
-        weight = entry.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
-            raise TxkitError(f"{source}: {key}.weight must be a positive number, not {weight!r}")
-        tag = entry.get("tag") or ""
-        if not isinstance(tag, str) or (tag and not _TAG.match(tag)):
-            raise TxkitError(f"{source}: {key}.tag must be one token without spaces, such as \"<2de>\", not {tag!r}")
-        if tag in tags:
-            raise TxkitError(f"{source}: {key}.tag {tag} is used by another corpus; each corpus has its own tag")
-        if tag:
-            tags.add(tag)
-        entries.append({"path": path, "weight": float(weight), "tag": tag})
-    return entries
-
-
-def train_corpora(recipe) -> list[TrainCorpus]:
-    """The recipe's training corpora, for either form of `data.train`."""
-    train = recipe.data.train
-    if isinstance(train, str):
-        return [TrainCorpus(train)] if train else []
-    return [TrainCorpus(e["path"], float(e["weight"]), e["tag"]) for e in train]
-
-
-def train_tags(recipe) -> list[str]:
-    """The source tags of the training corpora, in recipe order (each a special token of the tokenizer)."""
-    return [c.tag for c in train_corpora(recipe) if c.tag]
-
-
-def is_mixture(corpora: list[TrainCorpus]) -> bool:
-    """True when the data path must mix: more than one corpus. One corpus (tagged or not) is read as always."""
-    return len(corpora) > 1
-
+__all__ = ["Mixture", "TrainCorpus", "check_tags", "is_mixture", "make_mixed_sampler", "parse_train", "tag_dataset",
+           "tag_text", "train_corpora", "train_tags"]  # fmt: skip
 
 def check_tags(tokenizer, tags: list[str], folder) -> None:
     """Each tag is a special token of `tokenizer`: a one-line error naming the tag and the folder otherwise."""
@@ -122,11 +55,6 @@ def check_tags(tokenizer, tags: list[str], folder) -> None:
                 f"{folder}: the tokenizer has no token {tag} (a data.train tag); build a new tokenizer with the "
                 "recipe (a new tokenizer.path) or remove the tag"
             )
-
-
-def tag_text(tag: str, text: str) -> str:
-    """The source text a tagged corpus trains on, and `txkit translate --tag` translates: "<2de> text"."""
-    return f"{tag} {text}" if tag else text
 
 
 class Mixture:

@@ -40,7 +40,7 @@ def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
     text first.
     """
     from txkit import atomic
-    from txkit.mixing import train_corpora, train_tags
+    from txkit.corpus_spec import train_corpora, train_tags
     from txkit.tokenization import build_tokenizer
 
     t, d = recipe.tokenizer, recipe.data

@@ -331,7 +331,7 @@ def _set(recipe: Recipe, key: str, value: Any, source: str, raw: str | None = No
     section_name, name = key.split(".", 1)
     section = getattr(recipe, section_name)
     if key == "data.train":  # a string, or a list of {path, weight, tag} mappings: txkit.mixing checks it
-        from txkit.mixing import parse_train
+        from txkit.corpus_spec import parse_train
 
         if raw is not None and not raw.lstrip().startswith(("[", "{")):
             value = raw  # --set data.train=multi30k/train: verbatim
@@ -488,7 +488,7 @@ def corpus_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
 def check_data_files(recipe: Recipe) -> None:
     """Every local file of data.train and data.valid exists: checked before anything is built or loaded."""
     d = recipe.data
-    from txkit.mixing import train_corpora
+    from txkit.corpus_spec import train_corpora
 
     specs = [("data.train" if isinstance(d.train, str) else f"data.train[{i}].path", c.path)
              for i, c in enumerate(train_corpora(recipe))] + [("data.valid", d.valid)]  # fmt: skip

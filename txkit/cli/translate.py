@@ -108,7 +108,7 @@ def translate_command(
     try:
         lines = iter_text_lines(source, name)
         if tag:  # in the text, as training saw it (txkit.mixing.tag_text); empty lines stay empty
-            from txkit.mixing import tag_text
+            from txkit.corpus_spec import tag_text
 
             lines = (tag_text(tag, line) if line.strip() else line for line in lines)
         if output is None:
