@@ -41,9 +41,11 @@ def _corpus_counts(mixture: Mixture, indices) -> list[int]:
 
 def test_data_train_keeps_a_string_and_fills_list_entries():
     assert parse_train("multi30k/train") == "multi30k/train"
-    entries = parse_train([{"path": "a"}, {"path": "b", "weight": 3, "tag": "<2de>"}, "c"])
-    assert entries == [{"path": "a", "weight": 1.0, "tag": ""}, {"path": "b", "weight": 3.0, "tag": "<2de>"},
-                       {"path": "c", "weight": 1.0, "tag": ""}]  # fmt: skip
+    entries = parse_train([{"path": "a"}, {"path": "b", "weight": 3, "tag": "<2de>", "tgt_lang": "fr"}, "c"])
+    none = {"src_lang": "", "tgt_lang": ""}
+    assert entries == [{"path": "a", "weight": 1.0, "tag": "", **none},
+                       {"path": "b", "weight": 3.0, "tag": "<2de>", "src_lang": "", "tgt_lang": "fr"},
+                       {"path": "c", "weight": 1.0, "tag": "", **none}]  # fmt: skip
     recipe = load_recipe(None, ['data.train=[{path: multi30k/train, weight: 2, tag: "<2de>"}, {path: multi30k/val}]'])
     assert [(c.path, c.weight, c.tag) for c in train_corpora(recipe)] == [
         ("multi30k/train", 2.0, "<2de>"), ("multi30k/val", 1.0, "")]  # fmt: skip
@@ -222,3 +224,34 @@ def test_a_single_corpus_gives_the_batches_it_always_gave(data_env, tmp_path):
     expected = [[list(pairs[i]["input_ids"]) for i in b] for b in direct]
     for setup in (plain, listed):
         assert [[list(setup.pairs[i]["input_ids"]) for i in b] for b in _epoch(setup)] == expected
+
+
+def test_the_multilingual_recipe_builds_its_tagged_joint_vocabulary_and_trains(data_env, tmp_path, capsys):
+    """recipes/multi30k-en-xx/transformer-tiny.yaml, cut to a few sentences and two steps: its tokenizer has the
+    three tags, each corpus reads its own target language, and the first steps train and validate."""
+    from pathlib import Path
+
+    from conftest import run_cli
+    from txkit.tokenization import load_tokenizers
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "multi30k-en-xx" / "transformer-tiny.yaml"
+    run = tmp_path / "run"
+    small = ["data.max_sentences=40", "tokenizer.vocab_size=800", "data.valid_max_sentences=8", "train.max_steps=2",
+             "train.warmup_steps=1", "train.save_every_steps=2", "train.eval_every_steps=2", "train.keep_last=0",
+             "eval.beam_size=2"]  # fmt: skip
+    args = ["train", str(recipe), "-o", str(run)] + [a for item in small for a in ("--set", item)]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, out + err
+    src_tok, tgt_tok = load_tokenizers(run / "tokenizer")
+    assert src_tok is tgt_tok  # one joint vocabulary
+    tags = src_tok.get_added_vocab()
+    assert {"<2de>", "<2fr>", "<2cs>"} <= set(tags)
+    # the vocabulary learned from each corpus's own target side, and from the shared English side once
+    import json
+
+    from txkit.tokenization import METADATA_FILE
+
+    learned = json.loads((run / "tokenizer" / METADATA_FILE).read_text())["src_files"]
+    assert sorted(Path(f).suffix for f in learned) == [".cs", ".de", ".en", ".fr"]
+    assert "data.train[2] multi30k/train <2cs>: " in err and "13333 pairs per epoch" not in err
+    assert (run / "checkpoints" / "checkpoint-00000002").is_dir()

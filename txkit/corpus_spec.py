@@ -92,16 +92,24 @@ def parse_corpus_spec(spec: str | Path) -> CorpusSpec:
 # ----------------------------------------------------------------------------- data.train: several corpora
 
 _TAG = re.compile(r"^\S+$")  # a tag is one whitespace-free token, such as <2de> or <BT>
-_ENTRY_KEYS = ("path", "weight", "tag")
+_ENTRY_KEYS = ("path", "weight", "tag", "src_lang", "tgt_lang")
 
 
 @dataclass(frozen=True)
 class TrainCorpus:
-    """One training corpus: its spec (as `data.train`'s string form), its weight and its source tag ("" = none)."""
+    """One training corpus: its spec (as `data.train`'s string form), its weight, its source tag ("" = none), and
+    its language codes when they differ from data.src_lang / data.tgt_lang ("" = those; a multilingual recipe
+    reads multi30k/train.de, .fr and .cs as three corpora)."""
 
     path: str
     weight: float = 1.0
     tag: str = ""
+    src_lang: str = ""
+    tgt_lang: str = ""
+
+    def langs(self, data) -> tuple[str, str]:
+        """(source, target) language codes of this corpus, given the recipe's data section."""
+        return self.src_lang or data.src_lang, self.tgt_lang or data.tgt_lang
 
 
 def parse_train(value, source: str = "recipe"):
@@ -138,7 +146,11 @@ def parse_train(value, source: str = "recipe"):
             raise TxkitError(f"{source}: {key}.tag {tag} is used by another corpus; each corpus has its own tag")
         if tag:
             tags.add(tag)
-        entries.append({"path": path, "weight": float(weight), "tag": tag})
+        langs = {k: entry.get(k) or "" for k in ("src_lang", "tgt_lang")}
+        for name, lang in langs.items():
+            if not isinstance(lang, str) or (lang and not _TAG.match(lang)):
+                raise TxkitError(f"{source}: {key}.{name} must be a language code such as de, not {lang!r}")
+        entries.append({"path": path, "weight": float(weight), "tag": tag, **langs})
     return entries
 
 
@@ -147,7 +159,8 @@ def train_corpora(recipe) -> list[TrainCorpus]:
     train = recipe.data.train
     if isinstance(train, str):
         return [TrainCorpus(train)] if train else []
-    return [TrainCorpus(e["path"], float(e["weight"]), e["tag"]) for e in train]
+    return [TrainCorpus(e["path"], float(e["weight"]), e["tag"], e.get("src_lang", ""), e.get("tgt_lang", ""))
+            for e in train]  # fmt: skip
 
 
 def train_tags(recipe) -> list[str]:

@@ -112,9 +112,10 @@ def recipe_files(recipe) -> list[tuple[str, Path]]:
     from txkit.recipe import corpus_files
 
     d = recipe.data
-    specs = [("data.train", c.path) for c in train_corpora(recipe)] + [("data.valid", d.valid)]
-    specs += [("eval.test", t) for t in recipe.eval.test]
-    return [(key, f) for key, spec in specs if spec for f in corpus_files(spec, d.src_lang, d.tgt_lang)]
+    specs = [("data.train", c.path, *c.langs(d)) for c in train_corpora(recipe)]
+    specs += [("data.valid", d.valid, d.src_lang, d.tgt_lang)]
+    specs += [("eval.test", t, d.src_lang, d.tgt_lang) for t in recipe.eval.test]
+    return [(key, f) for key, spec, src, tgt in specs if spec for f in corpus_files(spec, src, tgt)]
 
 
 def missing_files(recipe) -> list[tuple[str, Path]]:

@@ -46,14 +46,15 @@ from txkit.errors import TxkitError
 __all__ = ["Mixture", "TrainCorpus", "check_tags", "is_mixture", "make_mixed_sampler", "parse_train", "tag_dataset",
            "tag_text", "train_corpora", "train_tags"]  # fmt: skip
 
+
 def check_tags(tokenizer, tags: list[str], folder) -> None:
     """Each tag is a special token of `tokenizer`: a one-line error naming the tag and the folder otherwise."""
     added = tokenizer.get_added_vocab()
     for tag in tags:
         if tag not in added:
             raise TxkitError(
-                f"{folder}: the tokenizer has no token {tag} (a data.train tag); build a new tokenizer with the "
-                "recipe (a new tokenizer.path) or remove the tag"
+                f"{folder}: the tokenizer has no token {tag} (a data.train tag); build a new tokenizer with the recipe "
+                "(a new tokenizer.path) or remove the tag"
             )
 
 

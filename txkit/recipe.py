@@ -107,6 +107,10 @@ class DataSection:
     hub_config: str = _key("", "config of `hub:OWNER/NAME` corpora, e.g. de-en for hub:wmt/wmt14")
     max_sentences: int = _key(0, "use only the first N training pairs; 0 = all")
     valid_max_sentences: int = _key(0, "use only the first N validation pairs (loss and BLEU); 0 = all")
+    eval_tag: str = _key(
+        "", "source tag before every validation and test sentence: the direction a multilingual recipe validates "
+        "and `txkit run` scores (a data.train corpus's tag, e.g. <2de>); empty = none"
+    )
 
 
 @dataclass
@@ -431,6 +435,11 @@ def validate(recipe: Recipe) -> None:
     need(recipe.data.src_lang != recipe.data.tgt_lang or recipe.data.src_lang == "",
          "data.src_lang and data.tgt_lang must differ")
     need(bool(recipe.data.train), "data.train is required")
+    from txkit.corpus_spec import train_tags
+
+    need(not recipe.data.eval_tag or recipe.data.eval_tag in train_tags(recipe),
+         f"data.eval_tag {recipe.data.eval_tag} is not the tag of any data.train corpus "
+         f"(their tags: {', '.join(train_tags(recipe)) or 'none'})")
     need(recipe.tokenizer.vocab_size >= 16, "tokenizer.vocab_size is too small")
     presets = preset_names()
     need(recipe.model.preset in presets,
@@ -492,8 +501,9 @@ def check_data_files(recipe: Recipe) -> None:
 
     specs = [("data.train" if isinstance(d.train, str) else f"data.train[{i}].path", c.path)
              for i, c in enumerate(train_corpora(recipe))] + [("data.valid", d.valid)]  # fmt: skip
-    for key, spec in specs:
-        for f in corpus_files(spec, d.src_lang, d.tgt_lang) if spec else []:
+    langs = [c.langs(d) for c in train_corpora(recipe)] + [(d.src_lang, d.tgt_lang)]
+    for (key, spec), (src_lang, tgt_lang) in zip(specs, langs):
+        for f in corpus_files(spec, src_lang, tgt_lang) if spec else []:
             if not f.is_file():
                 root = os.environ.get(DATA_ENV) or f"{DEFAULT_DATA_DIR} ({DATA_ENV} unset)"
                 raise TxkitError(f"{key}: data file not found: {f} (relative paths resolve against {DATA_ENV}={root})")

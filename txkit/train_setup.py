@@ -126,6 +126,7 @@ class TrainingSetup:
                 valid_ds = load_corpus(r, d.valid, "validation")
                 if d.valid_max_sentences:
                     valid_ds = valid_ds.select(range(min(d.valid_max_sentences, len(valid_ds))))
+                valid_ds = tag_dataset(valid_ds, d.eval_tag)  # the direction validated, for a multilingual model
                 self.valid_src, self.valid_refs = valid_ds["src"], valid_ds["tgt"]
                 positions = r.model.max_position_embeddings or 1024
                 valid_ids, _ = tokenize_dataset(
@@ -175,11 +176,11 @@ class TrainingSetup:
             return ds.select(range(min(d.max_sentences, len(ds)))) if d.max_sentences else ds
 
         if not is_mixture(corpora) and not corpora[0].tag:
-            ds = first(load_corpus(r, corpora[0].path, "train"))
+            ds = first(load_corpus(r, corpora[0].path, "train", corpora[0].langs(d)))
             return ds, [len(ds)]
         from datasets import concatenate_datasets
 
-        parts = [tag_dataset(first(load_corpus(r, c.path, "train")), c.tag) for c in corpora]
+        parts = [tag_dataset(first(load_corpus(r, c.path, "train", c.langs(d))), c.tag) for c in corpora]
         return concatenate_datasets(parts), [len(p) for p in parts]
 
     def _mixture(self, corpora, raw_sizes):
