@@ -255,3 +255,20 @@ def test_the_multilingual_recipe_builds_its_tagged_joint_vocabulary_and_trains(d
     assert sorted(Path(f).suffix for f in learned) == [".cs", ".de", ".en", ".fr"]
     assert "data.train[2] multi30k/train <2cs>: " in err and "13333 pairs per epoch" not in err
     assert (run / "checkpoints" / "checkpoint-00000002").is_dir()
+
+
+def test_a_tagged_empty_source_is_still_dropped_as_empty(tokenizer_300):
+    """The tag goes before text only: an empty source stays empty, and the filter drops its pair."""
+    from datasets import Dataset
+
+    from txkit.data import tokenize_dataset
+    from txkit.mixing import tag_dataset
+    from txkit.tokenization import add_tags, load_tokenizers
+
+    tok, _ = load_tokenizers(tokenizer_300)
+    add_tags(tok, ["<2de>"])
+    ds = tag_dataset(Dataset.from_dict({"src": ["", "A dog runs."], "tgt": ["Ein Hund.", "Ein Hund rennt."]}), "<2de>")
+    assert ds["src"] == ["", "<2de> A dog runs."]
+    ids, report = tokenize_dataset(ds, tok, tok)
+    assert report.empty == 1 and report.kept == 1
+    assert ids["input_ids"][0][0] == tok.get_added_vocab()["<2de>"]

@@ -20,8 +20,8 @@ because a weight that scales the loss changes the learning rate of a corpus, not
   * an epoch keeps its meaning of "as many pairs as the corpora hold together" (the sum of their sizes
     after filtering); corpus i contributes round(N * w_i / sum w) of them, exactly (largest remainders);
   * each corpus is read as an endless stream of shuffled passes over it (pass k is a permutation seeded
-    by (train.seed, corpus, k)): an up-weighted corpus repeats every pair once before any pair a third
-    time, a down-weighted one shows every pair once before any twice, across epochs;
+    by (train.seed, corpus, k)): a corpus drawn more often than its size shows every pair k times before any
+    pair k + 1 times; one drawn less often shows every pair once before any twice, across epochs;
   * the drawn pairs are then batched by token budget exactly as one corpus is (txkit.batching): sorted by
     length, packed, the batch order shuffled. The proportion is exact over an epoch and holds per step in
     expectation (a batch holds pairs of similar length, so one step may lean to one corpus; which steps
@@ -154,7 +154,8 @@ def make_mixed_sampler(mixture: Mixture, src_lengths, tgt_lengths, max_tokens: i
 
 
 def _prepend_tag(batch: dict, tag: str) -> dict:
-    return {"src": [tag_text(tag, text.strip()) for text in batch["src"]]}
+    # an empty source stays empty, so that txkit.data's filter still drops the pair (a lone tag is not a sentence)
+    return {"src": [tag_text(tag, text.strip()) if (text or "").strip() else text for text in batch["src"]]}
 
 
 def tag_dataset(ds, tag: str):
@@ -163,5 +164,5 @@ def tag_dataset(ds, tag: str):
 
     if not tag:
         return ds
-    fingerprint = hashlib.sha256(f"{ds._fingerprint}|tag|{tag}".encode()).hexdigest()[:32]
+    fingerprint = hashlib.sha256(f"{ds._fingerprint}|tag-v2|{tag}".encode()).hexdigest()[:32]
     return ds.map(_prepend_tag, batched=True, fn_kwargs={"tag": tag}, new_fingerprint=fingerprint, desc="tagging")
