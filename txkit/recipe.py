@@ -94,8 +94,8 @@ class DataSection:
     """Corpora and filtering. Corpus specs are relative to $TXKIT_DATA unless absolute."""
 
     train: str | list = _key(
-        "multi30k/train", "training corpus: prefix DIR/NAME (files NAME.SRC, NAME.TGT), .tsv, .jsonl, .parquet, hub:ID; "
-        "or several, mixed by weight, each with an optional source tag: a list of {path, weight, tag} (txkit.mixing)"
+        "multi30k/train", "training corpus: prefix DIR/NAME (files NAME.SRC, NAME.TGT), .tsv, .jsonl, .parquet, "
+        "hub:ID; or several, mixed by weight: a list of {path, weight, tag, src_lang, tgt_lang} (txkit/mixing.py)"
     )
     valid: str = _key("multi30k/val", "validation corpus (same form); empty = no validation")
     src_lang: str = _key("en", "source language code (the file suffix)")

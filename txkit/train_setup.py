@@ -119,7 +119,8 @@ class TrainingSetup:
             train_ds, raw_sizes = self._load_train(corpora)
             train_ids, report = tokenize_dataset(
                 train_ds, self.src_tok, self.tgt_tok, num_proc=d.num_proc, max_len=d.max_len,
-                max_ratio=d.max_ratio or math.inf, dedup=d.dedup, name=f"data.train {d.train}",
+                max_ratio=d.max_ratio or math.inf, dedup=d.dedup,
+                name=f"data.train {', '.join(c.path for c in corpora)}",
             )  # fmt: skip
             self.valid_src, self.valid_refs, valid_ids = [], [], None
             if d.valid:
