@@ -255,6 +255,19 @@ def test_the_multilingual_recipe_builds_its_tagged_joint_vocabulary_and_trains(d
     assert sorted(Path(f).suffix for f in learned) == [".cs", ".de", ".en", ".fr"]
     assert "data.train[2] multi30k/train <2cs>: " in err and "13333 pairs per epoch" not in err
     assert (run / "checkpoints" / "checkpoint-00000002").is_dir()
+    # txkit translate --tag: the tag goes before every non-empty line, as if the user had typed it
+    source = tmp_path / "in.en"
+    source.write_text("A man rides a bike.\n\nTwo dogs play in the snow.\n", encoding="utf-8")
+    tagged = tmp_path / "tagged.en"
+    tagged.write_text("<2fr> A man rides a bike.\n\n<2fr> Two dogs play in the snow.\n", encoding="utf-8")
+    outputs = {}
+    for name, extra in (("tag", ["--tag", "<2fr>", "-i", str(source)]), ("typed", ["-i", str(tagged)]),
+                        ("none", ["-i", str(source)])):  # fmt: skip
+        code, out, err = run_cli(["translate", str(run), "--beam-size", "2", *extra], capsys)
+        assert code == 0, err
+        outputs[name] = out.splitlines()
+    assert outputs["tag"] == outputs["typed"] and outputs["tag"][1] == ""
+    assert outputs["tag"] != outputs["none"]  # the tag reaches the model
 
 
 def test_a_tagged_empty_source_is_still_dropped_as_empty(tokenizer_300):
