@@ -111,3 +111,61 @@ def test_two_processes_match_one_process_with_the_same_global_batch(shared_data,
         return [r["train/loss"] for r in records if "train/loss" in r]
 
     assert losses(two) == pytest.approx(losses(tmp_path / "one-acc2"), rel=1e-6)
+
+
+MIXTURE = "data.train=[{path: multi30k/train, weight: 3}, {path: multi30k/val, weight: 1}]"
+
+
+def _even_mixture_budget(shared_data: Path, tokenizer: Path, sentences: int, epochs: int) -> int:
+    """As _even_batch_budget, for two corpora mixed 3:1: every epoch the runs touch has an even number of batches
+    (each epoch draws other pairs, so its batch count can differ)."""
+    import numpy as np
+
+    from txkit.batching import TokenizedPairs
+    from txkit.data import load_parallel, tokenize_dataset
+    from txkit.mixing import Mixture, make_mixed_sampler
+    from txkit.tokenization import load_tokenizers
+
+    src_tok, tgt_tok = load_tokenizers(tokenizer)
+    lengths, sizes = [], []
+    for name in ("train", "val"):
+        ds = load_parallel(shared_data / "multi30k" / name, "en", "de").select(range(sentences))
+        ids = TokenizedPairs(tokenize_dataset(ds, src_tok, tgt_tok, max_len=64)[0])
+        lengths.append((ids.src_lengths, ids.tgt_lengths))
+        sizes.append(len(ids))
+    src, tgt = (np.concatenate([side[k] for side in lengths]) for k in (0, 1))
+    for max_tokens in range(384, 1024, 32):
+        sampler = make_mixed_sampler(Mixture(sizes, [3, 1], seed=1), src, tgt, max_tokens, seed=1)
+        counts = []
+        for _ in range(epochs):
+            counts.append(len(sampler))
+            list(sampler)
+        if all(c % 2 == 0 for c in counts):
+            return max_tokens
+    raise AssertionError("no batch budget gives an even number of batches in every epoch")
+
+
+def test_two_processes_mixing_two_corpora_match_one_process(shared_data, tokenizer, tmp_path, monkeypatch):
+    """Every process draws the same pairs of each corpus per epoch and takes its shard of their batches: two gloo
+    processes reach the weights of one process accumulating the same global batch, across epochs."""
+    monkeypatch.setenv("TXKIT_DATA", str(shared_data))
+    sentences = 40  # 80 pairs: a few batches an epoch, so 6 steps of 2 batches cross epochs
+    max_tokens = _even_mixture_budget(shared_data, tokenizer, sentences, epochs=6)
+    extra = [MIXTURE, f"data.max_sentences={sentences}"]
+    two = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "txkit", "train", str(RECIPE), "-o", str(two)]  # fmt: skip
+    for item in _overrides(tokenizer, 1, max_tokens) + extra:
+        command += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TXKIT_DATA": str(shared_data)}
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_recipe(RECIPE, _overrides(tokenizer, 2, max_tokens) + extra), tmp_path / "one-acc2")
+    finally:
+        torch.set_num_threads(threads)
+    records = [json.loads(line) for line in (two / runs.LOG_FILE).read_text().splitlines()]
+    assert max(r.get("train/epoch", 0) for r in records) >= 1  # the runs crossed into a second epoch's draw
+    assert _max_difference(_weights(two), _weights(tmp_path / "one-acc2")) <= 1e-6

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "txkit"
 STAGES: dict[str, list[str]] = {
     "text and errors": ["txkit", "txkit.errors", "txkit.textio", "txkit.atomic", "txkit.threads"],
     "recipe schema": ["txkit.options", "txkit.recipe", "txkit.corpus_spec", "txkit.runs"],
-    "tokenization and data": ["txkit.modelfiles", "txkit.tokenization", "txkit.data", "txkit.batching", "txkit.subword_sampling", "txkit.prepare", "txkit.fetch"],
+    "tokenization and data": ["txkit.modelfiles", "txkit.tokenization", "txkit.data", "txkit.batching", "txkit.subword_sampling", "txkit.mixing", "txkit.prepare", "txkit.fetch"],
     "model": ["txkit.modeling"],
     "training and decoding": ["txkit.thread_stable", "txkit.schedule", "txkit.train_state", "txkit.checkpointing", "txkit.training", "txkit.ema",
                               "txkit.train_setup", "txkit.averaging", "txkit.search", "txkit.step_decoder",

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from txkit import fetch
+from txkit.corpus_spec import parse_train, train_corpora
 from txkit.recipe import corpus_files, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,11 @@ def test_recipe_loads_and_every_key_is_commented(path):
     recipe = load_recipe(path)
     # recipes/<corpus>-<src>-<tgt>/<preset>.yaml: the folder and file name say what is inside
     corpus, src, tgt = path.parent.name.rsplit("-", 2)
+    if tgt == "xx":  # multilingual: one tagged corpus per target language, data.tgt_lang the direction scored
+        targets = [c.langs(recipe.data)[1] for c in train_corpora(recipe)]
+        assert len(set(targets)) > 1 and recipe.data.tgt_lang in targets and recipe.data.eval_tag
+        assert all(c.tag for c in train_corpora(recipe))
+        tgt = recipe.data.tgt_lang
     assert (recipe.data.src_lang, recipe.data.tgt_lang) == (src, tgt)
     assert recipe.model.preset == path.stem
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -59,6 +65,7 @@ def test_recipe_loads_and_every_key_is_commented(path):
     for section, keys in tree.items():
         for key, value in keys.items():
             got = recipe.get(f"{section}.{key}")
+            value = parse_train(value) if f"{section}.{key}" == "data.train" else value  # entries get every key
             assert (list(got) if isinstance(got, tuple) else got) == value, f"{section}.{key}"
 
 
@@ -67,9 +74,10 @@ def test_recipe_data_paths_are_well_formed(path, shared_data, monkeypatch):
     monkeypatch.setenv("TXKIT_DATA", str(shared_data))
     recipe = load_recipe(path)
     d = recipe.data
-    specs = [("data.train", d.train), ("data.valid", d.valid)] + [("eval.test", t) for t in recipe.eval.test]
+    specs = [("data.train", c.path, c.langs(d)) for c in train_corpora(recipe)]
+    specs += [("data.valid", d.valid, None)] + [("eval.test", t, None) for t in recipe.eval.test]
     assert recipe.eval.test, "txkit run needs a test set"
-    for key, spec in specs:
+    for key, spec, langs in specs:
         assert spec, key
         if spec.startswith("hub:"):
             assert re.fullmatch(r"hub:[\w.-]+/[\w.-]+", spec), f"{key}: {spec}"
@@ -78,7 +86,7 @@ def test_recipe_data_paths_are_well_formed(path, shared_data, monkeypatch):
         # relative to $TXKIT_DATA, so the recipe runs on any machine; a prefix DIR/NAME of text files
         assert not Path(spec).is_absolute() and ".." not in Path(spec).parts and not spec.startswith("~"), spec
         assert re.fullmatch(r"[\w-]+/[\w.-]+", spec), f"{key}: {spec} is not DIR/NAME"
-        for f in corpus_files(spec, d.src_lang, d.tgt_lang):
+        for f in corpus_files(spec, *(langs or (d.src_lang, d.tgt_lang))):
             # present in the shared corpora, and if missing elsewhere, fetched from a public source
             assert f.is_file(), f
             assert fetch.source_for(f) is not None, f"{key}: txkit cannot fetch {f}"

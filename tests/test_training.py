@@ -49,6 +49,12 @@ VARIANTS = {
     "ema": ["train.ema_decay=0.9"],
     # 60 pairs: about 4 updates an epoch, so the run crosses epochs and each gets its own BPE-dropout segmentation
     "bpe-dropout": ["tokenizer.dropout=0.1", "data.max_sentences=60"],
+    # two corpora mixed 3:1 (txkit/mixing.py), 2 x 30 pairs: the run crosses epochs, each drawing its own pairs;
+    # once more with BPE-dropout, whose epochs are segmented afresh from the drawn pairs
+    "mixture": ["data.train=[{path: multi30k/train, weight: 3}, {path: multi30k/val, weight: 1}]",
+                "data.max_sentences=30"],
+    "mixture-bpe-dropout": ["data.train=[{path: multi30k/train, weight: 3}, {path: multi30k/val, weight: 1}]",
+                            "data.max_sentences=30", "tokenizer.dropout=0.1"],
 }
 
 
@@ -196,7 +202,7 @@ def test_stop_and_resume_gives_the_uninterrupted_run(reference_run, tmp_path):
     # the log reads as one run: same steps, same losses and learning rates
     mine, theirs = _train_records(run_dir), _train_records(reference)
     assert sorted(mine) == list(range(1, 13))
-    if variant == "bpe-dropout":  # the resumed part crossed epochs, each segmented afresh
+    if variant != "plain" and variant != "ema":  # the resumed part crossed epochs, each segmented or drawn afresh
         assert mine[6]["train/epoch"] >= 1 and mine[12]["train/epoch"] >= 2
     for step in mine:
         assert mine[step]["train/loss"] == theirs[step]["train/loss"], step

@@ -130,11 +130,11 @@ def _languages_from(recipe: dict | None) -> list[str] | None:
 
 
 def _datasets_from(recipe: dict | None) -> list[str] | None:
-    """Hub dataset ids of the training corpus (`hub:OWNER/NAME`), else its folder name (e.g. multi30k)."""
-    train = str(((recipe or {}).get("data") or {}).get("train") or "")
-    if not train:
-        return None
-    return [parse_corpus_spec(train).collection]
+    """Hub dataset ids of the training corpora (`hub:OWNER/NAME`), else their folder names (e.g. multi30k)."""
+    train = ((recipe or {}).get("data") or {}).get("train") or ""
+    specs = [train] if isinstance(train, str) else [str(e.get("path", "")) for e in train if isinstance(e, dict)]
+    collections = [parse_corpus_spec(s).collection for s in specs if s]
+    return list(dict.fromkeys(collections)) or None  # several corpora: each collection once, in recipe order
 
 
 def _architecture_rows(config: dict) -> list[tuple[str, str]]:

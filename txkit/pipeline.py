@@ -203,7 +203,7 @@ def _changed(old: dict, new: dict) -> str:
     return "; ".join(diffs) or "other inputs"
 
 
-_RECORDED_WHEN_ON = ("train.ema_decay", "tokenizer.dropout")
+_RECORDED_WHEN_ON = ("train.ema_decay", "tokenizer.dropout", "data.eval_tag")
 
 
 def _train_inputs(run: _Run) -> dict:
@@ -368,7 +368,8 @@ def _load_test(run: _Run, spec: str):
 def translate_inputs(run: _Run, spec: str) -> dict:
     """What a test set's translation depends on: every search option, the test set and the model."""
     engine = {k: v for k, v in run.keys(_ENGINE_DEFAULTS).items() if v != _ENGINE_DEFAULTS[k]}
-    return {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average")}
+    tag = {"data.eval_tag": run.recipe.data.eval_tag} if run.recipe.data.eval_tag else {}  # recorded only when set
+    return {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average"), **tag}
 
 
 def stage_translate(run: _Run) -> None:
@@ -394,6 +395,10 @@ def stage_translate(run: _Run) -> None:
         out = folder / f"{name}.{tgt}"
         started = run.start(f"translate-{name}", f"{spec} (beam {e.beam_size}, alpha {e.length_penalty}) -> {out}")
         sources, _ = _load_test(run, spec)
+        if run.recipe.data.eval_tag:  # a multilingual model: the direction the recipe scores
+            from txkit.corpus_spec import tag_text
+
+            sources = [tag_text(run.recipe.data.eval_tag, s) for s in sources]
         hyps = translator.translate(sources)
         _write_atomic(out, "".join(h + "\n" for h in hyps))
         seconds = time.monotonic() - started

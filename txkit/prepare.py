@@ -12,13 +12,15 @@ from txkit.errors import TxkitError
 from txkit.recipe import Recipe, corpus_files, resolve_data_path
 
 
-def load_corpus(recipe: Recipe, spec: str, split: str = "train"):
-    """A corpus the recipe names (data.train, data.valid, an eval.test entry) as a `src`/`tgt` Dataset."""
+def load_corpus(recipe: Recipe, spec: str, split: str = "train", langs: tuple[str, str] | None = None):
+    """A corpus the recipe names (data.train, data.valid, an eval.test entry) as a `src`/`tgt` Dataset; `langs`:
+    a data.train entry's own (source, target) codes, else data.src_lang and data.tgt_lang."""
     from txkit.data import load_parallel
 
     d = recipe.data
+    src_lang, tgt_lang = langs or (d.src_lang, d.tgt_lang)
     try:
-        return load_parallel(resolve_data_path(spec), d.src_lang, d.tgt_lang, hub_config=d.hub_config or None,
+        return load_parallel(resolve_data_path(spec), src_lang, tgt_lang, hub_config=d.hub_config or None,
                              split=split)  # fmt: skip
     except TxkitError as exc:
         raise _utf8_only(exc) from None
@@ -40,27 +42,35 @@ def build_recipe_tokenizer(recipe: Recipe, path: Path) -> None:
     text first.
     """
     from txkit import atomic
+    from txkit.corpus_spec import train_corpora, train_tags
     from txkit.tokenization import build_tokenizer
 
     t, d = recipe.tokenizer, recipe.data
     path.parent.mkdir(parents=True, exist_ok=True)
     text_dir = None
     files = [resolve_data_path(f) for f in t.files]
-    if not files:
-        files = corpus_files(d.train, d.src_lang, d.tgt_lang)
-        if len(files) != 2 or d.max_sentences:
-            ds = load_corpus(recipe, d.train, "train")
+    # Several corpora: the vocabulary learns from all of them, unweighted (the weights are the sampler's); their
+    # tags are special tokens, never in the text it learns from.
+    spec_ids: dict[str, int] = {}  # one text file per corpus spec and language: a shared English side is written once
+    for corpus in train_corpora(recipe) if not files else []:
+        k = spec_ids.setdefault(corpus.path, len(spec_ids))
+        src_lang, tgt_lang = corpus.langs(d)
+        corpus_pair = corpus_files(corpus.path, src_lang, tgt_lang)
+        if len(corpus_pair) != 2 or d.max_sentences:
+            ds = load_corpus(recipe, corpus.path, "train", (src_lang, tgt_lang))
             if d.max_sentences:
                 ds = ds.select(range(min(d.max_sentences, len(ds))))
-            text_dir = atomic.temp_dir(path)
-            files = [text_dir / f"train.{d.src_lang}", text_dir / f"train.{d.tgt_lang}"]
-            for column, file in zip(("src", "tgt"), files):
+            text_dir = text_dir or atomic.temp_dir(path)
+            corpus_pair = [text_dir / f"train{k or ''}.{src_lang}", text_dir / f"train{k or ''}.{tgt_lang}"]
+            for column, file in zip(("src", "tgt"), corpus_pair):
                 file.write_text("".join(line.replace("\n", " ") + "\n" for line in ds[column]), encoding="utf-8")
+        files += [f for f in corpus_pair if f not in files]  # en-de, en-fr, en-cs share train.en: learned once
     for f in files:
         if not Path(f).is_file():
             raise TxkitError(f"tokenizer.files: file not found: {f}")
     try:
-        build_tokenizer(files, path, src_lang=d.src_lang, show_progress=False, stats=False, **t.tokenizer_options())
+        build_tokenizer(files, path, src_lang=d.src_lang, show_progress=False, stats=False, tags=train_tags(recipe),
+                        **t.tokenizer_options())  # fmt: skip
     except TxkitError as exc:
         raise _utf8_only(exc) from None
     finally:

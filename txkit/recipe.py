@@ -95,8 +95,9 @@ class TokenizerSection(TokenizerOptions):
 class DataSection:
     """Corpora and filtering. Corpus specs are relative to $TXKIT_DATA unless absolute."""
 
-    train: str = _key(
-        "multi30k/train", "training corpus: prefix DIR/NAME (files NAME.SRC, NAME.TGT), .tsv, .jsonl, .parquet, hub:ID"
+    train: str | list = _key(
+        "multi30k/train", "training corpus: prefix DIR/NAME (files NAME.SRC, NAME.TGT), .tsv, .jsonl, .parquet, "
+        "hub:ID; or several, mixed by weight: a list of {path, weight, tag, src_lang, tgt_lang} (txkit/mixing.py)"
     )
     valid: str = _key("multi30k/val", "validation corpus (same form); empty = no validation")
     src_lang: str = _key("en", "source language code (the file suffix)")
@@ -108,6 +109,10 @@ class DataSection:
     hub_config: str = _key("", "config of `hub:OWNER/NAME` corpora, e.g. de-en for hub:wmt/wmt14")
     max_sentences: int = _key(0, "use only the first N training pairs; 0 = all")
     valid_max_sentences: int = _key(0, "use only the first N validation pairs (loss and BLEU); 0 = all")
+    eval_tag: str = _key(
+        "", "source tag before every validation and test sentence: the direction a multilingual recipe validates "
+        "and `txkit run` scores (a data.train corpus's tag, e.g. <2de>); empty = none"
+    )
 
 
 @dataclass
@@ -334,6 +339,13 @@ def _set(recipe: Recipe, key: str, value: Any, source: str, raw: str | None = No
         raise _unknown(source, "key", key, all_keys())
     section_name, name = key.split(".", 1)
     section = getattr(recipe, section_name)
+    if key == "data.train":  # a string, or a list of {path, weight, tag} mappings: txkit.mixing checks it
+        from txkit.corpus_spec import parse_train
+
+        if raw is not None and not raw.lstrip().startswith(("[", "{")):
+            value = raw  # --set data.train=multi30k/train: verbatim
+        section.train = parse_train("" if value is None else value, source)
+        return
     hints = typing.get_type_hints(type(section))
     setattr(section, name, _convert(value, hints[name], key, source, raw))
 
@@ -430,6 +442,11 @@ def validate(recipe: Recipe) -> None:
     need(recipe.data.src_lang != recipe.data.tgt_lang or recipe.data.src_lang == "",
          "data.src_lang and data.tgt_lang must differ")
     need(bool(recipe.data.train), "data.train is required")
+    from txkit.corpus_spec import train_tags
+
+    need(not recipe.data.eval_tag or recipe.data.eval_tag in train_tags(recipe),
+         f"data.eval_tag {recipe.data.eval_tag} is not the tag of any data.train corpus "
+         f"(their tags: {', '.join(train_tags(recipe)) or 'none'})")
     need(recipe.tokenizer.vocab_size >= 16, "tokenizer.vocab_size is too small")
     presets = preset_names()
     need(recipe.model.preset in presets,
@@ -487,8 +504,13 @@ def corpus_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
 def check_data_files(recipe: Recipe) -> None:
     """Every local file of data.train and data.valid exists: checked before anything is built or loaded."""
     d = recipe.data
-    for key, spec in (("data.train", d.train), ("data.valid", d.valid)):
-        for f in corpus_files(spec, d.src_lang, d.tgt_lang) if spec else []:
+    from txkit.corpus_spec import train_corpora
+
+    specs = [("data.train" if isinstance(d.train, str) else f"data.train[{i}].path", c.path)
+             for i, c in enumerate(train_corpora(recipe))] + [("data.valid", d.valid)]  # fmt: skip
+    langs = [c.langs(d) for c in train_corpora(recipe)] + [(d.src_lang, d.tgt_lang)]
+    for (key, spec), (src_lang, tgt_lang) in zip(specs, langs):
+        for f in corpus_files(spec, src_lang, tgt_lang) if spec else []:
             if not f.is_file():
                 root = os.environ.get(DATA_ENV) or f"{DEFAULT_DATA_DIR} ({DATA_ENV} unset)"
                 raise TxkitError(f"{key}: data file not found: {f} (relative paths resolve against {DATA_ENV}={root})")

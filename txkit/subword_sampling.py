@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Sequence
 
 import numpy as np
@@ -64,19 +65,41 @@ class BPEDropout:
         self.unk_id = self.vocab.get(model["unk_token"]) if model.get("unk_token") else None
         self.normalizer, self.pre_tokenizer = backend.normalizer, backend.pre_tokenizer
         self.prefix, self.suffix = _special_tokens(spec.get("post_processor"), self.vocab)
+        # Added tokens (the special tokens, a recipe's source tags such as <2de>) are matched whole in the raw text
+        # before anything else, as the tokenizer matches them; the space after one with rstrip belongs to it.
+        added = spec.get("added_tokens") or []
+        self.added = {t["content"]: (t["id"], bool(t.get("lstrip")), bool(t.get("rstrip"))) for t in added}
+        longest_first = sorted(self.added, key=len, reverse=True)
+        self._added_re = re.compile("|".join(map(re.escape, longest_first))) if added else None
         self._cache: dict[str, list[int]] = {}  # p = 0, or words that cannot be merged: their ids
         self._start: dict[str, tuple[list, list]] = {}  # word -> (characters, ranks of adjacent pairs)
 
     def encode(self, text: str, rng: random.Random | None = None) -> list[int]:
         """Subword ids of `text` (stripped, as txkit.data tokenizes it), special tokens included."""
         text = text.strip()
+        ids = list(self.prefix)
+        start = 0
+        for match in self._added_re.finditer(text) if self._added_re is not None else ():
+            token_id, lstrip, rstrip = self.added[match.group()]
+            piece = text[start : match.start()]
+            ids += self._piece(piece.rstrip() if lstrip else piece, rng)
+            ids.append(token_id)
+            start = match.end()
+            if rstrip:
+                start += len(text[start:]) - len(text[start:].lstrip())
+        return ids + self._piece(text[start:], rng) + self.suffix
+
+    def _piece(self, text: str, rng: random.Random | None) -> list[int]:
+        """The ids of text without added tokens: normalized, pre-tokenized, each word segmented."""
+        if not text:
+            return []
         if self.normalizer is not None:
             text = self.normalizer.normalize_str(text)
         words = self.pre_tokenizer.pre_tokenize_str(text) if self.pre_tokenizer is not None else [(text, None)]
-        ids = list(self.prefix)
+        ids = []
         for word, _ in words:
             ids += self._word(word, rng)
-        return ids + self.suffix
+        return ids
 
     def _symbols(self, word: str) -> list[str]:
         """The word's characters as vocabulary entries: byte tokens (<0xE9>) or <unk> for the others."""

@@ -221,6 +221,7 @@ def build_tokenizer(
     show_progress: bool = True,
     stats: bool = True,
     stats_lines: int = 100_000,
+    tags: Sequence[str] = (),
 ) -> "TokenizerReport":
     """Train the vocabulary (joint, or one per side) on `files`, save it in `out_dir`, report on it.
 
@@ -228,7 +229,8 @@ def build_tokenizer(
     `files` and the target one on `tgt_files`; without `tgt_files`, `files` are split by language
     suffix (`split_by_language`). The target tokenizer is saved in `out_dir/target`.
     The keywords of txkit.options.TokenizerOptions (the recipe's `tokenizer:` section) take their defaults
-    from it.
+    from it. `tags` (a recipe's data.train tags such as <2de>) become special tokens of the source tokenizer,
+    after the learned vocabulary: matched whole before normalization, never split, never learned from text.
     """
     from txkit import atomic
 
@@ -258,6 +260,8 @@ def build_tokenizer(
     else:
         src_tok = train_tokenizer(src_files, **settings)
         tgt_tok = train_tokenizer(tgt_files, **settings)
+    if tags:
+        add_tags(src_tok, tags)
     settings.pop("show_progress")
     metadata = dict(
         joint=joint,
@@ -275,6 +279,15 @@ def build_tokenizer(
         for side, tok, side_files in sides:
             report.sides.append(tokenizer_stats(tok, side_files, side, max_lines=stats_lines, errors=errors))
     return report
+
+
+def add_tags(tok, tags: Sequence[str]) -> None:
+    """Add source tags as special tokens: ids after the vocabulary; the space after a tag belongs to it (rstrip),
+    so "<2de> a dog" encodes as <2de> followed by exactly the ids of "a dog"."""
+    from tokenizers import AddedToken
+
+    added = [AddedToken(t, special=True, rstrip=True, normalized=False) for t in tags]
+    tok.add_special_tokens({"additional_special_tokens": added})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from txkit import runs
 from txkit.errors import TxkitError
+from txkit.mixing import check_tags, is_mixture, make_mixed_sampler, tag_dataset, train_corpora, train_tags
 from txkit.prepare import build_recipe_tokenizer, load_corpus
 from txkit.recipe import Recipe, check_data_files, resolve_tokenizer_path
 from txkit.training import Trainer, TrainComponents, TrainHooks
@@ -105,6 +106,7 @@ class TrainingSetup:
         self.accelerator.wait_for_everyone()
         self.tokenizer_dir = path
         self.src_tok, self.tgt_tok = load_tokenizers(path)
+        check_tags(self.src_tok, train_tags(self.recipe), path)
 
     def _setup_data(self) -> None:
         from txkit.batching import TokenBatchSampler, TokenizedPairs
@@ -112,19 +114,20 @@ class TrainingSetup:
 
         r, acc = self.recipe, self.accelerator
         d = r.data
+        corpora = train_corpora(r)
         with acc.main_process_first():  # one process fills the datasets cache, the others read it
-            train_ds = load_corpus(r, d.train, "train")
-            if d.max_sentences:
-                train_ds = train_ds.select(range(min(d.max_sentences, len(train_ds))))
+            train_ds, raw_sizes = self._load_train(corpora)
             train_ids, report = tokenize_dataset(
                 train_ds, self.src_tok, self.tgt_tok, num_proc=d.num_proc, max_len=d.max_len,
-                max_ratio=d.max_ratio or math.inf, dedup=d.dedup, name=f"data.train {d.train}",
+                max_ratio=d.max_ratio or math.inf, dedup=d.dedup,
+                name=f"data.train {', '.join(c.path for c in corpora)}",
             )  # fmt: skip
             self.valid_src, self.valid_refs, valid_ids = [], [], None
             if d.valid:
                 valid_ds = load_corpus(r, d.valid, "validation")
                 if d.valid_max_sentences:
                     valid_ds = valid_ds.select(range(min(d.valid_max_sentences, len(valid_ds))))
+                valid_ds = tag_dataset(valid_ds, d.eval_tag)  # the direction validated, for a multilingual model
                 self.valid_src, self.valid_refs = valid_ds["src"], valid_ds["tgt"]
                 positions = r.model.max_position_embeddings or 1024
                 valid_ids, _ = tokenize_dataset(
@@ -134,6 +137,7 @@ class TrainingSetup:
         self._info(f"data.train: {report}")
         self.pairs = TokenizedPairs(train_ids)
         shards = dict(seed=r.train.seed, num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True)
+        mixture = self._mixture(corpora, raw_sizes) if is_mixture(corpora) else None
         if r.tokenizer.dropout:  # BPE-dropout: each epoch's batches come from that epoch's segmentation
             from txkit.subword_sampling import SampledBatchSampler, SampledPairs
 
@@ -143,7 +147,14 @@ class TrainingSetup:
                 self.pairs, [src_all[i] for i in rows], [tgt_all[i] for i in rows], self.src_tok, self.tgt_tok,
                 r.tokenizer.dropout, seed=r.train.seed, max_len=d.max_len, max_tokens=r.train.max_tokens,
             )  # fmt: skip
-            self.sampler = SampledBatchSampler(self.pairs, r.train.max_tokens, **shards)
+            if mixture is not None:
+                self.sampler = make_mixed_sampler(mixture, self.pairs.base.src_lengths, self.pairs.base.tgt_lengths,
+                                                  r.train.max_tokens, pairs=self.pairs, **shards)  # fmt: skip
+            else:
+                self.sampler = SampledBatchSampler(self.pairs, r.train.max_tokens, **shards)
+        elif mixture is not None:
+            self.sampler = make_mixed_sampler(mixture, self.pairs.src_lengths, self.pairs.tgt_lengths,
+                                              r.train.max_tokens, **shards)  # fmt: skip
         else:
             lengths = (self.pairs.src_lengths, self.pairs.tgt_lengths)
             self.sampler = TokenBatchSampler(*lengths, r.train.max_tokens, **shards)
@@ -156,6 +167,40 @@ class TrainingSetup:
                 num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=False,
             )  # fmt: skip
             self.valid_batches = list(valid_sampler)
+
+    def _load_train(self, corpora):
+        """The training text (each corpus's first data.max_sentences pairs, its tag before every source sentence,
+        the corpora one after another) and each corpus's number of pairs. One untagged corpus: read as always."""
+        r, d = self.recipe, self.recipe.data
+
+        def first(ds):
+            return ds.select(range(min(d.max_sentences, len(ds)))) if d.max_sentences else ds
+
+        if not is_mixture(corpora) and not corpora[0].tag:
+            ds = first(load_corpus(r, corpora[0].path, "train", corpora[0].langs(d)))
+            return ds, [len(ds)]
+        from datasets import concatenate_datasets
+
+        parts = [tag_dataset(first(load_corpus(r, c.path, "train", c.langs(d))), c.tag) for c in corpora]
+        return concatenate_datasets(parts), [len(p) for p in parts]
+
+    def _mixture(self, corpora, raw_sizes):
+        """The Mixture over the kept pairs: a filtered pair's corpus is found from its row in the concatenation."""
+        import numpy as np
+
+        from txkit.mixing import Mixture
+
+        rows = self.pairs.rows if self.pairs.rows is not None else np.arange(len(self.pairs))
+        bounds = np.cumsum(raw_sizes)
+        kept = np.bincount(np.searchsorted(bounds, rows, side="right"), minlength=len(corpora))
+        for i, (corpus, n) in enumerate(zip(corpora, kept)):
+            if n == 0:
+                raise TxkitError(f"data.train[{i}] {corpus.path}: no pairs left after filtering")
+        mixture = Mixture(kept.tolist(), [c.weight for c in corpora], seed=self.recipe.train.seed)
+        for i, (corpus, n, drawn) in enumerate(zip(corpora, kept, mixture.counts)):
+            self._info(f"data.train[{i}] {corpus.path}{' ' + corpus.tag if corpus.tag else ''}: {n} pairs, "
+                       f"weight {corpus.weight:g}: {drawn} pairs per epoch")  # fmt: skip
+        return mixture
 
     def _setup_model(self) -> None:
         import torch

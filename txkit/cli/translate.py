@@ -4,6 +4,7 @@
     txkit translate runs/multi30k -i test.en -o test.hyp.de
     txkit translate user/model --nbest 4 < test.en   # "LINE ||| translation ||| score", 4 lines per input
     txkit translate runs/a runs/b -i test.en         # an ensemble: log-probabilities averaged (txkit/ensemble.py)
+    txkit translate runs/en-xx --tag "<2fr>"          # a multilingual model: the tag picks the direction
 
 Standard input is translated as it streams (each line as soon as it arrives when typed; in chunks when
 piped); a file given with -o is written under a temporary name and renamed when complete.
@@ -65,6 +66,10 @@ def translate_command(
         "none, or int8: linear layers in int8 (txkit: torch's dynamic quantization, CPU only; ctranslate2: its "
         "int8 compute type)."
     )),  # fmt: skip
+    tag: str = typer.Option(
+        "", "--tag", help="Source tag put before every line, as the model was trained with (data.train's tags), "
+        "e.g. '<2de>' for the direction into German of a multilingual model.",
+    ),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: chosen batch by batch between one per core and one fewer, whichever is faster "
         "now; or $TXKIT_THREADS / $OMP_NUM_THREADS)."
@@ -105,6 +110,8 @@ def translate_command(
     # txkit's engine: the thread count chosen batch by batch (None when it is the user's); CTranslate2: fixed
     governor = ThreadGovernor.create(threads)
     translator = load_translator(model_paths, options, threads if threads is not None else _torch_threads(), governor)
+    if tag:
+        _check_tag(tag, translator.src_tok, model_paths[0])
 
     if input is not None:
         source = open(input, "rb")
@@ -114,6 +121,10 @@ def translate_command(
         name = "standard input"
     try:
         lines = iter_text_lines(source, name)
+        if tag:  # in the text, as training saw it (txkit.mixing.tag_text); empty lines stay empty
+            from txkit.corpus_spec import tag_text
+
+            lines = (tag_text(tag, line) if line.strip() else line for line in lines)
         if output is None:
             try:
                 _write(translator, lines, sys.stdout.buffer, nbest, flush=True)
@@ -133,6 +144,16 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _check_tag(tag: str, src_tok, model: Path) -> None:
+    """--tag must be one of the model's source tags: a model never trained with it would read it as plain text."""
+    from txkit.tokenization import SPECIAL_TOKENS
+
+    known = [t for t in src_tok.get_added_vocab() if t not in SPECIAL_TOKENS]  # <pad> <s> </s> <unk> are not tags
+    if tag not in known:
+        tags = ", ".join(known) if known else "none: it was trained without tags"
+        raise TxkitError(f"--tag {tag}: not a tag of {model}'s tokenizer (its tags: {tags})")
 
 
 def _write(translator, lines, out, nbest: int, flush: bool) -> None:
