@@ -486,3 +486,24 @@ def test_trainer_steps_on_hand_made_components_and_its_state_round_trips(tmp_pat
         assert restored == trainer.state
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_the_saved_generation_config_is_valid_for_any_beam(tokenizer_300, shared_data, tmp_path, beam_size):
+    """eval.beam_size=1 (greedy) with the default alpha used to crash at the first checkpoint: transformers
+    refuses to save a GenerationConfig with a length penalty and no beams."""
+    from transformers import GenerationConfig
+
+    os.environ["TXKIT_DATA"] = str(shared_data)
+    recipe = load_recipe(None, [
+        "model.preset=transformer-tiny", f"tokenizer.path={tokenizer_300}", "data.train=multi30k/train",
+        "data.valid=", "data.max_sentences=50", f"eval.beam_size={beam_size}", "train.save_every_minutes=0",
+    ])  # fmt: skip
+    trainer = build_trainer(recipe, tmp_path / "run")
+    try:
+        saved = trainer.save()
+    finally:
+        trainer.close()
+    config = GenerationConfig.from_pretrained(saved)
+    assert config.num_beams == beam_size
+    assert config.length_penalty == (0.6 if beam_size > 1 else GenerationConfig().length_penalty)

@@ -227,8 +227,10 @@ class TrainingSetup:
             model = TxkitForConditionalGeneration(config)
         e = r.eval
         # For `model.generate` users: the paper's beam and alpha (in transformers' score/|Y|^alpha form).
+        # (a length penalty without beams is an invalid GenerationConfig, refused when the model is saved)
+        beams = {"num_beams": e.beam_size, **({"length_penalty": e.length_penalty} if e.beam_size > 1 else {})}
         model.generation_config = GenerationConfig(
-            num_beams=e.beam_size, length_penalty=e.length_penalty,
+            **beams,
             max_length=min(config.max_position_embeddings, r.data.max_len + e.max_len_b),
             bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
             decoder_start_token_id=config.decoder_start_token_id,
