@@ -76,8 +76,8 @@ class ThreadGovernor:
     time is smoothed (exponential average) so one odd batch does not make it look slow; a probe's replaces the
     other count's last one, which is stale. Two units in a row `alarm` times slower than the current count's
     average (a competitor arrived) bring the next probe forward. A wrong switch costs one probe interval: the
-    next probe undoes it. The first `warmup` units are not counted
-    (allocations, caches); the other count is first measured right after the first measured unit.
+    next probe undoes it. The first `warmup` units are not counted (allocations, caches); the other count is
+    first measured right after the first measured unit.
 
         governor = ThreadGovernor.create()      # None when the user fixed the count or there is one core
         with governor.unit(work=n_tokens):      # sets the count for this unit and times it
