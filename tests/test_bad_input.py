@@ -218,6 +218,8 @@ CASES = [
          r"input file not found: .*nope\.txt"),
     Case("translate-input-not-utf8", lambda c, f: ["translate", str(model(c, f)), "-i", str(latin1(c)), "-o", str(c / "out.txt")],
          r"latin1\.txt line 2: not valid UTF-8"),
+    Case("translate-ctranslate2-ensemble", lambda c, f: ["translate", str(model(c, f)), str(c / "m"), "-i", str(text(c, f, "f.txt")), "--engine", "ctranslate2", "--lp-form", "hf"],
+         r"--engine ctranslate2 translates with one model"),
     Case("translate-threads-zero", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "--threads", "0"],
          r"--threads: the number of threads must be at least 1, not 0"),
     Case("translate-txkit-threads-not-a-number", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt"))],

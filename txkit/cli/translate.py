@@ -100,10 +100,6 @@ def translate_command(
         engine=engine, quantize=quantize,
     )  # fmt: skip
     options.check()
-    if engine == "ctranslate2":
-        from txkit.engines import check_ctranslate2_options
-
-        check_ctranslate2_options(options)
     from txkit.engines import load_translator
     from txkit.threads import ThreadGovernor
 
