@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from txkit import atomic, runs
-from txkit.corpus_spec import parse_corpus_spec
+from txkit.corpus_spec import EvalSet, eval_sets, parse_corpus_spec
 from txkit.errors import TxkitError
 from txkit.options import ScoreOptions, SearchOptions
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
@@ -348,41 +348,45 @@ def corpus_name(spec: str) -> str:
     return parse_corpus_spec(spec).name
 
 
-def _test_sets(run: _Run) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for spec in run.recipe.eval.test:
-        name = corpus_name(spec)
-        if name in names:
-            raise TxkitError(f"eval.test: {names[name]} and {spec} would both be called {name}; rename one")
-        names[name] = spec
-    return names
+def _test_sets(run: _Run) -> dict[str, EvalSet]:
+    """eval.test as the directions to score, by name (test2016; test2016.en-fr for a multilingual recipe)."""
+    return {t.name: t for t in eval_sets(run.recipe)}
 
 
-def _load_test(run: _Run, spec: str):
+def _load_test(run: _Run, test: EvalSet):
     from txkit.prepare import load_corpus
 
-    ds = load_corpus(run.recipe, spec, "test")
+    ds = load_corpus(run.recipe, test.path, "test", (test.src_lang, test.tgt_lang))
     return list(ds["src"]), list(ds["tgt"])
 
 
-def translate_inputs(run: _Run, spec: str) -> dict:
-    """What a test set's translation depends on: every search option, the test set and the model."""
+def translate_inputs(run: _Run, test: EvalSet | str) -> dict:
+    """What a test set's translation depends on: every search option, the test set (and its direction, for a
+    multilingual recipe) and the model."""
     engine = {k: v for k, v in run.keys(_ENGINE_DEFAULTS).items() if v != _ENGINE_DEFAULTS[k]}
     tag = {"data.eval_tag": run.recipe.data.eval_tag} if run.recipe.data.eval_tag else {}  # recorded only when set
-    return {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average"), **tag}
+    spec = test if isinstance(test, str) else test.path
+    inputs = {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average"), **tag}
+    if not isinstance(test, str) and test.directional:  # recorded only for multilingual recipes, as before
+        inputs["direction"] = [test.src_lang, test.tgt_lang, test.tag]
+    return inputs
+
+
+def _translation_file(run: _Run, test: EvalSet) -> Path:
+    return run.run_dir / TRANSLATIONS_DIR / f"{test.base}.{test.tgt_lang}"
 
 
 def stage_translate(run: _Run) -> None:
     """Translate every test set with RUN/model; one marker per test set, so a finished one is kept."""
     from txkit.decoding import DecodeOptions
 
-    e, tgt = run.recipe.eval, run.recipe.data.tgt_lang
+    e = run.recipe.eval
     model_dir = run.run_dir / runs.FINAL_MODEL
     todo = {}
-    for name, spec in _test_sets(run).items():
-        inputs = translate_inputs(run, spec)
+    for name, test in _test_sets(run).items():
+        inputs = translate_inputs(run, test)
         if not run.done(f"translate-{name}", inputs):
-            todo[name] = (spec, inputs)
+            todo[name] = (test, inputs)
     if not todo:
         return
     from txkit.engines import load_translator
@@ -391,14 +395,16 @@ def stage_translate(run: _Run) -> None:
     translator = load_translator(model_dir, options)
     folder = run.run_dir / TRANSLATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    for name, (spec, inputs) in todo.items():
-        out = folder / f"{name}.{tgt}"
-        started = run.start(f"translate-{name}", f"{spec} (beam {e.beam_size}, alpha {e.length_penalty}) -> {out}")
-        sources, _ = _load_test(run, spec)
-        if run.recipe.data.eval_tag:  # a multilingual model: the direction the recipe scores
+    for name, (test, inputs) in todo.items():
+        out = _translation_file(run, test)
+        tagged = f", tag {test.tag}" if test.tag else ""
+        started = run.start(f"translate-{name}", f"{test.path} {test.src_lang}->{test.tgt_lang}{tagged} "
+                                                 f"(beam {e.beam_size}, alpha {e.length_penalty}) -> {out}")  # fmt: skip
+        sources, _ = _load_test(run, test)
+        if test.tag:  # a multilingual model: the tag picks the direction
             from txkit.corpus_spec import tag_text
 
-            sources = [tag_text(run.recipe.data.eval_tag, s) for s in sources]
+            sources = [tag_text(test.tag, s) for s in sources]
         hyps = translator.translate(sources)
         _write_atomic(out, "".join(h + "\n" for h in hyps))
         seconds = time.monotonic() - started
@@ -412,21 +418,24 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
     entries) and chrF, with 95% CIs."""
     from txkit.evaluation import build_report, read_lines, score, write_report
 
-    e, d = run.recipe.eval, run.recipe.data
+    e = run.recipe.eval
     reports = {}
     folder = run.run_dir / EVAL_DIR
-    for name, spec in _test_sets(run).items():
+    tests = _test_sets(run)
+    for name, test in tests.items():
         out = folder / f"{name}.json"
-        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": spec, "tokenized_bleu": "moses",
-                  "translation": run.fingerprints[f"translate-{name}"]}  # fmt: skip
+        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": test.path,
+                  "tokenized_bleu": "moses", "translation": run.fingerprints[f"translate-{name}"]}  # fmt: skip
+        if test.directional:
+            inputs["direction"] = [test.src_lang, test.tgt_lang, test.tag]
         if run.done(f"evaluate-{name}", inputs):
             reports[name] = json.loads(out.read_text(encoding="utf-8"))
             continue
         started = run.start(f"evaluate-{name}", f"BLEU, lowercased BLEU, tokenized BLEU, chrF -> {out}")
-        hyp_file = run.run_dir / TRANSLATIONS_DIR / f"{name}.{d.tgt_lang}"
+        hyp_file = _translation_file(run, test)
         hyps = read_lines(hyp_file)
-        _, refs = _load_test(run, spec)
-        ref_path = parse_corpus_spec(resolve_data_path(spec)).target_file(d.tgt_lang)
+        _, refs = _load_test(run, test)
+        ref_path = parse_corpus_spec(resolve_data_path(test.path)).target_file(test.tgt_lang)
         system = {"path": str(hyp_file), "model": str(run.run_dir / runs.FINAL_MODEL), "lines": len(hyps)}
         options = ScoreOptions(metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES)
         report = build_report(
@@ -437,18 +446,41 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
         lowercased["name"] = "BLEU (lowercased)"
         # The literature's tokenized BLEU (lowercased, Moses-tokenized), labelled as such: a comparison figure.
         tokenized = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu_tokenized",),
-                                                             moses_lang=d.tgt_lang))["bleu_tokenized"]  # fmt: skip
+                                                             moses_lang=test.tgt_lang))["bleu_tokenized"]  # fmt: skip
         scores = report["scores"]
         report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "bleu_tokenized": tokenized,
                             "chrf": scores["chrf"]}  # fmt: skip
-        corpus = parse_corpus_spec(spec).collection
-        report["dataset"] = {"type": corpus, "name": f"{corpus} {name}" if corpus != name else name}
+        corpus, base = parse_corpus_spec(test.path).collection, test.base
+        shown = f"{corpus} {base}" if corpus != base else base
+        if test.directional:  # the card and the report list each direction
+            shown += f" {test.src_lang}-{test.tgt_lang}"
+            report["languages"] = [test.src_lang, test.tgt_lang]
+            report["tag"] = test.tag
+        report["dataset"] = {"type": corpus, "name": shown}
         folder.mkdir(parents=True, exist_ok=True)
         write_report(out, report)
         run.finish(f"evaluate-{name}", inputs, [out], started,
                    scores={k: round(v["score"], 2) for k, v in report["scores"].items()})  # fmt: skip
         reports[name] = report
+    _drop_stale_scores(run, set(tests))
     return reports
+
+
+def _drop_stale_scores(run: _Run, current: set[str]) -> None:
+    """Score files `txkit run` wrote for test sets the recipe no longer scores (e.g. RUN/eval/test2016.json of a
+    multilingual run scored en->de only, now test2016.en-de.json): removed with their markers, so that the report
+    lists only what the recipe scores. Only files a marker records as this run's own output are touched."""
+    for marker in sorted((run.run_dir / STAGES_DIR).glob("evaluate-*.done")):
+        name = marker.name[len("evaluate-") : -len(".done")]
+        if name in current:
+            continue
+        record = run.read_marker(f"evaluate-{name}") or {}
+        for output in record.get("outputs", []):
+            path = run.run_dir / output
+            if path.parent == run.run_dir / EVAL_DIR and path.name == f"{name}.json" and path.is_file():
+                path.unlink()
+                run.echo(f"     removed {path} (its test set is no longer scored by the recipe)")
+        marker.unlink()
 
 
 def stage_card(run: _Run, reports: dict[str, dict]) -> None:

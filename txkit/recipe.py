@@ -162,7 +162,10 @@ class EvalSection(SearchOptions):
         "ema", "with train.ema_decay on: average the last checkpoints' EMA weights (ema) or their trained weights "
         "(trained); without EMA the trained weights are averaged"
     )
-    test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
+    test: list = _key(
+        [], "test corpora (same form as data.valid) that `txkit run` scores; a multilingual recipe scores each in "
+        "every direction it trains, or an entry {path, tag, tgt_lang} names one direction (txkit.corpus_spec)"
+    )
     engine: Literal[ENGINES] = _key("txkit", "what translates the test sets: txkit or ctranslate2 (needs lp_form hf); "
                                     "validation during training always uses txkit's search")
     quantize: Literal[QUANTIZATIONS] = _key("none", "test-set translation in int8 (CPU): none or int8")
@@ -346,6 +349,13 @@ def _set(recipe: Recipe, key: str, value: Any, source: str, raw: str | None = No
             value = raw  # --set data.train=multi30k/train: verbatim
         section.train = parse_train("" if value is None else value, source)
         return
+    if key == "eval.test":  # corpus specs, or {path, tag, tgt_lang} mappings naming a direction (txkit.corpus_spec)
+        from txkit.corpus_spec import parse_tests
+
+        if raw is not None and not raw.lstrip().startswith(("[", "{")):
+            value = [raw] if raw else []  # --set eval.test=multi30k/test2016: verbatim
+        section.test = parse_tests(value, source)
+        return
     hints = typing.get_type_hints(type(section))
     setattr(section, name, _convert(value, hints[name], key, source, raw))
 
@@ -447,6 +457,12 @@ def validate(recipe: Recipe) -> None:
     need(not recipe.data.eval_tag or recipe.data.eval_tag in train_tags(recipe),
          f"data.eval_tag {recipe.data.eval_tag} is not the tag of any data.train corpus "
          f"(their tags: {', '.join(train_tags(recipe)) or 'none'})")
+    from txkit.corpus_spec import eval_sets
+
+    try:
+        eval_sets(recipe)  # every eval.test direction is one the model trains
+    except TxkitError as exc:
+        raise TxkitError(f"{from_where}: {exc}") from None
     need(recipe.tokenizer.vocab_size >= 16, "tokenizer.vocab_size is too small")
     presets = preset_names()
     need(recipe.model.preset in presets,
