@@ -2,6 +2,7 @@
 
     data        fetch missing corpus files from their public source (txkit.fetch)
     tokenizer   build the recipe's subword vocabulary                    -> RUN/tokenizer
+    distill     (distill.teacher) the teacher translates data.train      -> RUN/distill/<key> (txkit.distill)
     train       train, continuing from the latest checkpoint             -> RUN/checkpoints, RUN/log.jsonl
     average     average the last `eval.average_last` checkpoints         -> RUN/model
     translate   translate each test set with the recipe's search         -> RUN/translations/<test>.<tgt>
@@ -88,6 +89,8 @@ class _Run:
         self.flat = recipe.flat()
         self.fingerprints: dict[str, str] = {}
         self.stages: dict[str, str] = {}
+        self.student_recipe = recipe  # what training reads: with distillation, data.train on the teacher's output
+        self.teacher = None  # distill.teacher: (model folder, corpora), once checked
 
     def keys(self, names) -> dict:
         return {name: self.flat[name] for name in names}
@@ -211,7 +214,65 @@ def _train_inputs(run: _Run) -> dict:
     keys.append("tokenizer.dropout")
     # keys newer than existing runs count only when switched on, so that a finished run's record still matches
     keys = [k for k in keys if k not in _RECORDED_WHEN_ON or run.flat[k]]
-    return {**run.keys(keys), "tokenizer": run.fingerprints.get("tokenizer")}
+    inputs = {**run.keys(keys), "tokenizer": run.fingerprints.get("tokenizer")}
+    if run.recipe.distill.teacher:  # the student trains on the teacher's translations (recorded only then)
+        inputs.update({"distill": run.fingerprints.get("distill"), **run.keys(["distill.original_weight"])})
+    return inputs
+
+
+def _refuse_changed_training(run: _Run, inputs: dict) -> None:
+    """A finished training whose inputs changed is an error (raising train.max_steps alone continues it)."""
+    previous = run.read_marker("train")
+    if previous is None:
+        return
+    old = previous["inputs"]
+    changed = {k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k)}
+    more_steps = changed == {"train.max_steps"} and inputs["train.max_steps"] > old["train.max_steps"]
+    if changed and not more_steps:
+        raise TxkitError(
+            f"{run.run_dir} finished training with {_changed(old, inputs)}; txkit does not retrain a finished "
+            "run in place: choose another --output-dir (raising train.max_steps alone continues the run)"
+        )
+
+
+def check_teacher(run: _Run):
+    """(teacher model folder, the corpora it translates) of distill.teacher: checked before anything is built."""
+    from txkit import distill
+
+    if run.teacher is None:
+        folder = distill.resolve_teacher(run.recipe.distill.teacher)
+        run.teacher = (folder, distill.plan(run.recipe, folder))
+    return run.teacher
+
+
+def stage_distill(run: _Run) -> None:
+    """Sequence-level distillation (distill.teacher): the teacher's translations of data.train's sources, made
+    once per translation key (txkit.distill) and reused; the student then trains on them."""
+    spec = run.recipe.distill.teacher
+    if not spec:
+        return
+    from txkit import distill
+
+    teacher, corpora = check_teacher(run)
+    key, described = distill.translation_key(run.recipe, teacher, corpora)
+    inputs = {"key": key}
+    run.fingerprints["distill"] = _fingerprint(inputs)
+    _refuse_changed_training(run, _train_inputs(run))  # before the teacher spends minutes translating
+    folder = run.run_dir / runs.DISTILL_DIR / key
+    run.student_recipe = distill.distilled_recipe(run.recipe, folder, corpora)
+    if run.done("distill", inputs):
+        return
+    d = run.recipe.distill
+    started = run.start("distill", f"{teacher} translates data.train's sources (beam {d.beam_size}, alpha "
+                                   f"{d.length_penalty} {d.lp_form}, engine {d.engine}) -> {folder}")  # fmt: skip
+    if (folder / distill.COMPLETE).is_file():
+        run.echo(f"     {folder}: made before with the same teacher weights, search and sources: reused")
+    else:
+        distill.translate_corpora(run.recipe, teacher, corpora, folder, echo=run.echo, spec=spec)
+    for old in distill.prune(folder):
+        run.echo(f"     removed {old} (another teacher, search or corpus)")
+    run.finish("distill", inputs, [folder / distill.COMPLETE], started, teacher=str(teacher),
+               translation=described)  # fmt: skip
 
 
 def stage_train(run: _Run) -> bool:
@@ -219,16 +280,7 @@ def stage_train(run: _Run) -> bool:
     inputs = _train_inputs(run)
     if run.done("train", inputs):
         return True
-    previous = run.read_marker("train")
-    if previous is not None:
-        old = previous["inputs"]
-        changed = {k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k)}
-        more_steps = changed == {"train.max_steps"} and inputs["train.max_steps"] > old["train.max_steps"]
-        if not more_steps:
-            raise TxkitError(
-                f"{run.run_dir} finished training with {_changed(old, inputs)}; txkit does not retrain a finished "
-                "run in place: choose another --output-dir (raising train.max_steps alone continues the run)"
-            )
+    _refuse_changed_training(run, inputs)
     max_steps = run.recipe.train.max_steps
     latest = runs.latest_checkpoint(run.run_dir)
     done_step = runs.checkpoint_step(latest) if latest is not None else 0
@@ -243,7 +295,7 @@ def stage_train(run: _Run) -> bool:
         what = f"continuing from {latest.name}" if latest is not None else "from scratch"
         run.start("train", f"{what} to step {max_steps}")
         try:
-            result = train(run.recipe, run.run_dir, resume=True, hooks=training_hooks())
+            result = train(run.student_recipe, run.run_dir, resume=True, hooks=training_hooks())
         finally:
             wall += time.monotonic() - started
             _write_partial_wall_time(run, wall)
@@ -546,7 +598,10 @@ def run_pipeline(recipe: Recipe, run_dir: str | os.PathLike, *, fetch: bool = Tr
     run = _Run(recipe, run_dir, echo)
     result = PipelineResult(run_dir=run_dir, model_dir=run_dir / runs.FINAL_MODEL, complete=False, stages=run.stages)
     stage_data(run, fetch=fetch)
+    if recipe.distill.teacher:
+        check_teacher(run)
     stage_tokenizer(run)
+    stage_distill(run)
     if not stage_train(run):
         return result
     stage_average(run)
