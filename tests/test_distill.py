@@ -119,6 +119,7 @@ def test_the_student_trains_on_the_teachers_translations_and_is_scored(workspace
     assert report["references"][0]["path"] == str(data / "slice" / "test10.de")
     card = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
     assert "- multi30k" in card and folder.name not in card.split("---")[1]
+    assert f"Sequence-level distillation: trained on the translations of data.train's sources by the teacher `{teacher}`" in card
 
 
 def test_a_second_run_reuses_the_translations_whatever_the_teachers_path(workspace, distilled, tmp_path):

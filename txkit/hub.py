@@ -202,9 +202,15 @@ def _training_section(info: dict | None, recipe: dict | None) -> list[str]:
         if info.get("date"):
             facts.append(f"- finished: {info['date']}")
         lines += facts + [""]
+    teacher = ((recipe or {}).get("distill") or {}).get("teacher")
+    if teacher:  # sequence-level distillation (txkit/distill.py): `txkit run` makes the training targets first
+        beam = recipe["distill"].get("beam_size")
+        lines += [f"Sequence-level distillation: trained on the translations of data.train's sources by the teacher "
+                  f"`{teacher}` (beam {beam}), not on the original targets alone.", ""]  # fmt: skip
     if recipe:
+        command = "txkit run" if teacher else "txkit train"
         lines += [
-            "The resolved recipe (every key, after overrides); `txkit train recipe.yaml` reproduces the run:",
+            f"The resolved recipe (every key, after overrides); `{command} recipe.yaml` reproduces the run:",
             "",
             "```yaml",
             yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip(),
