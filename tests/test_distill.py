@@ -79,7 +79,7 @@ def workspace(shared_data, trained_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def distilled(workspace):
-    root, data, teacher, recipe = workspace
+    root, _, _, recipe = workspace
     run_dir = root / "run"
     result = run_cli(["run", str(recipe), "-o", str(run_dir)])
     return run_dir, result
@@ -90,7 +90,7 @@ def _key_folders(run_dir: Path) -> list[Path]:
 
 
 def test_the_student_trains_on_the_teachers_translations_and_is_scored(workspace, distilled, capsys):
-    root, data, teacher, recipe = workspace
+    _, data, teacher, _ = workspace
     run_dir, (code, out, err) = distilled
     assert code == 0, out + err
     assert _stages(out, "run") == {"tokenizer", "distill", "train", "average", "translate-test10", "evaluate-test10",
@@ -123,7 +123,7 @@ def test_the_student_trains_on_the_teachers_translations_and_is_scored(workspace
 
 
 def test_a_second_run_reuses_the_translations_whatever_the_teachers_path(workspace, distilled, tmp_path):
-    root, _, teacher, recipe = workspace
+    _, _, teacher, recipe = workspace
     run_dir = distilled[0]
     [folder] = _key_folders(run_dir)
     before = (folder / "train0.de").stat().st_mtime_ns
@@ -150,7 +150,7 @@ def _retrained_teacher(teacher: Path, where: Path) -> Path:
 
 
 def test_a_changed_teacher_translates_again_and_a_finished_student_is_not_retrained(workspace, distilled, tmp_path):
-    root, _, teacher, recipe = workspace
+    _, _, teacher, recipe = workspace
     run_dir = distilled[0]
     [old] = _key_folders(run_dir)
     changed = _retrained_teacher(teacher, tmp_path / "teacher-2")
@@ -183,7 +183,7 @@ def test_an_interrupted_translation_keeps_its_finished_chunks(workspace, monkeyp
     from txkit import distill
     from txkit.recipe import load_recipe
 
-    root, data, teacher, recipe_file = workspace
+    _, data, teacher, recipe_file = workspace
     monkeypatch.setenv("TXKIT_DATA", str(data))
     monkeypatch.setattr(distill, "CHUNK_LINES", 25)
     recipe = load_recipe(recipe_file)
@@ -210,7 +210,7 @@ def test_original_targets_are_mixed_in_by_weight(workspace, tmp_path):
     from txkit import distill
     from txkit.recipe import load_recipe
 
-    root, _, teacher, recipe_file = workspace
+    _, _, teacher, recipe_file = workspace
     recipe = load_recipe(recipe_file, ["distill.original_weight=0.5"])
     corpora = distill.plan(recipe, distill.resolve_teacher(str(teacher)))
     student = distill.distilled_recipe(recipe, tmp_path / "k", corpora)

@@ -35,9 +35,9 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from txkit import atomic, runs
 from txkit.corpus_spec import TrainCorpus, parse_corpus_spec, tag_text, train_corpora
@@ -79,7 +79,8 @@ def resolve_teacher(spec: str) -> Path:
     except TxkitError as exc:
         raise TxkitError(f"distill.teacher {spec}: {exc}") from None
     if config.get("model_type", "txkit") != "txkit" or not (folder / "tokenizer.json").is_file():
-        what = f"a {config.get('model_type')} model" if config.get("model_type", "txkit") != "txkit" else "no tokenizer.json"
+        kind = config.get("model_type", "txkit")
+        what = f"a {kind} model" if kind != "txkit" else "no tokenizer.json"
         raise TxkitError(f"distill.teacher {spec}: not a txkit translation model ({what})")
     return folder
 
@@ -157,8 +158,11 @@ def translation_key(recipe, teacher: Path, corpora: list[DistillCorpus]) -> tupl
         "engine": d.engine,
         "quantize": d.quantize,
         "max_sentences": recipe.data.max_sentences,
-        "corpora": [{"path": c.corpus.path, "src_lang": c.src_lang, "tgt_lang": c.tgt_lang, "tag": c.teacher_tag,
-                     "source": _source_digest(recipe, c)} for c in corpora],  # fmt: skip
+        "corpora": [
+            {"path": c.corpus.path, "src_lang": c.src_lang, "tgt_lang": c.tgt_lang, "tag": c.teacher_tag,
+             "source": _source_digest(recipe, c)}
+            for c in corpora
+        ],
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     return key, inputs

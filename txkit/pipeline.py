@@ -220,15 +220,16 @@ def _train_inputs(run: _Run) -> dict:
     return inputs
 
 
-def _refuse_changed_training(run: _Run, inputs: dict) -> None:
-    """A finished training whose inputs changed is an error (raising train.max_steps alone continues it)."""
+def _refuse_changed_training(run: _Run, inputs: dict, outputs_gone: bool = False) -> None:
+    """A finished training whose inputs changed (or, `outputs_gone`, whose outputs are gone) is an error; raising
+    train.max_steps alone continues it."""
     previous = run.read_marker("train")
     if previous is None:
         return
     old = previous["inputs"]
     changed = {k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k)}
     more_steps = changed == {"train.max_steps"} and inputs["train.max_steps"] > old["train.max_steps"]
-    if changed and not more_steps:
+    if (changed or outputs_gone) and not more_steps:
         raise TxkitError(
             f"{run.run_dir} finished training with {_changed(old, inputs)}; txkit does not retrain a finished "
             "run in place: choose another --output-dir (raising train.max_steps alone continues the run)"
@@ -280,7 +281,7 @@ def stage_train(run: _Run) -> bool:
     inputs = _train_inputs(run)
     if run.done("train", inputs):
         return True
-    _refuse_changed_training(run, inputs)
+    _refuse_changed_training(run, inputs, outputs_gone=True)
     max_steps = run.recipe.train.max_steps
     latest = runs.latest_checkpoint(run.run_dir)
     done_step = runs.checkpoint_step(latest) if latest is not None else 0
