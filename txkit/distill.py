@@ -72,7 +72,8 @@ def resolve_teacher(spec: str) -> Path:
 
     path = Path(spec).expanduser()
     if not path.exists():
-        raise TxkitError(f"distill.teacher {spec}: no such model folder or run directory")
+        raise TxkitError(f"distill.teacher {spec}: no such model folder or run directory (train the teacher first, "
+                         "or name it with --set distill.teacher=PATH)")  # fmt: skip
     try:
         folder = Path(runs.resolve_model(path))
         config = check_model_folder(folder)
