@@ -372,6 +372,27 @@ CASES = [
          r"recipe\.yaml: the recipe is empty"),
     Case("run-recipe-without-data", lambda c, f: ["run", str(recipe(c, "model:\n  preset: transformer-tiny\n")), "-o", str(c / "run")],
          r"recipe\.yaml: the recipe does not say what to train on"),
+    # --- txkit run: directions and distillation (txkit/distill.py)
+    Case("run-eval-test-untrained-direction", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", 'data.train=[{path: multi30k/train, tag: "<2de>"}]', "--set", 'eval.test=[{path: multi30k/test2016, tag: "<2fr>"}]'],
+         r"tiny\.yaml: eval\.test\[0\]: the model is not trained for the tag <2fr> \(data\.train's directions: en->de <2de>\)"),
+    Case("run-eval-test-untrained-language", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", "eval.test=[{path: multi30k/test2016, tgt_lang: fr}]"],
+         r"eval\.test\[0\]: the model is not trained for en->fr \(data\.train's directions: en->de\)"),
+    Case("run-eval-test-unknown-key", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", "eval.test=[{path: multi30k/test2016, tgt: fr}]"],
+         r"eval\.test\[0\]\.tgt: unknown key \(valid: path, tag, src_lang, tgt_lang\)"),
+    Case("run-distill-teacher-missing", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", f"distill.teacher={c / 'nope'}"],
+         r"distill\.teacher .*nope: no such model folder or run directory", owned=["run"]),
+    Case("run-distill-teacher-not-a-model", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", f"distill.teacher={user_folder(c / 't')}"],
+         r"distill\.teacher .*/t: .*/t: not a model folder \(no config\.json\) nor a run directory", owned=["run"]),
+    Case("run-distill-teacher-other-architecture", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", f"distill.teacher={_json(model(c, f), 'config.json', {'model_type': 'bert'})}"],
+         r"distill\.teacher .*/m: not a txkit translation model \(a bert model\)", owned=["run"]),
+    Case("run-distill-teacher-other-languages", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", f"distill.teacher={run_copy(c, f)}", "--set", "data.tgt_lang=fr"],
+         r"distill\.teacher .*/run: it was trained for en->de, not data\.train\[0\]'s en->fr \(its recipe\.yaml\)", owned=["run"]),
+    Case("run-distill-teacher-cannot-encode", lambda c, f: ["run", str(corpus_recipe(c, str(_cyrillic_corpus(c, f)))), "-o", str(c / "run"), "--set", f"distill.teacher={model(c, f)}"],
+         r"distill\.teacher .*/m: its vocabulary cannot encode data\.train\[0\]'s source text: \d+% of the tokens", owned=["run"]),
+    Case("run-distill-original-weight-negative", lambda c, f: ["run", str(RECIPE), "-o", str(c / "run"), "--set", "distill.original_weight=-1"],
+         r"distill\.original_weight must be a number of at least 0, not -1\.0"),
+    Case("train-distill-recipe", lambda c, f: ["train", str(RECIPE), "-o", str(c / "run"), "--set", f"distill.teacher={model(c, f)}"],
+         r"tiny\.yaml: distill\.teacher is set: `txkit run` has the teacher translate data\.train before training"),
     # --- txkit report
     Case("report-step-not-a-number", lambda c, f: ["report", str(_log_line(run_copy(c, f), '{"step": "ten", "train/loss": 1.0}'))],
          r"log\.jsonl line 3: \"step\" must be an integer, not \"ten\""),
@@ -469,6 +490,18 @@ def _resume_sets(fx: Fixtures) -> list:
     return ["--set", f"tokenizer.path={fx.run / 'tokenizer'}", "--set", "train.max_steps=4", "--set",
             "train.save_every_steps=2", "--set", "train.eval_every_steps=0", "--set", "data.valid=",
             "--set", "train.log_every_steps=1"]  # fmt: skip
+
+
+def _cyrillic_corpus(case: Path, fx: Fixtures) -> Path:
+    """corpus.tsv: the 300 training pairs with their English side spelled in Cyrillic letters (a script the
+    small test model's vocabulary, learned from English and German, has no tokens for)."""
+    latin, cyrillic = "abcdefghijklmnopqrstuvwxyz", "абцдефгхийклмнопярстужвьыз"
+    spell = str.maketrans(latin + latin.upper(), cyrillic + cyrillic.upper())
+    en = (fx.text / "train.en").read_text(encoding="utf-8").splitlines()
+    de = (fx.text / "train.de").read_text(encoding="utf-8").splitlines()
+    path = case / "corpus.tsv"
+    path.write_text("".join(f"{a.translate(spell)}\t{b}\n" for a, b in zip(en, de)), encoding="utf-8")
+    return path
 
 
 def _all_weights_cut(run: Path) -> Path:

@@ -237,3 +237,79 @@ def test_finished_runs_stay_valid_under_the_multi_corpus_keys_at_their_defaults(
     run = _Run(tagged, Path("run"), print)
     assert _train_inputs(run)["data.eval_tag"] == "<2de>" and translate_inputs(run, "t")["data.eval_tag"] == "<2de>"
     assert _train_inputs(run)["data.train"][0]["tag"] == "<2de>"
+
+
+# ----------------------------------------------------------------------------- a multilingual recipe: every direction
+
+MULTI_SETS = ["--set", ('data.train=[{path: multi30k/train, tag: "<2de>", tgt_lang: de}, '
+                       '{path: multi30k/train, tag: "<2fr>", tgt_lang: fr}]'), "--set", "data.eval_tag=<2de>",
+              "--set", "data.max_sentences=200", "--set", "eval.average_last=1", "--set", "train.keep_last=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def multilingual_run(workspace, tmp_path_factory):
+    """A finished en->de + en->fr run whose recipe scored en->de only (as the multilingual recipe did before every
+    direction was scored), made with train.max_steps 6."""
+    _, data, recipe = workspace
+    for lang in ("en", "de", "fr"):
+        lines = (data / "multi30k" / f"test2016.{lang}").read_text(encoding="utf-8").splitlines()[:20]
+        (data / "slice" / f"test20.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run_dir = tmp_path_factory.mktemp("multilingual") / "run"
+    first = run_cli(["run", str(recipe), "-o", str(run_dir), *MULTI_SETS, "--set", "train.max_steps=6",
+                     "--set", "eval.test=[{path: slice/test20, tgt_lang: de}]"])  # fmt: skip
+    assert first[0] == 0, first[1] + first[2]
+    return run_dir, data, recipe, first
+
+
+def test_a_multilingual_run_scores_every_direction_without_retraining(multilingual_run):
+    import yaml
+
+    run_dir, data, recipe, (_, out1, _) = multilingual_run
+    assert _stage_lines(out1, "run") >= {"train", "translate-test20.en-de", "evaluate-test20.en-de"}
+    assert not (run_dir / "eval" / "test20.en-fr.json").exists()
+    # what the recipe scored before this feature: RUN/eval/test20.json and its marker (the old names)
+    shutil.copy(run_dir / "eval" / "test20.en-de.json", run_dir / "eval" / "test20.json")
+    marker = json.loads((run_dir / "stages" / "evaluate-test20.en-de.done").read_text())
+    (run_dir / "stages" / "evaluate-test20.done").write_text(json.dumps({**marker, "outputs": ["eval/test20.json"]}))
+    weights = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")}
+    tokenizer = (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+
+    # the same run, the test set now plain: scored in every direction the recipe trains
+    code, out, err = run_cli(["run", str(recipe), "-o", str(run_dir), *MULTI_SETS, "--set", "train.max_steps=6",
+                              "--set", "eval.test=[slice/test20]"])  # fmt: skip
+    assert code == 0, out + err
+    assert _stage_lines(out, "run") == {"translate-test20.en-fr", "evaluate-test20.en-fr", "card", "report"}
+    assert {"tokenizer", "train", "average", "translate-test20.en-de"} <= _stage_lines(out, "skip")
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")} == weights
+    assert (run_dir / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tokenizer
+    assert not (run_dir / "eval" / "test20.json").exists() and "removed" in out  # the old name is gone
+
+    reports = {d: json.loads((run_dir / "eval" / f"test20.en-{d}.json").read_text()) for d in ("de", "fr")}
+    for lang, report in reports.items():
+        assert report["references"][0]["path"] == str(data / "slice" / f"test20.{lang}")
+        assert report["languages"] == ["en", lang] and report["tag"] == f"<2{lang}>"
+        assert report["dataset"]["name"] == f"slice test20 en-{lang}"
+    hyps = {d: (run_dir / "translations" / f"test20.{d}").read_text(encoding="utf-8").splitlines() for d in ("de", "fr")}
+    assert len(hyps["fr"]) == 20 and hyps["fr"] != hyps["de"]  # the tag reached the model
+    import sacrebleu
+
+    refs = (data / "slice" / "test20.fr").read_text(encoding="utf-8").splitlines()
+    assert reports["fr"]["scores"]["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps["fr"], [refs]).score)
+    # the model card and the report list each direction; the card's model-index names each pair
+    card = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["language"] == ["en", "de", "fr"] and "(en → de, fr)" in card
+    configs = {r["dataset"]["name"]: r["dataset"]["config"] for r in meta["model-index"][0]["results"]}
+    assert configs == {"slice test20 en-de": "en-de", "slice test20 en-fr": "en-fr"}
+    summary = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "| test20.en-de |" in summary and "| test20.en-fr |" in summary and "| test20 |" not in summary
+    assert any(line.startswith("test20.en-fr") for line in out.splitlines())  # the scores table printed at the end
+
+
+def test_a_test_set_in_a_direction_the_model_was_not_trained_for_is_refused(multilingual_run):
+    run_dir, _, recipe, _ = multilingual_run
+    code, _, err = run_cli(["run", str(recipe), "-o", str(run_dir), *MULTI_SETS,
+                            "--set", 'eval.test=[{path: slice/test20, tag: "<2cs>"}]'])  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    assert "eval.test[0]: the model is not trained for the tag <2cs> (data.train's directions: en->de <2de>, " \
+           "en->fr <2fr>)" in err

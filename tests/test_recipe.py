@@ -42,7 +42,7 @@ def test_every_key_has_a_default_and_help():
     assert [row[0] for row in rows] == all_keys()
     for key, type_name, _default, help_text in rows:
         assert help_text and type_name, key
-    assert {key.split(".")[0] for key in all_keys()} == {"model", "tokenizer", "data", "train", "eval"}
+    assert {key.split(".")[0] for key in all_keys()} == {"model", "tokenizer", "data", "train", "eval", "distill"}
 
 
 def test_keys_scripts_rely_on_keep_their_names():

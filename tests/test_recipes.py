@@ -53,7 +53,7 @@ def test_recipe_loads_and_every_key_is_commented(path):
         assert all(c.tag for c in train_corpora(recipe))
         tgt = recipe.data.tgt_lang
     assert (recipe.data.src_lang, recipe.data.tgt_lang) == (src, tgt)
-    assert recipe.model.preset == path.stem
+    assert recipe.model.preset == path.stem.removesuffix("-distill")  # a student: the preset it narrows
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("# "), "a recipe opens with a comment saying what it is for"
     assert any(f"txkit run {path.relative_to(REPO)}" in line or f"{path.relative_to(REPO)}" in line for line in lines)
@@ -203,3 +203,34 @@ for ((i = 0; i < nodes; i++)); do SLURM_NODEID=$i "$@" || exit 1; done
     after = [c["argv"] for c in calls if c["argv"][0] == "txkit"]
     assert after == [["txkit", "run", recipe, "--output-dir", "runs/wmt14-en-de/transformer-big", "--set",
                       "train.max_tokens=1792"]]  # fmt: skip
+
+
+def _parameters(recipe, vocab_size: int) -> int:
+    """Parameters of a recipe's model with a joint vocabulary of `vocab_size` (built on the meta device)."""
+    import torch
+
+    from txkit.modeling import TxkitConfig, TxkitForConditionalGeneration
+
+    config = TxkitConfig.from_preset(recipe.model.preset, vocab_size=vocab_size, **recipe.model.config_overrides())
+    with torch.device("meta"):
+        model = TxkitForConditionalGeneration(config)
+    return sum({id(p): p.numel() for p in model.parameters()}.values())  # tied embeddings once
+
+
+def test_the_distillation_recipe_names_the_tiny_teacher_and_a_student_of_half_its_size():
+    from txkit.cli.train import default_output_dir
+
+    path = REPO / "recipes" / "multi30k-en-de" / "transformer-tiny-distill.yaml"
+    student = load_recipe(path)
+    teacher_recipe = REPO / "recipes" / "multi30k-en-de" / "transformer-tiny.yaml"
+    teacher = load_recipe(teacher_recipe)
+    # the teacher is the tiny recipe's model where `txkit run` puts it by default (from the repository root)
+    assert Path(student.distill.teacher) == default_output_dir(teacher_recipe.relative_to(REPO)) / "model"
+    assert student.tokenizer.vocab_size == teacher.tokenizer.vocab_size
+    n_student = _parameters(student, student.tokenizer.vocab_size)
+    n_teacher = _parameters(teacher, teacher.tokenizer.vocab_size)
+    assert n_student <= n_teacher / 2, (n_student, n_teacher)
+    text = path.read_text(encoding="utf-8")
+    assert f"{n_student:,} parameters" in text and f"{n_teacher:,}" in text  # the comment states both counts
+    assert "--set distill.teacher=" in text and "UNMEASURED" in text
+    assert (student.data.src_lang, student.data.tgt_lang) == (teacher.data.src_lang, teacher.data.tgt_lang)

@@ -176,3 +176,125 @@ def is_mixture(corpora: list[TrainCorpus]) -> bool:
 def tag_text(tag: str, text: str) -> str:
     """The source text a tagged corpus trains on, and `txkit translate --tag` translates: "<2de> text"."""
     return f"{tag} {text}" if tag else text
+
+
+# ----------------------------------------------------------------------------- eval.test: directions
+
+_TEST_KEYS = ("path", "tag", "src_lang", "tgt_lang")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One test set `txkit run` translates and scores, in one direction.
+
+    `name` names its stage markers and RUN/eval/<name>.json: the corpus's short name (test2016), followed by
+    the direction (test2016.en-fr) when the recipe trains several directions. `tag` goes before every source
+    sentence; `src_lang` / `tgt_lang` pick the files (PREFIX.SRC, PREFIX.TGT) and the references' language."""
+
+    name: str
+    path: str
+    tag: str
+    src_lang: str
+    tgt_lang: str
+    directional: bool = False  # the recipe trains several directions: the name and the markers carry this one
+
+    @property
+    def base(self) -> str:
+        """The corpus's short name without the direction: RUN/translations/<base>.<tgt_lang>."""
+        return parse_corpus_spec(self.path).name
+
+
+def parse_tests(value, source: str = "recipe") -> list:
+    """`eval.test` checked and normalised: a list of corpus spec strings, or of {path, tag, src_lang, tgt_lang}
+    mappings (every key present) that name the direction to score. Errors name the key (`eval.test[1].tag`)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise TxkitError(f"{source}: eval.test must be a list of corpus specs or {{path, tag, tgt_lang}} entries, "
+                         f"not {value!r}")  # fmt: skip
+    entries = []
+    for i, entry in enumerate(value):
+        key = f"eval.test[{i}]"
+        if isinstance(entry, str):
+            entries.append(entry)
+            continue
+        if not isinstance(entry, dict):
+            raise TxkitError(f"{source}: {key} must be a corpus spec or a mapping such as "
+                             f"{{path: multi30k/test2016, tag: \"<2fr>\", tgt_lang: fr}}, not {entry!r}")  # fmt: skip
+        unknown = [k for k in entry if k not in _TEST_KEYS]
+        if unknown:
+            raise TxkitError(f"{source}: {key}.{unknown[0]}: unknown key (valid: {', '.join(_TEST_KEYS)})")
+        path = entry.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise TxkitError(f"{source}: {key}.path is required: the corpus spec (e.g. multi30k/test2016)")
+        normal = {"path": path}
+        for name in ("tag", "src_lang", "tgt_lang"):
+            text = entry.get(name) or ""
+            if not isinstance(text, str) or (text and not _TAG.match(text)):
+                raise TxkitError(f"{source}: {key}.{name} must be one token without spaces, not {text!r}")
+            normal[name] = text
+        entries.append(normal)
+    return entries
+
+
+def train_directions(recipe) -> list[tuple[str, str, str]]:
+    """(source language, target language, tag) of every training corpus, each once, in recipe order."""
+    found = [(*c.langs(recipe.data), c.tag) for c in train_corpora(recipe)]
+    return list(dict.fromkeys(found))
+
+
+def is_multidirectional(recipe) -> bool:
+    """True when the training corpora go into more than one language pair (a multilingual model)."""
+    return len({(s, t) for s, t, _ in train_directions(recipe)}) > 1
+
+
+def _describe(directions) -> str:
+    return ", ".join(f"{s}->{t}" + (f" {tag}" if tag else "") for s, t, tag in directions)
+
+
+def eval_sets(recipe, source: str = "eval.test") -> list[EvalSet]:
+    """The directions `txkit run` scores: a plain spec is scored in the recipe's direction (data.src_lang ->
+    data.tgt_lang, data.eval_tag), or, when the recipe trains several language pairs, once in each of them with
+    that pair's tag; a mapping names its direction by tag or target language. A direction the model is not trained
+    for, or two tests of one name, is an error naming the entry."""
+    d = recipe.data
+    directions = train_directions(recipe)
+    several = is_multidirectional(recipe)
+    found: list[EvalSet] = []
+    for i, entry in enumerate(recipe.eval.test):
+        key = f"{source}[{i}]"
+        if isinstance(entry, str):
+            if not several:
+                found.append(EvalSet(parse_corpus_spec(entry).name, entry, d.eval_tag, d.src_lang, d.tgt_lang))
+                continue
+            pairs = list(dict.fromkeys((s, t) for s, t, _ in directions))
+            for s, t in pairs:
+                tags = [tag for s2, t2, tag in directions if (s2, t2) == (s, t)]
+                tag = d.eval_tag if d.eval_tag in tags else tags[0]
+                found.append(_direction(entry, s, t, tag))
+            continue
+        tag, src, tgt = entry["tag"], entry["src_lang"], entry["tgt_lang"]
+        match = [(s, t, g) for s, t, g in directions
+                 if (not tag or g == tag) and (not src or s == src) and (not tgt or t == tgt)]  # fmt: skip
+        if not match:
+            pair = f"{src or d.src_lang}->{tgt}" if tgt else f"{src}->*" if src else ""
+            wanted = " with tag ".join(x for x in (pair, tag) if x) if pair else f"the tag {tag}"
+            raise TxkitError(f"{key}: the model is not trained for {wanted} (data.train's directions: "
+                             f"{_describe(directions)})")  # fmt: skip
+        # no tag named: the recipe's own (data.eval_tag) where it fits this direction, else the direction's tag
+        s, t, g = next((m for m in match if not tag and m[2] == d.eval_tag), match[0])
+        found.append(_direction(entry["path"], s, t, g) if several else
+                     EvalSet(parse_corpus_spec(entry["path"]).name, entry["path"], g, s, t))  # fmt: skip
+    names: dict[str, str] = {}
+    for test in found:
+        if test.name in names:
+            raise TxkitError(f"{source}: {names[test.name]} and {test.path} would both be called {test.name}; "
+                             "rename one")  # fmt: skip
+        names[test.name] = test.path
+    return found
+
+
+def _direction(path: str, src: str, tgt: str, tag: str) -> EvalSet:
+    return EvalSet(f"{parse_corpus_spec(path).name}.{src}-{tgt}", path, tag, src, tgt, directional=True)

@@ -108,13 +108,13 @@ def source_for(path: str | os.PathLike) -> Source | None:
 
 def recipe_files(recipe) -> list[tuple[str, Path]]:
     """(recipe key, file) for every local corpus file the recipe reads: data.train, data.valid, eval.test."""
-    from txkit.corpus_spec import train_corpora
+    from txkit.corpus_spec import eval_sets, train_corpora
     from txkit.recipe import corpus_files
 
     d = recipe.data
     specs = [("data.train", c.path, *c.langs(d)) for c in train_corpora(recipe)]
     specs += [("data.valid", d.valid, d.src_lang, d.tgt_lang)]
-    specs += [("eval.test", t, d.src_lang, d.tgt_lang) for t in recipe.eval.test]
+    specs += [("eval.test", t.path, t.src_lang, t.tgt_lang) for t in eval_sets(recipe)]  # each direction's files
     return [(key, f) for key, spec, src, tgt in specs if spec for f in corpus_files(spec, src, tgt)]
 
 

@@ -83,14 +83,16 @@ def eval_results(reports: Sequence[dict], languages: Sequence[str] | None = None
         if not isinstance(report.get("scores"), dict):
             raise TxkitError("eval report has no 'scores' (expected the JSON written by `txkit eval --json`)")
         dataset_type, dataset_name = _dataset_of(report)
+        own = report.get("languages")  # one direction of a multilingual model (txkit run)
+        this_pair = "-".join(own) if isinstance(own, list) and len(own) == 2 else pair
         for metric, result in report["scores"].items():
             results.append(
                 EvalResult(
                     task_type="translation",
-                    task_name=f"Translation {pair}" if pair else "Translation",
+                    task_name=f"Translation {this_pair}" if this_pair else "Translation",
                     dataset_type=dataset_type,
                     dataset_name=dataset_name,
-                    dataset_config=pair,
+                    dataset_config=this_pair,
                     metric_type=metric,
                     metric_name=result.get("name", metric),
                     metric_value=round(float(result["score"]), 2),
@@ -126,7 +128,12 @@ def _near(model_dir: Path, name: str) -> Path | None:
 def _languages_from(recipe: dict | None) -> list[str] | None:
     data = (recipe or {}).get("data") or {}
     langs = [data.get("src_lang"), data.get("tgt_lang")]
-    return [lang for lang in langs if lang] or None
+    train = data.get("train")
+    if isinstance(train, list):  # a multilingual model: every language it translates from and into
+        for entry in train:
+            if isinstance(entry, dict):
+                langs += [entry.get("src_lang"), entry.get("tgt_lang")]
+    return list(dict.fromkeys(lang for lang in langs if lang)) or None
 
 
 def _datasets_from(recipe: dict | None) -> list[str] | None:
@@ -195,9 +202,15 @@ def _training_section(info: dict | None, recipe: dict | None) -> list[str]:
         if info.get("date"):
             facts.append(f"- finished: {info['date']}")
         lines += facts + [""]
+    teacher = ((recipe or {}).get("distill") or {}).get("teacher")
+    if teacher:  # sequence-level distillation (txkit/distill.py): `txkit run` makes the training targets first
+        beam = recipe["distill"].get("beam_size")
+        lines += [f"Sequence-level distillation: trained on the translations of data.train's sources by the teacher "
+                  f"`{teacher}` (beam {beam}), not on the original targets alone.", ""]  # fmt: skip
     if recipe:
+        command = "txkit run" if teacher else "txkit train"
         lines += [
-            "The resolved recipe (every key, after overrides); `txkit train recipe.yaml` reproduces the run:",
+            f"The resolved recipe (every key, after overrides); `{command} recipe.yaml` reproduces the run:",
             "",
             "```yaml",
             yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip(),
@@ -316,7 +329,7 @@ def render_model_card(
         model_name=model_name,
         eval_results=results or None,
     )
-    pair = f" ({languages[0]} → {languages[1]})" if languages and len(languages) == 2 else ""
+    pair = f" ({languages[0]} → {', '.join(languages[1:])})" if languages and len(languages) >= 2 else ""
     params = _count_parameters(model_dir)
     body = [
         f"# {model_name}",

@@ -2,6 +2,7 @@
 
     data        fetch missing corpus files from their public source (txkit.fetch)
     tokenizer   build the recipe's subword vocabulary                    -> RUN/tokenizer
+    distill     (distill.teacher) the teacher translates data.train      -> RUN/distill/<key> (txkit.distill)
     train       train, continuing from the latest checkpoint             -> RUN/checkpoints, RUN/log.jsonl
     average     average the last `eval.average_last` checkpoints         -> RUN/model
     translate   translate each test set with the recipe's search         -> RUN/translations/<test>.<tgt>
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from txkit import atomic, runs
-from txkit.corpus_spec import parse_corpus_spec
+from txkit.corpus_spec import EvalSet, eval_sets, parse_corpus_spec
 from txkit.errors import TxkitError
 from txkit.options import ScoreOptions, SearchOptions
 from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
@@ -88,6 +89,8 @@ class _Run:
         self.flat = recipe.flat()
         self.fingerprints: dict[str, str] = {}
         self.stages: dict[str, str] = {}
+        self.student_recipe = recipe  # what training reads: with distillation, data.train on the teacher's output
+        self.teacher = None  # distill.teacher: (model folder, corpora), once checked
 
     def keys(self, names) -> dict:
         return {name: self.flat[name] for name in names}
@@ -211,7 +214,66 @@ def _train_inputs(run: _Run) -> dict:
     keys.append("tokenizer.dropout")
     # keys newer than existing runs count only when switched on, so that a finished run's record still matches
     keys = [k for k in keys if k not in _RECORDED_WHEN_ON or run.flat[k]]
-    return {**run.keys(keys), "tokenizer": run.fingerprints.get("tokenizer")}
+    inputs = {**run.keys(keys), "tokenizer": run.fingerprints.get("tokenizer")}
+    if run.recipe.distill.teacher:  # the student trains on the teacher's translations (recorded only then)
+        inputs.update({"distill": run.fingerprints.get("distill"), **run.keys(["distill.original_weight"])})
+    return inputs
+
+
+def _refuse_changed_training(run: _Run, inputs: dict, outputs_gone: bool = False) -> None:
+    """A finished training whose inputs changed (or, `outputs_gone`, whose outputs are gone) is an error; raising
+    train.max_steps alone continues it."""
+    previous = run.read_marker("train")
+    if previous is None:
+        return
+    old = previous["inputs"]
+    changed = {k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k)}
+    more_steps = changed == {"train.max_steps"} and inputs["train.max_steps"] > old["train.max_steps"]
+    if (changed or outputs_gone) and not more_steps:
+        raise TxkitError(
+            f"{run.run_dir} finished training with {_changed(old, inputs)}; txkit does not retrain a finished "
+            "run in place: choose another --output-dir (raising train.max_steps alone continues the run)"
+        )
+
+
+def check_teacher(run: _Run):
+    """(teacher model folder, the corpora it translates) of distill.teacher: checked before anything is built."""
+    from txkit import distill
+
+    if run.teacher is None:
+        folder = distill.resolve_teacher(run.recipe.distill.teacher)
+        run.teacher = (folder, distill.plan(run.recipe, folder))
+    return run.teacher
+
+
+def stage_distill(run: _Run) -> None:
+    """Sequence-level distillation (distill.teacher): the teacher's translations of data.train's sources, made
+    once per translation key (txkit.distill) and reused; the student then trains on them."""
+    spec = run.recipe.distill.teacher
+    if not spec:
+        return
+    from txkit import distill
+
+    teacher, corpora = check_teacher(run)
+    key, described = distill.translation_key(run.recipe, teacher, corpora)
+    inputs = {"key": key}
+    run.fingerprints["distill"] = _fingerprint(inputs)
+    _refuse_changed_training(run, _train_inputs(run))  # before the teacher spends minutes translating
+    folder = run.run_dir / runs.DISTILL_DIR / key
+    run.student_recipe = distill.distilled_recipe(run.recipe, folder, corpora)
+    if run.done("distill", inputs):
+        return
+    d = run.recipe.distill
+    started = run.start("distill", f"{teacher} translates data.train's sources (beam {d.beam_size}, alpha "
+                                   f"{d.length_penalty} {d.lp_form}, engine {d.engine}) -> {folder}")  # fmt: skip
+    if (folder / distill.COMPLETE).is_file():
+        run.echo(f"     {folder}: made before with the same teacher weights, search and sources: reused")
+    else:
+        distill.translate_corpora(run.recipe, teacher, corpora, folder, echo=run.echo, spec=spec)
+    for old in distill.prune(folder):
+        run.echo(f"     removed {old} (another teacher, search or corpus)")
+    run.finish("distill", inputs, [folder / distill.COMPLETE], started, teacher=str(teacher),
+               translation=described)  # fmt: skip
 
 
 def stage_train(run: _Run) -> bool:
@@ -219,16 +281,7 @@ def stage_train(run: _Run) -> bool:
     inputs = _train_inputs(run)
     if run.done("train", inputs):
         return True
-    previous = run.read_marker("train")
-    if previous is not None:
-        old = previous["inputs"]
-        changed = {k for k in set(old) | set(inputs) if old.get(k) != inputs.get(k)}
-        more_steps = changed == {"train.max_steps"} and inputs["train.max_steps"] > old["train.max_steps"]
-        if not more_steps:
-            raise TxkitError(
-                f"{run.run_dir} finished training with {_changed(old, inputs)}; txkit does not retrain a finished "
-                "run in place: choose another --output-dir (raising train.max_steps alone continues the run)"
-            )
+    _refuse_changed_training(run, inputs, outputs_gone=True)
     max_steps = run.recipe.train.max_steps
     latest = runs.latest_checkpoint(run.run_dir)
     done_step = runs.checkpoint_step(latest) if latest is not None else 0
@@ -243,7 +296,7 @@ def stage_train(run: _Run) -> bool:
         what = f"continuing from {latest.name}" if latest is not None else "from scratch"
         run.start("train", f"{what} to step {max_steps}")
         try:
-            result = train(run.recipe, run.run_dir, resume=True, hooks=training_hooks())
+            result = train(run.student_recipe, run.run_dir, resume=True, hooks=training_hooks())
         finally:
             wall += time.monotonic() - started
             _write_partial_wall_time(run, wall)
@@ -348,41 +401,45 @@ def corpus_name(spec: str) -> str:
     return parse_corpus_spec(spec).name
 
 
-def _test_sets(run: _Run) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for spec in run.recipe.eval.test:
-        name = corpus_name(spec)
-        if name in names:
-            raise TxkitError(f"eval.test: {names[name]} and {spec} would both be called {name}; rename one")
-        names[name] = spec
-    return names
+def _test_sets(run: _Run) -> dict[str, EvalSet]:
+    """eval.test as the directions to score, by name (test2016; test2016.en-fr for a multilingual recipe)."""
+    return {t.name: t for t in eval_sets(run.recipe)}
 
 
-def _load_test(run: _Run, spec: str):
+def _load_test(run: _Run, test: EvalSet):
     from txkit.prepare import load_corpus
 
-    ds = load_corpus(run.recipe, spec, "test")
+    ds = load_corpus(run.recipe, test.path, "test", (test.src_lang, test.tgt_lang))
     return list(ds["src"]), list(ds["tgt"])
 
 
-def translate_inputs(run: _Run, spec: str) -> dict:
-    """What a test set's translation depends on: every search option, the test set and the model."""
+def translate_inputs(run: _Run, test: EvalSet | str) -> dict:
+    """What a test set's translation depends on: every search option, the test set (and its direction, for a
+    multilingual recipe) and the model."""
     engine = {k: v for k, v in run.keys(_ENGINE_DEFAULTS).items() if v != _ENGINE_DEFAULTS[k]}
     tag = {"data.eval_tag": run.recipe.data.eval_tag} if run.recipe.data.eval_tag else {}  # recorded only when set
-    return {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average"), **tag}
+    spec = test if isinstance(test, str) else test.path
+    inputs = {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average"), **tag}
+    if not isinstance(test, str) and test.directional:  # recorded only for multilingual recipes, as before
+        inputs["direction"] = [test.src_lang, test.tgt_lang, test.tag]
+    return inputs
+
+
+def _translation_file(run: _Run, test: EvalSet) -> Path:
+    return run.run_dir / TRANSLATIONS_DIR / f"{test.base}.{test.tgt_lang}"
 
 
 def stage_translate(run: _Run) -> None:
     """Translate every test set with RUN/model; one marker per test set, so a finished one is kept."""
     from txkit.decoding import DecodeOptions
 
-    e, tgt = run.recipe.eval, run.recipe.data.tgt_lang
+    e = run.recipe.eval
     model_dir = run.run_dir / runs.FINAL_MODEL
     todo = {}
-    for name, spec in _test_sets(run).items():
-        inputs = translate_inputs(run, spec)
+    for name, test in _test_sets(run).items():
+        inputs = translate_inputs(run, test)
         if not run.done(f"translate-{name}", inputs):
-            todo[name] = (spec, inputs)
+            todo[name] = (test, inputs)
     if not todo:
         return
     from txkit.engines import load_translator
@@ -391,14 +448,16 @@ def stage_translate(run: _Run) -> None:
     translator = load_translator(model_dir, options)
     folder = run.run_dir / TRANSLATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    for name, (spec, inputs) in todo.items():
-        out = folder / f"{name}.{tgt}"
-        started = run.start(f"translate-{name}", f"{spec} (beam {e.beam_size}, alpha {e.length_penalty}) -> {out}")
-        sources, _ = _load_test(run, spec)
-        if run.recipe.data.eval_tag:  # a multilingual model: the direction the recipe scores
+    for name, (test, inputs) in todo.items():
+        out = _translation_file(run, test)
+        tagged = f", tag {test.tag}" if test.tag else ""
+        started = run.start(f"translate-{name}", f"{test.path} {test.src_lang}->{test.tgt_lang}{tagged} "
+                                                 f"(beam {e.beam_size}, alpha {e.length_penalty}) -> {out}")  # fmt: skip
+        sources, _ = _load_test(run, test)
+        if test.tag:  # a multilingual model: the tag picks the direction
             from txkit.corpus_spec import tag_text
 
-            sources = [tag_text(run.recipe.data.eval_tag, s) for s in sources]
+            sources = [tag_text(test.tag, s) for s in sources]
         hyps = translator.translate(sources)
         _write_atomic(out, "".join(h + "\n" for h in hyps))
         seconds = time.monotonic() - started
@@ -412,21 +471,24 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
     entries) and chrF, with 95% CIs."""
     from txkit.evaluation import build_report, read_lines, score, write_report
 
-    e, d = run.recipe.eval, run.recipe.data
+    e = run.recipe.eval
     reports = {}
     folder = run.run_dir / EVAL_DIR
-    for name, spec in _test_sets(run).items():
+    tests = _test_sets(run)
+    for name, test in tests.items():
         out = folder / f"{name}.json"
-        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": spec, "tokenized_bleu": "moses",
-                  "translation": run.fingerprints[f"translate-{name}"]}  # fmt: skip
+        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": test.path,
+                  "tokenized_bleu": "moses", "translation": run.fingerprints[f"translate-{name}"]}  # fmt: skip
+        if test.directional:
+            inputs["direction"] = [test.src_lang, test.tgt_lang, test.tag]
         if run.done(f"evaluate-{name}", inputs):
             reports[name] = json.loads(out.read_text(encoding="utf-8"))
             continue
         started = run.start(f"evaluate-{name}", f"BLEU, lowercased BLEU, tokenized BLEU, chrF -> {out}")
-        hyp_file = run.run_dir / TRANSLATIONS_DIR / f"{name}.{d.tgt_lang}"
+        hyp_file = _translation_file(run, test)
         hyps = read_lines(hyp_file)
-        _, refs = _load_test(run, spec)
-        ref_path = parse_corpus_spec(resolve_data_path(spec)).target_file(d.tgt_lang)
+        _, refs = _load_test(run, test)
+        ref_path = parse_corpus_spec(resolve_data_path(test.path)).target_file(test.tgt_lang)
         system = {"path": str(hyp_file), "model": str(run.run_dir / runs.FINAL_MODEL), "lines": len(hyps)}
         options = ScoreOptions(metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES)
         report = build_report(
@@ -437,18 +499,41 @@ def stage_evaluate(run: _Run) -> dict[str, dict]:
         lowercased["name"] = "BLEU (lowercased)"
         # The literature's tokenized BLEU (lowercased, Moses-tokenized), labelled as such: a comparison figure.
         tokenized = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu_tokenized",),
-                                                             moses_lang=d.tgt_lang))["bleu_tokenized"]  # fmt: skip
+                                                             moses_lang=test.tgt_lang))["bleu_tokenized"]  # fmt: skip
         scores = report["scores"]
         report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "bleu_tokenized": tokenized,
                             "chrf": scores["chrf"]}  # fmt: skip
-        corpus = parse_corpus_spec(spec).collection
-        report["dataset"] = {"type": corpus, "name": f"{corpus} {name}" if corpus != name else name}
+        corpus, base = parse_corpus_spec(test.path).collection, test.base
+        shown = f"{corpus} {base}" if corpus != base else base
+        if test.directional:  # the card and the report list each direction
+            shown += f" {test.src_lang}-{test.tgt_lang}"
+            report["languages"] = [test.src_lang, test.tgt_lang]
+            report["tag"] = test.tag
+        report["dataset"] = {"type": corpus, "name": shown}
         folder.mkdir(parents=True, exist_ok=True)
         write_report(out, report)
         run.finish(f"evaluate-{name}", inputs, [out], started,
                    scores={k: round(v["score"], 2) for k, v in report["scores"].items()})  # fmt: skip
         reports[name] = report
+    _drop_stale_scores(run, set(tests))
     return reports
+
+
+def _drop_stale_scores(run: _Run, current: set[str]) -> None:
+    """Score files `txkit run` wrote for test sets the recipe no longer scores (e.g. RUN/eval/test2016.json of a
+    multilingual run scored en->de only, now test2016.en-de.json): removed with their markers, so that the report
+    lists only what the recipe scores. Only files a marker records as this run's own output are touched."""
+    for marker in sorted((run.run_dir / STAGES_DIR).glob("evaluate-*.done")):
+        name = marker.name[len("evaluate-") : -len(".done")]
+        if name in current:
+            continue
+        record = run.read_marker(f"evaluate-{name}") or {}
+        for output in record.get("outputs", []):
+            path = run.run_dir / output
+            if path.parent == run.run_dir / EVAL_DIR and path.name == f"{name}.json" and path.is_file():
+                path.unlink()
+                run.echo(f"     removed {path} (its test set is no longer scored by the recipe)")
+        marker.unlink()
 
 
 def stage_card(run: _Run, reports: dict[str, dict]) -> None:
@@ -514,7 +599,10 @@ def run_pipeline(recipe: Recipe, run_dir: str | os.PathLike, *, fetch: bool = Tr
     run = _Run(recipe, run_dir, echo)
     result = PipelineResult(run_dir=run_dir, model_dir=run_dir / runs.FINAL_MODEL, complete=False, stages=run.stages)
     stage_data(run, fetch=fetch)
+    if recipe.distill.teacher:
+        check_teacher(run)
     stage_tokenizer(run)
+    stage_distill(run)
     if not stage_train(run):
         return result
     stage_average(run)

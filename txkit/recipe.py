@@ -1,9 +1,9 @@
 """Recipes: one YAML file per experiment, read into typed dataclasses, with command-line overrides. The
 schema only: loading the recipe's corpora and building its tokenizer is txkit.prepare's job.
 
-A recipe has five sections, `model`, `tokenizer`, `data`, `train` and `eval`. Every key has a default
-(the paper's value where the paper gives one) and a help text, both declared below; a recipe only
-writes what differs. `txkit train RECIPE --set train.max_steps=300` overrides any key. A key that does
+A recipe has six sections, `model`, `tokenizer`, `data`, `train`, `eval` and `distill` (off unless it names a
+teacher). Every key has a default (the paper's value where the paper gives one) and a help text, both declared
+below; a recipe only writes what differs. `txkit train RECIPE --set train.max_steps=300` overrides any key. A key that does
 not exist is an error naming the closest valid one, so a typo never silently falls back to a default.
 
 Paths:
@@ -162,10 +162,35 @@ class EvalSection(SearchOptions):
         "ema", "with train.ema_decay on: average the last checkpoints' EMA weights (ema) or their trained weights "
         "(trained); without EMA the trained weights are averaged"
     )
-    test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
+    test: list = _key(
+        [], "test corpora (same form as data.valid) that `txkit run` scores; a multilingual recipe scores each in "
+        "every direction it trains, or an entry {path, tag, tgt_lang} names one direction (txkit.corpus_spec)"
+    )
     engine: Literal[ENGINES] = _key("txkit", "what translates the test sets: txkit or ctranslate2 (needs lp_form hf); "
                                     "validation during training always uses txkit's search")
     quantize: Literal[QUANTIZATIONS] = _key("none", "test-set translation in int8 (CPU): none or int8")
+
+
+# What the teacher translates with: the fastest engine txkit has ("auto" chooses one where it exists)
+_DISTILL_ENGINE = "auto" if "auto" in ENGINES else "txkit"
+
+
+@dataclass
+class DistillSection(SearchOptions):
+    """Sequence-level distillation (Kim and Rush, 2016), a stage of `txkit run` (txkit/distill.py): the teacher
+    translates the sources of data.train with these search keys (SearchOptions') and the student, the recipe's
+    model, trains on its translations. Off while `teacher` is empty."""
+
+    teacher: str = _key(
+        "", "teacher: a model folder or run directory (relative to the working directory) whose translations of "
+        "data.train's sources the student trains on; empty = no distillation"
+    )
+    original_weight: float = _key(
+        0.0, "weight of each corpus's original targets beside the teacher's translations of it (weight 1), mixed "
+        "as data.train's weights are; 0 = the teacher's translations only"
+    )
+    engine: Literal[ENGINES] = _key(_DISTILL_ENGINE, "what runs the teacher's search (txkit.engines)")
+    quantize: Literal[QUANTIZATIONS] = _key("none", "the teacher's weights: none, or int8 linear layers (CPU)")
 
 
 SECTIONS: dict[str, type] = {
@@ -174,6 +199,7 @@ SECTIONS: dict[str, type] = {
     "data": DataSection,
     "train": TrainSection,
     "eval": EvalSection,
+    "distill": DistillSection,
 }
 
 # Names that scripts rely on; renaming one is a breaking change (tests/test_recipe.py pins them).
@@ -189,6 +215,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    distill: DistillSection = field(default_factory=DistillSection)
     source: str = field(default="recipe", compare=False, repr=False)  # the file it was read from
 
     def to_dict(self) -> dict:
@@ -346,6 +373,13 @@ def _set(recipe: Recipe, key: str, value: Any, source: str, raw: str | None = No
             value = raw  # --set data.train=multi30k/train: verbatim
         section.train = parse_train("" if value is None else value, source)
         return
+    if key == "eval.test":  # corpus specs, or {path, tag, tgt_lang} mappings naming a direction (txkit.corpus_spec)
+        from txkit.corpus_spec import parse_tests
+
+        if raw is not None and not raw.lstrip().startswith(("[", "{")):
+            value = [raw] if raw else []  # --set eval.test=multi30k/test2016: verbatim
+        section.test = parse_tests(value, source)
+        return
     hints = typing.get_type_hints(type(section))
     setattr(section, name, _convert(value, hints[name], key, source, raw))
 
@@ -447,7 +481,19 @@ def validate(recipe: Recipe) -> None:
     need(not recipe.data.eval_tag or recipe.data.eval_tag in train_tags(recipe),
          f"data.eval_tag {recipe.data.eval_tag} is not the tag of any data.train corpus "
          f"(their tags: {', '.join(train_tags(recipe)) or 'none'})")
+    from txkit.corpus_spec import eval_sets
+
+    try:
+        eval_sets(recipe)  # every eval.test direction is one the model trains
+    except TxkitError as exc:
+        raise TxkitError(f"{from_where}: {exc}") from None
     need(recipe.tokenizer.vocab_size >= 16, "tokenizer.vocab_size is too small")
+    dist = recipe.distill
+    need(0 <= dist.original_weight < float("inf"),
+         f"distill.original_weight must be a number of at least 0, not {dist.original_weight}")
+    need(dist.beam_size >= 1, "distill.beam_size must be at least 1")
+    need(dist.engine != "ctranslate2" or dist.lp_form == "hf" or dist.length_penalty == 0,
+         "distill.engine ctranslate2 needs distill.lp_form hf (CTranslate2 has no gnmt length-penalty form)")
     presets = preset_names()
     need(recipe.model.preset in presets,
          f"model.preset must be one of {', '.join(presets)}, not {recipe.model.preset!r}")

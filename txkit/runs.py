@@ -16,7 +16,9 @@
       training_info.json          steps, tokens, hardware, wall time: what the model card reports
       stages/<stage>.done         `txkit run`'s markers (and train.wall_time)
       translations/<test>.<tgt>   `txkit run`'s test translations
-      eval/<test>.json            their scores
+      eval/<test>.json            their scores (<test>.<src>-<tgt>.json: one direction of a multilingual recipe)
+      distill/<key>/              the teacher's translations of data.train (distill.teacher), keyed on what
+                                  they depend on; distill/<key>.partial/ while the teacher translates
       report.png, report.md       `txkit report`'s curves and summary
 
 Light module: no torch import.
@@ -42,6 +44,7 @@ STAGES_DIR = "stages"
 TRAIN_WALL_TIME = "train.wall_time"  # in STAGES_DIR
 TRANSLATIONS_DIR = "translations"
 EVAL_DIR = "eval"
+DISTILL_DIR = "distill"  # sequence-level distillation: the teacher's translations, RUN/distill/<key>/
 REPORT_PNG = "report.png"
 REPORT_MARKDOWN = "report.md"
 MODEL_CARD = "README.md"  # in model folders

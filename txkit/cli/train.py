@@ -43,6 +43,13 @@ def register(app: typer.Typer) -> None:
         if recipe is None:
             raise typer.BadParameter("missing RECIPE (a YAML file)", param_hint="RECIPE")
         resolved = load_recipe(recipe, overrides)
+        if resolved.distill.teacher:
+            from txkit.errors import TxkitError
+
+            raise TxkitError(
+                f"{recipe}: distill.teacher is set: `txkit run` has the teacher translate data.train before training; "
+                "txkit train would train on the original targets (--set distill.teacher= to do that)"
+            )
         from txkit.pipeline import training_hooks
         from txkit.training import train
 
