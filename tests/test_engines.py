@@ -52,6 +52,28 @@ def test_ctranslate2_gives_txkits_translations_in_the_hf_form(trained_model, loa
         assert sum(len(h[0][0].split()) >= 4 for h in got) > len(sources) // 2
 
 
+@pytest.mark.parametrize("options", [dict(), dict(nbest=3), dict(beam_size=1)], ids=["beam4", "nbest", "greedy"])
+def test_ctranslate2_honours_each_sentences_own_limit_within_one_batch(trained_model, loaded, sources, options):
+    """Limits of half the source + 3 tokens cut some outputs of a batch and not others. CTranslate2 has one
+    limit per call: txkit's engine searches every sentence at the longest limit, then again, with its own, each
+    one whose result that limit could change. The results are txkit's search with each sentence's own limit."""
+    opts = dict(lp_form="hf", max_len_a=0.5, max_len_b=3, **options)
+    translator = Translator(*loaded, DecodeOptions(**opts))
+    hyps = translator.translate_hypotheses(sources)
+    limits = translator._prepare(sources, 0).max_lengths
+    ours = [translator.detokenize(h) for h in hyps]
+    # the premise: several limits in the batch, binding for some sentences (the best hypothesis ran to its
+    # limit) and not for others
+    cut = [len(h[0].tokens) >= limit for h, limit in zip(hyps, limits)]
+    assert len(set(limits)) > 5 and len(sources) // 10 < sum(cut) < len(sources) * 9 // 10
+    got = load_translator(trained_model, DecodeOptions(engine="ctranslate2", **opts), 1).translate_nbest(sources)
+    assert sum(a[0][0] == b[0][0] for a, b in zip(ours, got)) >= len(sources) - 1
+    assert sum([t for t, _ in a] == [t for t, _ in b] for a, b in zip(ours, got)) >= len(sources) - 3
+    for a, b in zip(ours, got):
+        if a[0][0] == b[0][0]:
+            assert a[0][1] == pytest.approx(b[0][1], abs=1e-3)
+
+
 def test_ctranslate2_keeps_lines_and_refuses_what_it_cannot_honour(trained_model, sources):
     """Empty lines stay empty, an overlong line is truncated and reported; the paper's length-penalty form
     and sampling (CTranslate2 cannot seed each sentence's draws) are refused, naming the option."""

@@ -164,11 +164,10 @@ class CTranslate2Translator:
     """`txkit.decoding.Translator`'s interface over CTranslate2, for `txkit translate --engine ctranslate2`.
 
     Lines are prepared by txkit (tokenizer, empty lines, overlong policy, per-sentence limits) and their
-    tokens handed to CTranslate2 as strings (the Marian export renumbers ids, not tokens). Sentences are sorted
-    by length and each group of equal length limit is one `translate_batch` call (CTranslate2 has one
-    `max_decoding_length` per call), batched by CTranslate2 itself in `max_tokens`-token batches. Sampling
-    translates sentence by sentence, CTranslate2's random seed set from (seed, line), so a seed gives the same
-    samples whatever else is translated (not the draws of txkit's engine: another random stream)."""
+    tokens handed to CTranslate2 as strings (the Marian export renumbers ids, not tokens). All sentences go to
+    one `translate_batch` call, which sorts them by length into `max_tokens`-token batches; CTranslate2 has one
+    `max_decoding_length` per call, so the few whose own, smaller length limit could have changed their result
+    are searched again with it (`_search`). Sampling is refused (`check_ctranslate2_options`)."""
 
     def __init__(self, model_dir: str | Path, src_tok, tgt_tok, options, config, threads: int | None = None):
         import ctranslate2
@@ -181,6 +180,10 @@ class CTranslate2Translator:
         self.max_positions = getattr(config, "max_position_embeddings", None) or 1024
         self.overlong: list[int] = []
         self._prepare = Translator._prepare.__get__(self)
+        # CTranslate2 reads and writes token strings (the Marian export renumbers ids, not tokens): id -> token
+        # and token -> id tables, built once (the tokenizers' own lookups cost per token)
+        self._source_names = src_tok.convert_ids_to_tokens(list(range(len(src_tok))))
+        self._target_ids = tgt_tok.get_vocab()
         self.path = ctranslate2_model(model_dir)
         device = "cuda" if str(options.device or "cpu").startswith("cuda") else "cpu"
         compute_type = "int8" if options.quantize == "int8" else "float32"
@@ -222,26 +225,65 @@ class CTranslate2Translator:
         work = self._prepare(lines, first_line)
         self.overlong.extend(work.overlong)
         results = [[("", 0.0)] * opts.nbest for _ in lines]
-        todo = sorted((i for i, ids in enumerate(work.ids) if ids is not None), key=lambda i: -len(work.ids[i]))
+        todo = [i for i, ids in enumerate(work.ids) if ids is not None]
         if not todo:
             return results
-        tokens = {i: self.src_tok.convert_ids_to_tokens(work.ids[i]) for i in todo}
-        common = dict(
-            length_penalty=opts.length_penalty, num_hypotheses=opts.nbest, return_scores=True,
-            min_decoding_length=0, max_input_length=0,
-        )  # fmt: skip
-        common.update(beam_size=opts.beam_size)
-        groups: dict[int, list[int]] = {}  # length limit -> sentences
-        for i in todo:
-            groups.setdefault(work.max_lengths[i], []).append(i)
-        for limit, group in sorted(groups.items(), reverse=True):
-            out = self.translator.translate_batch(
-                [tokens[i] for i in group], max_decoding_length=limit, max_batch_size=opts.max_tokens,
-                batch_type="tokens", **common,
-            )  # fmt: skip
-            for i, result in zip(group, out):
-                ids = [self.tgt_tok.convert_tokens_to_ids(h) for h in result.hypotheses]
-                texts = self.tgt_tok.batch_decode(ids, skip_special_tokens=True)
-                hyps = sorted(zip(texts, result.scores), key=lambda x: -x[1])
-                results[i] = [(_one_line(text), float(score)) for text, score in hyps]
+        names = self._source_names
+        found = self._search([[names[t] for t in work.ids[i]] for i in todo], [work.max_lengths[i] for i in todo])
+        # every hypothesis of every sentence in one decode call (one call per sentence cost more than the rest
+        # of this method together); token strings -> ids through a dict, not the tokenizer's per-token lookup
+        ids = self._target_ids
+        hyps = [result.hypotheses[: opts.nbest] for result in found]
+        unk = self.tgt_tok.unk_token_id
+        texts = iter(self.tgt_tok.batch_decode([[ids.get(t, unk) for t in h] for hs in hyps for h in hs],
+                                               skip_special_tokens=True))  # fmt: skip
+        for i, result, hs in zip(todo, found, hyps):
+            results[i] = [(_one_line(next(texts)), float(score)) for _, score in zip(hs, result.scores)]
         return results
+
+    def _search(self, tokens: list[list[str]], limits: list[int]) -> list:
+        """CTranslate2's results (hypotheses best first) for source `tokens`, each searched as if alone with its
+        own output length limit `limits[j]`, in as few `translate_batch` calls as that allows.
+
+        CTranslate2 takes one `max_decoding_length` per call, and one call per distinct limit fragments its
+        length-sorted batches (measured 0.75-0.97x of one call). So all sentences are searched in one call with
+        the largest limit L, and only those whose result could differ under their own limit l < L are searched
+        again, one call per limit. Why the rest cannot differ: a search with limit l runs the very steps of one
+        with limit L up to step l - 2 (the limit only forces every open hypothesis to finish at step l - 1), so
+        the two differ only if the search is still running at step l - 1. With a length penalty CTranslate2
+        stops a sentence once `beam_size` hypotheses have finished; asked for all `beam_size` best
+        (`num_hypotheses`), a search that ran to step l - 1 had fewer than `beam_size` finished by step l - 2, so
+        one of the `beam_size` it returns is at least l - 1 tokens long (one finished at step s has s tokens,
+        </s> not counted). Greedy search has one hypothesis, finished at its </s>. So: searched again when a
+        returned hypothesis has l - 1 tokens or more. Without a length penalty CTranslate2 stops a beam search
+        when its top beam ends, which the results do not show: then every limit gets its own call."""
+        opts = self.options
+        beam = opts.beam_size > 1
+        visible = not beam or opts.length_penalty != 0  # a search that ran on shows in its results (docstring)
+        options = dict(
+            beam_size=opts.beam_size, length_penalty=opts.length_penalty, return_scores=True,
+            num_hypotheses=opts.beam_size if beam and visible else opts.nbest, min_decoding_length=0,
+            max_input_length=0, max_batch_size=opts.max_tokens, batch_type="tokens",
+        )  # fmt: skip
+        found: list = [None] * len(tokens)
+        again = list(range(len(tokens)))
+        if visible:
+            longest = max(limits)
+            out = self.translator.translate_batch(tokens, max_decoding_length=longest, **options)
+            again = []
+            for j, result in enumerate(out):
+                hyps = result.hypotheses
+                if limits[j] < longest and (
+                    len(hyps) < options["num_hypotheses"] or max(len(h) for h in hyps) >= limits[j] - 1
+                ):  # fmt: skip
+                    again.append(j)
+                else:
+                    found[j] = result
+        groups: dict[int, list[int]] = {}  # length limit -> sentences
+        for j in again:
+            groups.setdefault(limits[j], []).append(j)
+        for limit, group in groups.items():
+            out = self.translator.translate_batch([tokens[j] for j in group], max_decoding_length=limit, **options)
+            for j, result in zip(group, out):
+                found[j] = result
+        return found
