@@ -169,3 +169,100 @@ def test_engine_options_through_the_cli(trained_model, tmp_path, capsys):
 def test_a_hub_id_is_refused_by_the_ctranslate2_engine():
     with pytest.raises(TxkitError, match="--engine ctranslate2"):
         load_translator("someone/model", DecodeOptions(lp_form="hf", engine="ctranslate2"))
+
+
+def test_auto_picks_ctranslate2_only_where_it_gives_txkits_translations(trained_model, monkeypatch):
+    """--engine auto (the default): CTranslate2 for one local model in the hf form or with alpha 0, float32 on
+    the CPU, no sampling and no --max-sentences; txkit's engine for everything else."""
+    from txkit.engines import choose_engine
+
+    hf = dict(lp_form="hf")
+    picks = {
+        "hf": (DecodeOptions(**hf), [trained_model]),
+        "alpha0-gnmt": (DecodeOptions(length_penalty=0.0), [trained_model]),
+        "hf-cpu-greedy-nbest": (DecodeOptions(**hf, device="cpu", beam_size=2, nbest=2), [trained_model]),
+        "gnmt": (DecodeOptions(), [trained_model]),
+        "sampling": (DecodeOptions(**hf, sampling=True), [trained_model]),
+        "int8": (DecodeOptions(**hf, quantize="int8"), [trained_model]),
+        "bf16": (DecodeOptions(**hf, dtype="bf16"), [trained_model]),
+        "max-sentences": (DecodeOptions(**hf, max_sentences=8), [trained_model]),
+        "ensemble": (DecodeOptions(**hf), [trained_model, trained_model]),
+        "hub-id": (DecodeOptions(**hf), ["someone/model"]),
+        "named": (DecodeOptions(engine="txkit", **hf), [trained_model]),
+    }
+    got = {name: choose_engine(options, paths) for name, (options, paths) in picks.items()}
+    assert got == {
+        "hf": "ctranslate2", "alpha0-gnmt": "ctranslate2", "hf-cpu-greedy-nbest": "ctranslate2", "gnmt": "txkit",
+        "sampling": "txkit", "int8": "txkit", "bf16": "txkit", "max-sentences": "txkit", "ensemble": "txkit",
+        "hub-id": "txkit", "named": "txkit",
+    }  # fmt: skip
+    assert DecodeOptions().engine == "auto"
+    # CTranslate2 that cannot be imported (a broken install): txkit's engine, which still translates
+    monkeypatch.setitem(__import__("sys").modules, "ctranslate2", None)
+    assert choose_engine(DecodeOptions(**hf), [trained_model]) == "txkit"
+    assert isinstance(load_translator(trained_model, DecodeOptions(**hf), 1), Translator)
+
+
+def test_auto_translates_as_the_engine_it_picks(trained_model, loaded, sources, tmp_path, capsys):
+    """The translator auto loads is the chosen engine's (its options name it), with that engine's output, and
+    `txkit translate` uses auto by default."""
+    lines = sources[:40]
+    auto = load_translator(trained_model, DecodeOptions(lp_form="hf"), 1)
+    assert isinstance(auto, CTranslate2Translator) and auto.options.engine == "ctranslate2"
+    chosen = load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    assert auto.translate_nbest(lines) == chosen.translate_nbest(lines)
+    auto = load_translator(trained_model, DecodeOptions(), 1)
+    assert isinstance(auto, Translator) and auto.options.engine == "txkit"
+    assert auto.translate(lines) == Translator(*loaded, DecodeOptions()).translate(lines)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outs = {}
+    for name, extra in {"auto": [], "ctranslate2": ["--engine", "ctranslate2"], "txkit": ["--engine", "txkit"]}.items():
+        outs[name] = tmp_path / f"{name}.txt"
+        code, _, err = run_cli(["translate", trained_model, "-i", source, "-o", outs[name], "--lp-form", "hf",
+                                "--threads", "1", *extra], capsys)  # fmt: skip
+        assert code == 0, err
+    text = {name: path.read_text(encoding="utf-8") for name, path in outs.items()}
+    assert text["auto"] == text["ctranslate2"] and len(text["auto"].splitlines()) == len(lines)
+    code, out_text, _ = run_cli(["translate", "--help"], capsys)
+    import re
+
+    help_text = re.sub(r"[│\s]+", " ", out_text)  # the help box's borders and line breaks
+    assert "Auto (the default): CTranslate2 when it is installed and these options give the same" in help_text
+
+
+def test_a_read_only_model_folder_is_converted_into_the_user_cache(trained_model, tmp_path, sources, monkeypatch):
+    """A model folder (and its parent) made read-only with chmod is not written: the conversion goes to the
+    user cache ($XDG_CACHE_HOME/txkit/ctranslate2/...), is found there the next time, and translates as the
+    conversion beside a writable folder does. A model in a Hub cache's snapshots/ is never written beside."""
+    import os
+    import stat
+
+    parent = tmp_path / "shared-models"
+    model = parent / "model"
+    shutil.copytree(trained_model, model)
+    monkeypatch.delenv("TXKIT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    read_only = [parent, model, *model.iterdir()]
+    for path in read_only:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        before = sorted(str(p) for p in parent.rglob("*"))
+        ct2 = load_translator(model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+        assert sorted(str(p) for p in parent.rglob("*")) == before  # nothing written beside or into it
+        assert ct2.path.is_relative_to(tmp_path / "cache" / "txkit" / "ctranslate2")
+        assert (ct2.path / "model.bin").is_file()
+        stamp = (ct2.path / "model.bin").stat().st_mtime_ns
+        again = load_translator(model, DecodeOptions(lp_form="hf"), 1)  # auto: found in the cache, not converted
+        assert again.path == ct2.path and (ct2.path / "model.bin").stat().st_mtime_ns == stamp
+        writable = load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+        assert ct2.translate_nbest(sources[:30]) == writable.translate_nbest(sources[:30])
+    finally:
+        for path in read_only:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    hub = tmp_path / "hub" / "models--someone--model" / "snapshots" / "0123abcd"
+    shutil.copytree(trained_model, hub)
+    monkeypatch.setenv("TXKIT_CACHE", str(tmp_path / "txkit-cache"))
+    ct2 = load_translator(hub, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    assert ct2.path.is_relative_to(tmp_path / "txkit-cache" / "ctranslate2")
+    assert os.listdir(hub.parent) == ["0123abcd"]

@@ -18,6 +18,7 @@ int8 weights, and CTranslate2 on a conversion of the same model.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -33,16 +34,58 @@ CT2_DIR_SUFFIX = ".ctranslate2"
 # ----------------------------------------------------------------------------- choosing
 
 
+def choose_engine(options, model_paths) -> str:
+    """The engine that translates: `options.engine`, or for `auto` CTranslate2 where it gives the translations
+    txkit's own engine would give and is installed, else txkit. The rule (`--help` says the same): one local
+    model folder, the hf length-penalty form or alpha 0, no sampling, float32 weights (--quantize none, --dtype
+    auto/fp32), on the CPU, no --max-sentences (CTranslate2 batches by tokens or by sentences, not both).
+    int8 is left out because the two engines quantize differently (other translations), and a GPU because
+    txkit's engine then decodes in bf16/fp16."""
+    if options.engine != "auto":
+        return options.engine
+    paths = [model_paths] if isinstance(model_paths, (str, Path)) else list(model_paths)
+    if why_not_ctranslate2(options, paths) is not None:
+        return "txkit"
+    try:
+        import ctranslate2  # noqa: F401
+    except (ImportError, OSError):  # not installed, or a broken install: txkit's engine translates
+        return "txkit"
+    return "ctranslate2"
+
+
+def why_not_ctranslate2(options, paths: list) -> str | None:
+    """Why `--engine auto` keeps txkit's engine for these options and models (None: it need not)."""
+    from txkit.decoding import resolve_device
+
+    if len(paths) != 1:
+        return "an ensemble"
+    if not Path(paths[0]).is_dir():
+        return "not a local model folder"
+    if options.lp_form != "hf" and options.length_penalty != 0:
+        return f"--lp-form {options.lp_form}"
+    if options.sampling:
+        return "--sample"
+    if options.quantize != "none":
+        return f"--quantize {options.quantize}"
+    if options.dtype not in (None, "auto", "fp32"):
+        return f"--dtype {options.dtype}"
+    if options.max_sentences is not None:
+        return "--max-sentences"
+    if resolve_device(options.device) != "cpu":
+        return "a GPU"
+    return None
+
+
 def load_translator(model_paths, options, threads: int | None = None, governor=None):
-    """The translator `options.engine` and `options.quantize` ask for, for MODEL (a resolved path or Hub id, or
-    a list of them for an ensemble): txkit's `Translator` (on int8 linear layers with quantize int8), whose CPU
-    thread count `governor` (txkit.threads.ThreadGovernor) may choose batch by batch, or a
-    `CTranslate2Translator` running `threads` threads."""
-    from txkit.decoding import Translator
-    from txkit.ensemble import load_ensemble
+    """The translator `options.engine` (`choose_engine` for auto) and `options.quantize` ask for, for MODEL (a
+    resolved path or Hub id, or a list of them for an ensemble): txkit's `Translator` (on int8 linear layers with
+    quantize int8), whose CPU thread count `governor` (txkit.threads.ThreadGovernor) may choose batch by batch, or
+    a `CTranslate2Translator` running `threads` threads. The translator's `options.engine` names the engine."""
+    import dataclasses
 
     paths = [model_paths] if isinstance(model_paths, (str, Path)) else list(model_paths)
     options.check()
+    options = dataclasses.replace(options, engine=choose_engine(options, paths))
     if options.engine == "ctranslate2":
         check_ctranslate2_options(options)
         if len(paths) != 1:
@@ -62,6 +105,9 @@ def load_translator(model_paths, options, threads: int | None = None, governor=N
         config = SimpleNamespace(**json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")))
         src_tok, tgt_tok = load_tokenizers_for(str(model_path))
         return CTranslate2Translator(model_path, src_tok, tgt_tok, options, config, threads)
+    from txkit.decoding import Translator
+    from txkit.ensemble import load_ensemble
+
     if options.quantize == "int8" and options.dtype not in (None, "auto", "fp32"):
         raise TxkitError(f"--quantize int8: quantizes float32 weights; drop --dtype {options.dtype}")
     model, src_tok, tgt_tok = load_ensemble(paths, options.device, options.dtype)
@@ -116,6 +162,10 @@ def check_ctranslate2_options(options) -> None:
         raise TxkitError(f"--device {options.device}: CTranslate2 runs on cpu or cuda")
     if options.dtype not in (None, "auto", "fp32"):
         raise TxkitError(f"--dtype {options.dtype}: use --quantize int8 with --engine ctranslate2 (or fp32)")
+    if options.max_sentences is not None:
+        raise TxkitError(
+            "--max-sentences: CTranslate2 batches by --max-tokens only (one budget per call); use --engine txkit"
+        )
 
 
 def weights_digest(model_dir: str | Path) -> str:
@@ -131,24 +181,65 @@ def weights_digest(model_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def user_cache_dir() -> Path:
+    """txkit's per-user cache: $TXKIT_CACHE, else $XDG_CACHE_HOME/txkit, else ~/.cache/txkit."""
+    if os.environ.get("TXKIT_CACHE"):
+        return Path(os.environ["TXKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "txkit"
+
+
+def ctranslate2_homes(model_dir: Path) -> list[Path]:
+    """Where a model's conversions may live, in order: `MODEL.ctranslate2` beside the model folder (not in a
+    Hugging Face Hub cache, whose snapshots/ holds only revisions), then the user cache
+    (`user_cache_dir()/ctranslate2/<hash of the model's path>`)."""
+    in_hub_cache = model_dir.parent.name == "snapshots" and model_dir.parent.parent.name.startswith("models--")
+    beside = [] if in_hub_cache else [model_dir.parent / (model_dir.name + CT2_DIR_SUFFIX)]
+    return beside + [user_cache_dir() / "ctranslate2" / hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]]
+
+
 def ctranslate2_model(model_dir: str | Path) -> Path:
     """The CTranslate2 conversion of a txkit model folder, converting it first when there is none for these
-    weights: `MODEL.ctranslate2/<digest>` beside the folder (or under ~/.cache/txkit when that is not
-    writable). A new conversion replaces older ones of the same model."""
+    weights: `MODEL.ctranslate2/<digest>` beside the folder, or in the user cache when that cannot be written
+    (a read-only folder, a Hub cache; `ctranslate2_homes`). A new conversion replaces older ones of the same
+    model in the same place; a conversion found in either place is used, so the first sentence waits for a
+    conversion only once per weights."""
+    model_dir = Path(model_dir).resolve()
+    digest = weights_digest(model_dir)
+    homes = ctranslate2_homes(model_dir)
+    for home in homes:
+        if (home / digest / "model.bin").is_file():
+            return home / digest
+    for home in homes:
+        if not _writable(home):
+            continue
+        try:
+            return _convert(model_dir, home, digest)
+        except PermissionError:
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+    places = " or ".join(map(str, homes))
+    raise TxkitError(f"--engine ctranslate2: cannot write a conversion of {model_dir} to {places}")
+
+
+def _writable(folder: Path) -> bool:
+    """Whether txkit may write `folder` (or create it in its nearest existing parent): the process may, and the
+    folder is not read-only by its mode bits (chmod a-w: root may write anyway, but the owner said no)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return os.access(existing, os.W_OK | os.X_OK) and bool(existing.stat().st_mode & 0o222)
+
+
+def _convert(model_dir: Path, home: Path, digest: str) -> Path:
+    """Convert into `home/digest` (through a temporary folder, renamed when complete); remove older ones."""
     import tempfile
 
     from txkit import atomic
     from txkit.export import convert_ctranslate2, export_marian
 
-    model_dir = Path(model_dir).resolve()
-    digest = weights_digest(model_dir)
-    home = model_dir.parent / (model_dir.name + CT2_DIR_SUFFIX)
-    if not os.access(model_dir.parent, os.W_OK) and not home.is_dir():
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "txkit" / "ctranslate2"
-        home = cache / hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]
     target = home / digest
-    if (target / "model.bin").is_file():
-        return target
     home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".marian-", dir=home) as tmp:
         marian = export_marian(model_dir, Path(tmp) / "marian", verify=True)

@@ -163,8 +163,9 @@ class EvalSection(SearchOptions):
         "(trained); without EMA the trained weights are averaged"
     )
     test: list[str] = _key([], "test corpora (same form as data.train) that `txkit run` scores")
-    engine: Literal[ENGINES] = _key("txkit", "what translates the test sets: txkit or ctranslate2 (needs lp_form hf); "
-                                    "validation during training always uses txkit's search")
+    engine: Literal[ENGINES] = _key("auto", "what translates the test sets: auto (CTranslate2 where it gives txkit's "
+                                    "translations and is installed, as txkit translate), txkit or ctranslate2 (needs "
+                                    "lp_form hf); validation during training always uses txkit's search")
     quantize: Literal[QUANTIZATIONS] = _key("none", "test-set translation in int8 (CPU): none or int8")
 
 
