@@ -266,3 +266,28 @@ def test_a_read_only_model_folder_is_converted_into_the_user_cache(trained_model
     ct2 = load_translator(hub, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
     assert ct2.path.is_relative_to(tmp_path / "txkit-cache" / "ctranslate2")
     assert os.listdir(hub.parent) == ["0123abcd"]
+
+
+def test_eval_translates_with_the_engine_auto_picks(trained_model, sources, tmp_path, capsys):
+    """`txkit eval MODEL --src --ref`: auto (the default) translates with CTranslate2 in the hf form (its
+    conversion appears beside the model), as `--engine ctranslate2` does, and with txkit's engine in the paper's
+    form (no conversion)."""
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    src, ref = tmp_path / "src.en", tmp_path / "ref.de"
+    src.write_text("".join(line + "\n" for line in sources[:30]), "utf-8")
+    ref.write_text("".join(line + "\n" for line in sources[:30]), "utf-8")  # the scores do not matter here
+    hyps = {}
+    for name, extra in {"gnmt": [], "txkit": ["--lp-form", "hf", "--engine", "txkit"], "auto": ["--lp-form", "hf"],
+                        "ctranslate2": ["--lp-form", "hf", "--engine", "ctranslate2"]}.items():  # fmt: skip
+        out = tmp_path / f"{name}.de"
+        code, _, err = run_cli(["eval", model, "--src", src, "--ref", ref, "--bootstrap", "0", "--hyp-out", out, *extra],
+                               capsys)  # fmt: skip
+        assert code == 0, err
+        hyps[name] = out.read_text("utf-8").splitlines()
+        converted = (tmp_path / ("model" + CT2_DIR_SUFFIX)).is_dir()
+        assert converted == (name in ("auto", "ctranslate2")), name
+    ct2 = load_translator(model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1).translate(sources[:30])
+    ours = load_translator(model, DecodeOptions(lp_form="hf", engine="txkit")).translate(sources[:30])
+    assert hyps["auto"] == hyps["ctranslate2"] == ct2 and hyps["txkit"] == ours
+    assert hyps["gnmt"] == load_translator(model, DecodeOptions(engine="txkit")).translate(sources[:30])
