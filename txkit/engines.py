@@ -1,19 +1,23 @@
 """Decoding engines behind `txkit translate`: txkit's own search (txkit.decoding.Translator), optionally on
-int8 weights, and CTranslate2 on a conversion of the same model.
+int8 weights, and CTranslate2 on a conversion of the same model; `choose_engine` picks one for `--engine auto`.
 
+* `choose_engine`: `--engine auto` (the default) is CTranslate2 where it gives txkit's translations and is
+  installed (one local model, the hf length-penalty form or alpha 0, float32 on the CPU, no sampling, no
+  --max-sentences), else txkit's engine.
 * `quantize_int8(model)`: dynamic int8 quantization of the model's linear layers (weights stored as int8,
   activations quantized per batch at run time), through torch's own `torch.ao.quantization.quantize_dynamic`
   (see its docstring for why that one).
 * `CTranslate2Translator`: the `Translator` interface (translate, translate_nbest, translate_stream, ...)
   over `ctranslate2.Translator`. The model is converted once through txkit's own Marian export
-  (txkit.export) and cached beside the model folder (`MODEL.ctranslate2/<weights hash>`), so a retrained
-  model is converted again and older conversions are removed; the conversion is written atomically. The
-  options map one to one (beam size, length penalty, per-sentence length limit, n-best, batch budget),
-  except two that CTranslate2 cannot honour exactly and that are refused (`check_ctranslate2_options`): the
-  paper's GNMT length-penalty form, which it does not have, and sampling, whose draws it cannot seed per
-  sentence (`ctranslate2.set_random_seed` does not reseed its worker thread: measured), so that samples
-  would depend on the rest of the input. Empty and overlong lines follow txkit's policies, because
-  the lines are prepared by txkit's own `Translator._prepare`.
+  (txkit.export) and cached beside the model folder (`MODEL.ctranslate2/<weights hash>`; in the user cache
+  when that cannot be written), so a retrained model is converted again and older conversions are removed;
+  the conversion is written atomically. The options map one to one (beam size, length penalty, per-sentence
+  length limit, n-best, token batch budget), except those CTranslate2 cannot honour exactly, which are
+  refused (`check_ctranslate2_options`): the paper's GNMT length-penalty form, which it does not have;
+  sampling, whose draws it cannot seed per sentence (`ctranslate2.set_random_seed` does not reseed its worker
+  thread: measured), so that samples would depend on the rest of the input; and a sentence budget besides
+  the token budget. Empty and overlong lines follow txkit's policies, because the lines are prepared by
+  txkit's own `Translator._prepare`.
 """
 
 from __future__ import annotations
