@@ -171,12 +171,19 @@ def test_a_hub_id_is_refused_by_the_ctranslate2_engine():
         load_translator("someone/model", DecodeOptions(lp_form="hf", engine="ctranslate2"))
 
 
-def test_auto_picks_ctranslate2_only_where_it_gives_txkits_translations(trained_model, monkeypatch):
-    """--engine auto (the default): CTranslate2 for one local model in the hf form or with alpha 0, float32 on
-    the CPU, no sampling and no --max-sentences; txkit's engine for everything else."""
+def test_auto_picks_ctranslate2_only_where_it_gives_txkits_translations(trained_model, tmp_path, monkeypatch):
+    """--engine auto (the default): CTranslate2 for one local model (that the Marian export can express) in the
+    hf form or with alpha 0, float32 on the CPU, no sampling and no --max-sentences; txkit's engine for
+    everything else."""
     from txkit.engines import choose_engine
 
+    import json
+
     hf = dict(lp_form="hf")
+    pre_norm = tmp_path / "pre-norm"  # a model the Marian layout (so CTranslate2) cannot express
+    shutil.copytree(trained_model, pre_norm)
+    config = json.loads((pre_norm / "config.json").read_text(encoding="utf-8"))
+    (pre_norm / "config.json").write_text(json.dumps({**config, "normalize_before": True}), encoding="utf-8")
     picks = {
         "hf": (DecodeOptions(**hf), [trained_model]),
         "alpha0-gnmt": (DecodeOptions(length_penalty=0.0), [trained_model]),
@@ -189,12 +196,13 @@ def test_auto_picks_ctranslate2_only_where_it_gives_txkits_translations(trained_
         "ensemble": (DecodeOptions(**hf), [trained_model, trained_model]),
         "hub-id": (DecodeOptions(**hf), ["someone/model"]),
         "named": (DecodeOptions(engine="txkit", **hf), [trained_model]),
+        "pre-norm": (DecodeOptions(**hf), [pre_norm]),
     }
     got = {name: choose_engine(options, paths) for name, (options, paths) in picks.items()}
     assert got == {
         "hf": "ctranslate2", "alpha0-gnmt": "ctranslate2", "hf-cpu-greedy-nbest": "ctranslate2", "gnmt": "txkit",
         "sampling": "txkit", "int8": "txkit", "bf16": "txkit", "max-sentences": "txkit", "ensemble": "txkit",
-        "hub-id": "txkit", "named": "txkit",
+        "hub-id": "txkit", "named": "txkit", "pre-norm": "txkit",
     }  # fmt: skip
     assert DecodeOptions().engine == "auto"
     # CTranslate2 that cannot be imported (a broken install): txkit's engine, which still translates
@@ -239,11 +247,13 @@ def test_a_read_only_model_folder_is_converted_into_the_user_cache(trained_model
     import stat
 
     parent = tmp_path / "shared-models"
-    model = parent / "model"
+    model, other = parent / "model", parent / "other"
     shutil.copytree(trained_model, model)
+    shutil.copytree(trained_model, other)
+    (tmp_path / "read-only-cache").mkdir()
     monkeypatch.delenv("TXKIT_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    read_only = [parent, model, *model.iterdir()]
+    read_only = [parent, model, *model.iterdir(), other, tmp_path / "read-only-cache"]
     for path in read_only:
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
@@ -257,6 +267,12 @@ def test_a_read_only_model_folder_is_converted_into_the_user_cache(trained_model
         assert again.path == ct2.path and (ct2.path / "model.bin").stat().st_mtime_ns == stamp
         writable = load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
         assert ct2.translate_nbest(sources[:30]) == writable.translate_nbest(sources[:30])
+        # no place can hold a conversion: --engine ctranslate2 says so; auto translates with txkit's engine
+        monkeypatch.setenv("TXKIT_CACHE", str(tmp_path / "read-only-cache"))
+        with pytest.raises(TxkitError, match="^--engine ctranslate2: cannot write a conversion of .*other to "):
+            load_translator(other, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+        assert isinstance(load_translator(other, DecodeOptions(lp_form="hf"), 1), Translator)
+        monkeypatch.delenv("TXKIT_CACHE")
     finally:
         for path in read_only:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)

@@ -77,7 +77,39 @@ def why_not_ctranslate2(options, paths: list) -> str | None:
         return "--max-sentences"
     if resolve_device(options.device) != "cpu":
         return "a GPU"
-    return None
+    from txkit.export import marian_blockers
+    from txkit.modeling import TxkitConfig
+
+    try:
+        config, _ = TxkitConfig.get_config_dict(str(paths[0]))
+    except (OSError, ValueError):
+        return "no readable config.json"  # txkit's engine reports it
+    if config.get("model_type") != TxkitConfig.model_type:
+        return "not a txkit model"
+    blockers = marian_blockers(TxkitConfig.from_dict(config))  # CTranslate2 reads the model as a Marian one
+    return f"the Marian export cannot express {blockers[0]}" if blockers else None
+
+
+def _load_ctranslate2(paths: list, options, threads: int | None):
+    """A `CTranslate2Translator` for one local txkit model folder (converted first if need be)."""
+    import json
+    from types import SimpleNamespace
+
+    from txkit.decoding import load_tokenizers_for
+    from txkit.modelfiles import check_model_folder
+
+    check_ctranslate2_options(options)
+    if len(paths) != 1:
+        raise TxkitError("--engine ctranslate2 translates with one model; ensembles need --engine txkit")
+    model_path = paths[0]
+    if not Path(model_path).is_dir():
+        raise TxkitError(f"--engine ctranslate2: {model_path} is not a local model folder")
+    check_model_folder(model_path)
+    # the config's JSON, not TxkitConfig: importing txkit's modeling (transformers' model code) is most of the time
+    # before the first translation (python -X importtime)
+    config = SimpleNamespace(**json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")))
+    src_tok, tgt_tok = load_tokenizers_for(str(model_path))
+    return CTranslate2Translator(model_path, src_tok, tgt_tok, options, config, threads)
 
 
 def load_translator(model_paths, options, threads: int | None = None, governor=None):
@@ -89,26 +121,17 @@ def load_translator(model_paths, options, threads: int | None = None, governor=N
 
     paths = [model_paths] if isinstance(model_paths, (str, Path)) else list(model_paths)
     options.check()
+    asked = options.engine
     options = dataclasses.replace(options, engine=choose_engine(options, paths))
     if options.engine == "ctranslate2":
-        check_ctranslate2_options(options)
-        if len(paths) != 1:
-            raise TxkitError("--engine ctranslate2 translates with one model; ensembles need --engine txkit")
-        model_path = paths[0]
-        if not Path(model_path).is_dir():
-            raise TxkitError(f"--engine ctranslate2: {model_path} is not a local model folder")
-        import json
-        from types import SimpleNamespace
-
-        from txkit.decoding import load_tokenizers_for
-        from txkit.modelfiles import check_model_folder
-
-        check_model_folder(model_path)
-        # the config's JSON, not TxkitConfig: importing txkit's modeling (transformers' model code) is most of
-        # the time before the first translation (python -X importtime)
-        config = SimpleNamespace(**json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8")))
-        src_tok, tgt_tok = load_tokenizers_for(str(model_path))
-        return CTranslate2Translator(model_path, src_tok, tgt_tok, options, config, threads)
+        try:
+            return _load_ctranslate2(paths, options, threads)
+        except TxkitError:
+            if asked != "auto":
+                raise
+            # auto never fails where txkit's engine would not (e.g. a conversion no place could hold): it
+            # translates with txkit's engine, which reports any fault of the model itself
+            options = dataclasses.replace(options, engine="txkit")
     from txkit.decoding import Translator
     from txkit.ensemble import load_ensemble
 
