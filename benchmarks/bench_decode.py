@@ -260,9 +260,10 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                                             else "float32", inter_threads=1, intra_threads=threads)  # fmt: skip
             # what a user of CTranslate2 calls: tokenizers' batch encode and decode
             encoder, decoder = ours.src_tok.backend_tokenizer, ours.tgt_tok.backend_tokenizer
+            vocab = ours.tgt_tok.get_vocab()
 
-            def run_direct(direct=direct, encoder=encoder, decoder=decoder, vocab=ours.tgt_tok.get_vocab()):
-                tokens = [e.tokens for e in encoder.encode_batch(sources)]
+            def run_direct(lines, direct=direct, encoder=encoder, decoder=decoder, vocab=vocab):
+                tokens = [e.tokens for e in encoder.encode_batch(lines)]
                 limit = max(len(t) for t in tokens) + 50
                 out = direct.translate_batch(tokens, beam_size=args.beam, length_penalty=args.alpha,
                                              max_decoding_length=limit, max_batch_size=args.max_tokens,
@@ -271,8 +272,9 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
 
             paths = {ENGINE_ROWS[0]: lambda ours=ours: ours.translate(sources),
                      ENGINE_ROWS[1]: lambda theirs=theirs: theirs.translate(sources),
-                     ENGINE_ROWS[2]: run_direct}  # fmt: skip
-            ours.translate(sources[:8]), theirs.translate(sources[:8])  # warm up (allocator, kernels, imports)
+                     ENGINE_ROWS[2]: lambda run_direct=run_direct: run_direct(sources)}  # fmt: skip
+            for warm_up in (ours.translate, theirs.translate, run_direct):  # allocator, kernels, imports
+                warm_up(sources[:8])
             times = {engine: [] for engine in paths}
             outputs = {}
             for round_ in range(args.repeat):
