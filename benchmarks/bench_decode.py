@@ -6,13 +6,20 @@
     python benchmarks/bench_decode.py --model MODEL --profile prof.txt   # torch profiler over txkit's search
     python benchmarks/bench_decode.py --model MODEL --engines --threads 1,2 --source multi30k/test2016.en
 
-With --engines, the table of engines x threads x precision instead (`engines_table`): txkit's own engine
-(`txkit translate`'s Translator; int8 = `--quantize int8`), `--engine ctranslate2` through txkit, and
-CTranslate2 called directly with its best settings (all sentences in one `translate_batch`, which sorts them
-by length into --max-tokens token batches, as its documentation recommends; one length limit, the longest
-sentence's), all in the hf length-penalty form (the one CTranslate2 has), 1 and 2 threads, float32 and int8:
-sentences/s, target tokens/s, BLEU against the reference (sacreBLEU), and the first sentence's latency of
-`txkit translate` reading standard input (a fresh process: start, model load, first line out).
+With --engines, the table of engines x threads x precision x model instead (`engines_table`), as markdown:
+
+    python benchmarks/bench_decode.py --engines --model MODEL_A --model MODEL_B --threads 1,2 --latency 3
+
+for each model, txkit's own engine (`txkit translate --engine txkit`'s Translator; int8 = `--quantize int8`),
+`--engine ctranslate2` through txkit, and CTranslate2 called directly the way its documentation recommends
+(tokenizers' batch encode to token strings, one `translate_batch` over all sentences, which sorts them by
+length into --max-tokens token batches, one length limit: the longest source + 50; detokenized with tokenizers'
+batch decode), all in the hf length-penalty form (the one CTranslate2 has), at each --threads count, float32
+and int8: sentences/s, target tokens/s, BLEU against the reference (sacreBLEU) and how many translations equal
+txkit's. --latency N adds the first sentence's latency of `txkit translate` reading one sentence on standard
+input (a fresh process: start, model load, first line out; best of N) for the default engine choice and each
+engine, with the CTranslate2 conversion cached, and once for the first call on a never-converted copy of the
+model (the conversion included). Defaults: 1000 lines of Multi30k test2016.en, one round (--repeat).
 
 Translates the first N sentences of newstest2014.en with beam search and prints sentences and target tokens
 per second for four ways of decoding the same length-sorted batches (txkit's `length_sorted_batches`):
@@ -186,98 +193,155 @@ def profile_txkit(run, out_path: str) -> None:
 
 # ----------------------------------------------------------------------------- engines x threads x precision
 
+ENGINE_ROWS = ("txkit", "txkit --engine ctranslate2", "ctranslate2 direct")
 
-def engines_table(args, model_path: str) -> None:
-    """The engines side by side (module docstring, --engines); prints one row per engine/threads/precision."""
+
+def engines_table(args, model_paths: list[str]) -> None:
+    """The engines side by side for every model (module docstring, --engines); prints a markdown table."""
     import ctranslate2
-    import sacrebleu
 
-    from txkit.engines import ctranslate2_model, load_translator
     from txkit.runs import resolve_model
 
-    model_path = resolve_model(model_path)
     source = Path(args.source) if Path(args.source).is_absolute() else SHARED / args.source
     reference = Path(args.reference) if args.reference else source.with_suffix("." + args.target_lang)
     with open(source, encoding="utf-8") as f:
         sources = [line.rstrip("\n") for _, line in zip(range(args.n), f)]
     with open(reference, encoding="utf-8") as f:
         refs = [line.rstrip("\n") for _, line in zip(range(args.n), f)]
+    threads_list = [int(t) for t in str(args.threads).split(",")]
+    rows, latencies = [], []
+    started = time.perf_counter()
+    for model_path in model_paths:
+        resolved = resolve_model(model_path)
+        name = Path(model_path).name if Path(model_path).exists() else model_path
+        rows += engine_rows(args, resolved, name, sources, refs, threads_list)
+        if args.latency:
+            latencies += first_sentence_latency(resolved, name, sources[0], threads_list[0], args.latency)
+    print(f"\n{len(sources)} sentences of {source.name} (BLEU against {reference.name}, sacreBLEU), beam {args.beam}, "
+          f"alpha {args.alpha} (hf form, the one CTranslate2 has), --max-tokens {args.max_tokens}, best of "
+          f"{args.repeat} round(s); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__}, ctranslate2 {ctranslate2.__version__}; "
+          f"{time.perf_counter() - started:.0f} s\n")  # fmt: skip
+    print("| model | engine | threads | precision | sent/s | tgt tok/s | BLEU | = txkit | vs CTranslate2 direct |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    direct = {(r["model"], r["threads"], r["precision"]): r["sps"] for r in rows if r["engine"] == ENGINE_ROWS[2]}
+    for r in rows:
+        ratio = r["sps"] / direct[(r["model"], r["threads"], r["precision"])]
+        print(f"| {r['model']} | {r['engine']} | {r['threads']} | {r['precision']} | {r['sps']:.1f} | {r['tps']:.0f} | "
+              f"{r['bleu']:.2f} | {r['same']}/{len(sources)} | {ratio:.2f}x |")  # fmt: skip
+    if latencies:
+        print(f"\nFirst sentence's latency: seconds from starting `txkit translate MODEL --threads {threads_list[0]}` "
+              f"(a fresh process, one sentence on standard input) to its first output line, "
+              f"best of {args.latency}\n")  # fmt: skip
+        print("| model | txkit translate options | engine | conversion | seconds |")
+        print("| --- | --- | --- | --- | ---: |")
+        for model, options, engine, conversion, seconds in latencies:
+            print(f"| {model} | {options} | {engine} | {conversion} | {seconds:.2f} |")
+
+
+def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -> list[dict]:
+    """Each engine at each thread count and precision on one model: a dict per row (speed, BLEU, agreement)."""
+    import ctranslate2
+    import sacrebleu
+
+    from txkit.engines import ctranslate2_model, load_translator
+
     ct2_dir = ctranslate2_model(model_path)  # converted (and cached) before any timing
     rows = []
-    threads_list = [int(t) for t in str(args.threads).split(",")]
     for threads in threads_list:
         torch.set_num_threads(threads)
         for precision in ("fp32", "int8"):
             quantize = "int8" if precision == "int8" else "none"
             base = dict(beam_size=args.beam, length_penalty=args.alpha, lp_form="hf", max_tokens=args.max_tokens,
                         quantize=quantize)  # fmt: skip
-            ours = load_translator(model_path, DecodeOptions(**base), threads)
+            ours = load_translator(model_path, DecodeOptions(**base, engine="txkit"), threads)
             theirs = load_translator(model_path, DecodeOptions(**base, engine="ctranslate2"), threads)
             direct = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type="int8" if quantize == "int8"
                                             else "float32", inter_threads=1, intra_threads=threads)  # fmt: skip
-            tok = ours.src_tok
-            source_tokens = [tok.convert_ids_to_tokens(ids) for ids in tok(sources)["input_ids"]]
-            limit = max(len(t) for t in source_tokens) + 50
+            # what a user of CTranslate2 calls: tokenizers' batch encode and decode
+            encoder, decoder = ours.src_tok.backend_tokenizer, ours.tgt_tok.backend_tokenizer
+            vocab = ours.tgt_tok.get_vocab()
 
-            def run_direct(direct=direct, tok=tok):
-                out = direct.translate_batch(source_tokens, beam_size=args.beam, length_penalty=args.alpha,
+            def run_direct(lines, direct=direct, encoder=encoder, decoder=decoder, vocab=vocab):
+                tokens = [e.tokens for e in encoder.encode_batch(lines)]
+                limit = max(len(t) for t in tokens) + 50
+                out = direct.translate_batch(tokens, beam_size=args.beam, length_penalty=args.alpha,
                                              max_decoding_length=limit, max_batch_size=args.max_tokens,
                                              batch_type="tokens", min_decoding_length=0)  # fmt: skip
-                return tok.batch_decode([tok.convert_tokens_to_ids(r.hypotheses[0]) for r in out],
-                                        skip_special_tokens=True)  # fmt: skip
+                return decoder.decode_batch([[vocab[t] for t in r.hypotheses[0]] for r in out])
 
-            paths = {"txkit": lambda ours=ours: ours.translate(sources),
-                     "txkit --engine ctranslate2": lambda theirs=theirs: theirs.translate(sources),
-                     "ctranslate2 direct": run_direct}  # fmt: skip
-            ours.translate(sources[:8]), theirs.translate(sources[:8])  # warm up (allocator, kernels, imports)
-            times = {name: [] for name in paths}
+            paths = {ENGINE_ROWS[0]: lambda ours=ours: ours.translate(sources),
+                     ENGINE_ROWS[1]: lambda theirs=theirs: theirs.translate(sources),
+                     ENGINE_ROWS[2]: lambda run_direct=run_direct: run_direct(sources)}  # fmt: skip
+            for warm_up in (ours.translate, theirs.translate, run_direct):  # allocator, kernels, imports
+                warm_up(sources[:8])
+            times = {engine: [] for engine in paths}
             outputs = {}
             for round_ in range(args.repeat):
                 names = list(paths)
                 names = names[round_ % len(names) :] + names[: round_ % len(names)]
-                for name in names:
+                for engine in names:
                     started = time.perf_counter()
-                    outputs[name] = paths[name]()
-                    times[name].append(time.perf_counter() - started)
-            for name in paths:
-                seconds = min(times[name])
-                tokens = sum(len(ids) for ids in ours.tgt_tok(outputs[name], add_special_tokens=False)["input_ids"])
-                bleu = sacrebleu.corpus_bleu(outputs[name], [refs]).score
-                same = sum(a == b for a, b in zip(outputs[name], outputs["txkit"]))
-                rows.append((name, threads, precision, len(sources) / seconds, tokens / seconds, bleu, same, seconds))
-    print(f"model {model_path}; {len(sources)} sentences of {source.name}, beam {args.beam}, alpha {args.alpha} "
-          f"(hf form), --max-tokens {args.max_tokens}, best of {args.repeat} rounds; torch {torch.__version__}, "
-          f"ctranslate2 {ctranslate2.__version__}, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'engine':<28} {'thr':>3} {'prec':>5} {'sent/s':>8} {'tgt tok/s':>10} {'BLEU':>6} {'=txkit':>7} "
-          f"{'vs ct2 direct':>14}")  # fmt: skip
-    direct_speed = {(t, p): sps for n, t, p, sps, *_ in rows if n == "ctranslate2 direct"}
-    for name, threads, precision, sps, tps, bleu, same, _ in rows:
-        print(f"{name:<28} {threads:>3} {precision:>5} {sps:>8.1f} {tps:>10.0f} {bleu:>6.2f} "
-              f"{same:>4}/{len(sources):<3} {sps / direct_speed[(threads, precision)]:>13.2f}x")  # fmt: skip
-    if args.latency:
-        first_sentence_latency(model_path, sources[0], threads_list[0], args.latency)
+                    outputs[engine] = paths[engine]()
+                    times[engine].append(time.perf_counter() - started)
+            for engine in paths:
+                seconds = min(times[engine])
+                tokens = sum(len(ids) for ids in ours.tgt_tok(outputs[engine], add_special_tokens=False)["input_ids"])
+                rows.append(dict(
+                    model=name, engine=engine, threads=threads, precision=precision, sps=len(sources) / seconds,
+                    tps=tokens / seconds, bleu=sacrebleu.corpus_bleu(outputs[engine], [refs]).score,
+                    same=sum(a == b for a, b in zip(outputs[engine], outputs[ENGINE_ROWS[0]])),
+                ))  # fmt: skip
+                print(f"  {name}: {engine}, {threads} thread(s), {precision}: {seconds:.2f} s", flush=True)
+    return rows
 
 
-def first_sentence_latency(model_path: str, sentence: str, threads: int, tries: int) -> None:
-    """Seconds from starting `txkit translate MODEL` (a fresh process) to its first output line, one sentence
-    on standard input kept open, per engine and precision; best of `tries`."""
+def first_sentence_latency(model_path: str, name: str, sentence: str, threads: int, tries: int) -> list[tuple]:
+    """Seconds from starting `txkit translate MODEL` (a fresh process) to its first output line, one sentence on
+    standard input kept open: per engine and precision with the conversion cached (best of `tries`), and the
+    first call of `--engine ctranslate2` on a copy of the model (the conversion included; once)."""
+    import shutil
     import subprocess
+    import tempfile
+
+    from txkit.engines import choose_engine
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
-    for extra in ([], ["--quantize", "int8"], ["--engine", "ctranslate2"], ["--engine", "ctranslate2", "--quantize", "int8"]):
-        best = float("inf")
-        for _ in range(tries):
-            started = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "txkit", "translate", model_path, "--lp-form", "hf",
-                                     "--threads", str(threads), *extra], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
-            proc.stdin.write(sentence.encode("utf-8") + b"\n")
-            proc.stdin.flush()
-            proc.stdout.readline()
-            best = min(best, time.perf_counter() - started)
-            proc.stdin.close()
-            proc.wait()
-        print(f"first-sentence latency, txkit translate {' '.join(extra) or '(txkit engine, fp32)'}: {best:.2f} s")
+
+    def once(model: str, extra: list[str]) -> float:
+        started = time.perf_counter()
+        command = [sys.executable, "-m", "txkit", "translate", model, "--threads", str(threads), *extra]
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=env)  # fmt: skip
+        proc.stdin.write(sentence.encode("utf-8") + b"\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        seconds = time.perf_counter() - started
+        proc.stdin.close()
+        proc.wait()
+        if not line:
+            raise SystemExit(f"txkit translate {model} {' '.join(extra)}: no output (exit {proc.returncode})")
+        return seconds
+
+    rows = []
+    choices = ([], ["--lp-form", "hf"], ["--lp-form", "hf", "--engine", "txkit"],
+               ["--lp-form", "hf", "--engine", "txkit", "--quantize", "int8"],
+               ["--lp-form", "hf", "--engine", "ctranslate2", "--quantize", "int8"])  # fmt: skip
+    for extra in choices:
+        options = DecodeOptions(
+            lp_form="hf" if "hf" in extra else "gnmt", quantize="int8" if "int8" in extra else "none",
+            engine=extra[extra.index("--engine") + 1] if "--engine" in extra else "auto",
+        )  # fmt: skip
+        engine = choose_engine(options, [model_path])
+        seconds = min(once(model_path, extra) for _ in range(tries))
+        conversion = "cached" if engine == "ctranslate2" else "-"
+        rows.append((name, " ".join(extra) or "(defaults)", engine, conversion, seconds))
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:  # a model never converted: the first call
+        copy = Path(tmp) / Path(model_path).name
+        shutil.copytree(model_path, copy)
+        seconds = once(str(copy), ["--lp-form", "hf"])
+        rows.append((name, "--lp-form hf (first call)", "ctranslate2", "converted", seconds))
+    return rows
 
 
 # ----------------------------------------------------------------------------- main
@@ -286,20 +350,23 @@ def first_sentence_latency(model_path: str, sentence: str, threads: int, tries: 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="transformer-small", help="model preset when building a model")
-    parser.add_argument("--model", help="a txkit model folder or run directory instead of building one")
+    parser.add_argument("--model", action="append", default=[],
+                        help="a txkit model folder or run directory instead of building one (--engines: repeat the "
+                        "option, or a comma-separated list, for several models)")
     parser.add_argument("--marian", help="a MarianMTModel folder instead of a txkit model (txkit searches it too)")
-    parser.add_argument("--n", type=int, default=500, help="first N sentences of newstest2014.en")
+    parser.add_argument("--n", type=int,
+                        help="first N sentences (default 500 of newstest2014.en; --engines: 1000 of --source)")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.6, help="length penalty alpha")
     parser.add_argument("--max-tokens", type=int, default=4096, help="batch budget in source tokens")
     parser.add_argument("--threads", default="1", help="CPU threads for torch and CTranslate2 (--engines: a list, 1,2)")
     parser.add_argument("--engines", action="store_true", help="the engines x threads x precision table instead")
-    parser.add_argument("--source", default="newstest2014/newstest2014.en", help="--engines: source file (in shared data)")
+    parser.add_argument("--source", default="multi30k/test2016.en", help="--engines: source file (in shared data)")
     parser.add_argument("--reference", help="--engines: reference file (default: the source's with --target-lang)")
     parser.add_argument("--target-lang", default="de")
     parser.add_argument("--latency", type=int, default=0, metavar="N",
                         help="--engines: also the first sentence's latency, best of N fresh processes")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of all paths (best round counts)")
+    parser.add_argument("--repeat", type=int, help="rounds of all paths, the best counts (default 3; --engines 1)")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of: {', '.join(PATHS)}")
     parser.add_argument("--profile", metavar="FILE", help="profile one txkit paper run; write the table to FILE")
     parser.add_argument("--train-steps", type=int, default=0, help="briefly train the built model (0: random)")
@@ -308,9 +375,15 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and compute")
     parser.add_argument("--work-dir", default="/tmp/txkit-bench", help="where built tokenizer/models are cached")
     args = parser.parse_args(argv)
+    models = [m for option in args.model for m in option.split(",") if m]
+    args.repeat = args.repeat or (1 if args.engines else 3)
+    args.n = args.n or (1000 if args.engines else 500)
     if args.engines:
-        engines_table(args, args.model or str(build_model(args)))
+        engines_table(args, models or [str(build_model(args))])
         return
+    if len(models) > 1:
+        parser.error("several --model: only with --engines")
+    args.model = models[0] if models else None
     args.threads = int(args.threads)
     torch.set_num_threads(args.threads)
     paths = [p.strip() for p in args.paths.split(",")]

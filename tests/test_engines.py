@@ -52,6 +52,28 @@ def test_ctranslate2_gives_txkits_translations_in_the_hf_form(trained_model, loa
         assert sum(len(h[0][0].split()) >= 4 for h in got) > len(sources) // 2
 
 
+@pytest.mark.parametrize("options", [dict(), dict(nbest=3), dict(beam_size=1)], ids=["beam4", "nbest", "greedy"])
+def test_ctranslate2_honours_each_sentences_own_limit_within_one_batch(trained_model, loaded, sources, options):
+    """Limits of half the source + 3 tokens cut some outputs of a batch and not others. CTranslate2 has one
+    limit per call: txkit's engine searches every sentence at the longest limit, then again, with its own, each
+    one whose result that limit could change. The results are txkit's search with each sentence's own limit."""
+    opts = dict(lp_form="hf", max_len_a=0.5, max_len_b=3, **options)
+    translator = Translator(*loaded, DecodeOptions(**opts))
+    hyps = translator.translate_hypotheses(sources)
+    limits = translator._prepare(sources, 0).max_lengths
+    ours = [translator.detokenize(h) for h in hyps]
+    # the premise: several limits in the batch, binding for some sentences (the best hypothesis ran to its
+    # limit) and not for others
+    cut = [len(h[0].tokens) >= limit for h, limit in zip(hyps, limits)]
+    assert len(set(limits)) > 5 and len(sources) // 10 < sum(cut) < len(sources) * 9 // 10
+    got = load_translator(trained_model, DecodeOptions(engine="ctranslate2", **opts), 1).translate_nbest(sources)
+    assert sum(a[0][0] == b[0][0] for a, b in zip(ours, got)) >= len(sources) - 1
+    assert sum([t for t, _ in a] == [t for t, _ in b] for a, b in zip(ours, got)) >= len(sources) - 3
+    for a, b in zip(ours, got):
+        if a[0][0] == b[0][0]:
+            assert a[0][1] == pytest.approx(b[0][1], abs=1e-3)
+
+
 def test_ctranslate2_keeps_lines_and_refuses_what_it_cannot_honour(trained_model, sources):
     """Empty lines stay empty, an overlong line is truncated and reported; the paper's length-penalty form
     and sampling (CTranslate2 cannot seed each sentence's draws) are refused, naming the option."""
@@ -147,3 +169,141 @@ def test_engine_options_through_the_cli(trained_model, tmp_path, capsys):
 def test_a_hub_id_is_refused_by_the_ctranslate2_engine():
     with pytest.raises(TxkitError, match="--engine ctranslate2"):
         load_translator("someone/model", DecodeOptions(lp_form="hf", engine="ctranslate2"))
+
+
+def test_auto_picks_ctranslate2_only_where_it_gives_txkits_translations(trained_model, tmp_path, monkeypatch):
+    """--engine auto (the default): CTranslate2 for one local model (that the Marian export can express) in the
+    hf form or with alpha 0, float32 on the CPU, no sampling and no --max-sentences; txkit's engine for
+    everything else."""
+    from txkit.engines import choose_engine
+
+    import json
+
+    hf = dict(lp_form="hf")
+    pre_norm = tmp_path / "pre-norm"  # a model the Marian layout (so CTranslate2) cannot express
+    shutil.copytree(trained_model, pre_norm)
+    config = json.loads((pre_norm / "config.json").read_text(encoding="utf-8"))
+    (pre_norm / "config.json").write_text(json.dumps({**config, "normalize_before": True}), encoding="utf-8")
+    picks = {
+        "hf": (DecodeOptions(**hf), [trained_model]),
+        "alpha0-gnmt": (DecodeOptions(length_penalty=0.0), [trained_model]),
+        "hf-cpu-greedy-nbest": (DecodeOptions(**hf, device="cpu", beam_size=2, nbest=2), [trained_model]),
+        "gnmt": (DecodeOptions(), [trained_model]),
+        "sampling": (DecodeOptions(**hf, sampling=True), [trained_model]),
+        "int8": (DecodeOptions(**hf, quantize="int8"), [trained_model]),
+        "bf16": (DecodeOptions(**hf, dtype="bf16"), [trained_model]),
+        "max-sentences": (DecodeOptions(**hf, max_sentences=8), [trained_model]),
+        "ensemble": (DecodeOptions(**hf), [trained_model, trained_model]),
+        "hub-id": (DecodeOptions(**hf), ["someone/model"]),
+        "named": (DecodeOptions(engine="txkit", **hf), [trained_model]),
+        "pre-norm": (DecodeOptions(**hf), [pre_norm]),
+    }
+    got = {name: choose_engine(options, paths) for name, (options, paths) in picks.items()}
+    assert got == {
+        "hf": "ctranslate2", "alpha0-gnmt": "ctranslate2", "hf-cpu-greedy-nbest": "ctranslate2", "gnmt": "txkit",
+        "sampling": "txkit", "int8": "txkit", "bf16": "txkit", "max-sentences": "txkit", "ensemble": "txkit",
+        "hub-id": "txkit", "named": "txkit", "pre-norm": "txkit",
+    }  # fmt: skip
+    assert DecodeOptions().engine == "auto"
+    # CTranslate2 that cannot be imported (a broken install): txkit's engine, which still translates
+    monkeypatch.setitem(__import__("sys").modules, "ctranslate2", None)
+    assert choose_engine(DecodeOptions(**hf), [trained_model]) == "txkit"
+    assert isinstance(load_translator(trained_model, DecodeOptions(**hf), 1), Translator)
+
+
+def test_auto_translates_as_the_engine_it_picks(trained_model, loaded, sources, tmp_path, capsys):
+    """The translator auto loads is the chosen engine's (its options name it), with that engine's output, and
+    `txkit translate` uses auto by default."""
+    lines = sources[:40]
+    auto = load_translator(trained_model, DecodeOptions(lp_form="hf"), 1)
+    assert isinstance(auto, CTranslate2Translator) and auto.options.engine == "ctranslate2"
+    chosen = load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    assert auto.translate_nbest(lines) == chosen.translate_nbest(lines)
+    auto = load_translator(trained_model, DecodeOptions(), 1)
+    assert isinstance(auto, Translator) and auto.options.engine == "txkit"
+    assert auto.translate(lines) == Translator(*loaded, DecodeOptions()).translate(lines)
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outs = {}
+    for name, extra in {"auto": [], "ctranslate2": ["--engine", "ctranslate2"], "txkit": ["--engine", "txkit"]}.items():
+        outs[name] = tmp_path / f"{name}.txt"
+        code, _, err = run_cli(["translate", trained_model, "-i", source, "-o", outs[name], "--lp-form", "hf",
+                                "--threads", "1", *extra], capsys)  # fmt: skip
+        assert code == 0, err
+    text = {name: path.read_text(encoding="utf-8") for name, path in outs.items()}
+    assert text["auto"] == text["ctranslate2"] and len(text["auto"].splitlines()) == len(lines)
+    code, out_text, _ = run_cli(["translate", "--help"], capsys)
+    import re
+
+    help_text = re.sub(r"[│\s]+", " ", out_text)  # the help box's borders and line breaks
+    assert "Auto (the default): CTranslate2 when it is installed and these options give the same" in help_text
+
+
+def test_a_read_only_model_folder_is_converted_into_the_user_cache(trained_model, tmp_path, sources, monkeypatch):
+    """A model folder (and its parent) made read-only with chmod is not written: the conversion goes to the
+    user cache ($XDG_CACHE_HOME/txkit/ctranslate2/...), is found there the next time, and translates as the
+    conversion beside a writable folder does. A model in a Hub cache's snapshots/ is never written beside."""
+    import os
+    import stat
+
+    parent = tmp_path / "shared-models"
+    model, other = parent / "model", parent / "other"
+    shutil.copytree(trained_model, model)
+    shutil.copytree(trained_model, other)
+    (tmp_path / "read-only-cache").mkdir()
+    monkeypatch.delenv("TXKIT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    read_only = [parent, model, *model.iterdir(), other, tmp_path / "read-only-cache"]
+    for path in read_only:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        before = sorted(str(p) for p in parent.rglob("*"))
+        ct2 = load_translator(model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+        assert sorted(str(p) for p in parent.rglob("*")) == before  # nothing written beside or into it
+        assert ct2.path.is_relative_to(tmp_path / "cache" / "txkit" / "ctranslate2")
+        assert (ct2.path / "model.bin").is_file()
+        stamp = (ct2.path / "model.bin").stat().st_mtime_ns
+        again = load_translator(model, DecodeOptions(lp_form="hf"), 1)  # auto: found in the cache, not converted
+        assert again.path == ct2.path and (ct2.path / "model.bin").stat().st_mtime_ns == stamp
+        writable = load_translator(trained_model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+        assert ct2.translate_nbest(sources[:30]) == writable.translate_nbest(sources[:30])
+        # no place can hold a conversion: --engine ctranslate2 says so; auto translates with txkit's engine
+        monkeypatch.setenv("TXKIT_CACHE", str(tmp_path / "read-only-cache"))
+        with pytest.raises(TxkitError, match="^--engine ctranslate2: cannot write a conversion of .*other to "):
+            load_translator(other, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+        assert isinstance(load_translator(other, DecodeOptions(lp_form="hf"), 1), Translator)
+        monkeypatch.delenv("TXKIT_CACHE")
+    finally:
+        for path in read_only:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    hub = tmp_path / "hub" / "models--someone--model" / "snapshots" / "0123abcd"
+    shutil.copytree(trained_model, hub)
+    monkeypatch.setenv("TXKIT_CACHE", str(tmp_path / "txkit-cache"))
+    ct2 = load_translator(hub, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1)
+    assert ct2.path.is_relative_to(tmp_path / "txkit-cache" / "ctranslate2")
+    assert os.listdir(hub.parent) == ["0123abcd"]
+
+
+def test_eval_translates_with_the_engine_auto_picks(trained_model, sources, tmp_path, capsys):
+    """`txkit eval MODEL --src --ref`: auto (the default) translates with CTranslate2 in the hf form (its
+    conversion appears beside the model), as `--engine ctranslate2` does, and with txkit's engine in the paper's
+    form (no conversion)."""
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    src, ref = tmp_path / "src.en", tmp_path / "ref.de"
+    src.write_text("".join(line + "\n" for line in sources[:30]), "utf-8")
+    ref.write_text("".join(line + "\n" for line in sources[:30]), "utf-8")  # the scores do not matter here
+    hyps = {}
+    for name, extra in {"gnmt": [], "txkit": ["--lp-form", "hf", "--engine", "txkit"], "auto": ["--lp-form", "hf"],
+                        "ctranslate2": ["--lp-form", "hf", "--engine", "ctranslate2"]}.items():  # fmt: skip
+        out = tmp_path / f"{name}.de"
+        code, _, err = run_cli(["eval", model, "--src", src, "--ref", ref, "--bootstrap", "0", "--hyp-out", out, *extra],
+                               capsys)  # fmt: skip
+        assert code == 0, err
+        hyps[name] = out.read_text("utf-8").splitlines()
+        converted = (tmp_path / ("model" + CT2_DIR_SUFFIX)).is_dir()
+        assert converted == (name in ("auto", "ctranslate2")), name
+    ct2 = load_translator(model, DecodeOptions(lp_form="hf", engine="ctranslate2"), 1).translate(sources[:30])
+    ours = load_translator(model, DecodeOptions(lp_form="hf", engine="txkit")).translate(sources[:30])
+    assert hyps["auto"] == hyps["ctranslate2"] == ct2 and hyps["txkit"] == ours
+    assert hyps["gnmt"] == load_translator(model, DecodeOptions(engine="txkit")).translate(sources[:30])

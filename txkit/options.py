@@ -36,7 +36,7 @@ TOKENIZER_MODELS = ("bpe", "unigram")
 NORMALIZATIONS = ("NFKC", "NFC", "NFKD", "NFD", "none")
 METRICS = ("bleu", "chrf", "ter", "bleu_tokenized")  # bleu_tokenized: the literature's, see ScoreOptions.moses_lang
 BLEU_TOKENIZERS = ("13a", "intl", "none", "zh", "char")  # sacreBLEU's that need no extra package
-ENGINES = ("txkit", "ctranslate2")  # what runs the search (txkit.engines)
+ENGINES = ("auto", "txkit", "ctranslate2")  # what runs the search (txkit.engines.choose_engine)
 QUANTIZATIONS = ("none", "int8")  # decoding weights: as trained, or int8 linear layers
 
 
@@ -91,7 +91,10 @@ class DecodeOptions(SearchOptions):
     device: str | None = setting(None, "load_model only: cpu, cuda, cuda:1 (default: the GPU when there is one)")
     dtype: str | None = setting(None, "load_model only: auto, fp32, bf16, fp16 (auto: bf16/fp16 on GPU, fp32 on CPU)")
     overlong: str = setting("truncate", "sources longer than the model's positions: truncate, or empty")
-    engine: str = setting("txkit", "txkit (its own search) or ctranslate2 (a cached conversion; hf form only)")
+    engine: str = setting(
+        "auto", "auto (CTranslate2 where it gives txkit's translations and is installed, else txkit), txkit (its "
+        "own search) or ctranslate2 (a cached conversion; hf form only)"
+    )
     quantize: str = setting("none", "none, or int8: linear layers in int8 (CPU; CTranslate2's int8 with ctranslate2)")
 
     def check(self) -> None:
@@ -111,7 +114,8 @@ class DecodeOptions(SearchOptions):
         if self.max_tokens < 1 or (self.max_sentences is not None and self.max_sentences < 1):
             raise TxkitError("max_tokens and max_sentences must be positive")
         if self.engine not in ENGINES:
-            raise TxkitError(f"--engine {self.engine}: unknown engine (choose {' or '.join(ENGINES)})")
+            choices = f"{', '.join(ENGINES[:-1])} or {ENGINES[-1]}"
+            raise TxkitError(f"--engine {self.engine}: unknown engine (choose {choices})")
         if self.quantize not in QUANTIZATIONS:
             raise TxkitError(f"--quantize {self.quantize}: unknown quantization (choose {' or '.join(QUANTIZATIONS)})")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:

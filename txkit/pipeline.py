@@ -416,7 +416,8 @@ def _load_test(run: _Run, test: EvalSet):
 def translate_inputs(run: _Run, test: EvalSet | str) -> dict:
     """What a test set's translation depends on: every search option, the test set (and its direction, for a
     multilingual recipe) and the model."""
-    engine = {k: v for k, v in run.keys(_ENGINE_DEFAULTS).items() if v != _ENGINE_DEFAULTS[k]}
+    keys = {**run.keys(_ENGINE_DEFAULTS), "eval.engine": _test_engine(run)}  # auto: the engine it picks
+    engine = {k: v for k, v in keys.items() if v != _ENGINE_DEFAULTS[k]}
     tag = {"data.eval_tag": run.recipe.data.eval_tag} if run.recipe.data.eval_tag else {}  # recorded only when set
     spec = test if isinstance(test, str) else test.path
     inputs = {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average"), **tag}
@@ -429,10 +430,22 @@ def _translation_file(run: _Run, test: EvalSet) -> Path:
     return run.run_dir / TRANSLATIONS_DIR / f"{test.base}.{test.tgt_lang}"
 
 
+def _test_options(run: _Run):
+    from txkit.options import DecodeOptions
+
+    e = run.recipe.eval
+    return DecodeOptions(**e.search_options(), engine=e.engine, quantize=e.quantize)
+
+
+def _test_engine(run: _Run) -> str:
+    """The engine that translates the test sets (eval.engine auto: txkit.engines.choose_engine's pick)."""
+    from txkit.engines import choose_engine
+
+    return choose_engine(_test_options(run), [run.run_dir / runs.FINAL_MODEL])
+
+
 def stage_translate(run: _Run) -> None:
     """Translate every test set with RUN/model; one marker per test set, so a finished one is kept."""
-    from txkit.decoding import DecodeOptions
-
     e = run.recipe.eval
     model_dir = run.run_dir / runs.FINAL_MODEL
     todo = {}
@@ -444,8 +457,7 @@ def stage_translate(run: _Run) -> None:
         return
     from txkit.engines import load_translator
 
-    options = DecodeOptions(**e.search_options(), engine=e.engine, quantize=e.quantize)
-    translator = load_translator(model_dir, options)
+    translator = load_translator(model_dir, _test_options(run))
     folder = run.run_dir / TRANSLATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for name, (test, inputs) in todo.items():

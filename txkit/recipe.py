@@ -166,13 +166,10 @@ class EvalSection(SearchOptions):
         [], "test corpora (same form as data.valid) that `txkit run` scores; a multilingual recipe scores each in "
         "every direction it trains, or an entry {path, tag, tgt_lang} names one direction (txkit.corpus_spec)"
     )
-    engine: Literal[ENGINES] = _key("txkit", "what translates the test sets: txkit or ctranslate2 (needs lp_form hf); "
-                                    "validation during training always uses txkit's search")
+    engine: Literal[ENGINES] = _key("auto", "what translates the test sets: auto (CTranslate2 where it gives txkit's "
+                                    "translations and is installed, as txkit translate), txkit or ctranslate2 (needs "
+                                    "lp_form hf); validation during training always uses txkit's search")
     quantize: Literal[QUANTIZATIONS] = _key("none", "test-set translation in int8 (CPU): none or int8")
-
-
-# What the teacher translates with: the fastest engine txkit has ("auto" chooses one where it exists)
-_DISTILL_ENGINE = "auto" if "auto" in ENGINES else "txkit"
 
 
 @dataclass
@@ -189,7 +186,9 @@ class DistillSection(SearchOptions):
         0.0, "weight of each corpus's original targets beside the teacher's translations of it (weight 1), mixed "
         "as data.train's weights are; 0 = the teacher's translations only"
     )
-    engine: Literal[ENGINES] = _key(_DISTILL_ENGINE, "what runs the teacher's search (txkit.engines)")
+    engine: Literal[ENGINES] = _key(
+        "auto", "what runs the teacher's search (txkit.engines; auto: CTranslate2 where it gives txkit's translations)"
+    )
     quantize: Literal[QUANTIZATIONS] = _key("none", "the teacher's weights: none, or int8 linear layers (CPU)")
 
 

@@ -51,6 +51,17 @@ def eval_command(
     beam_size: Optional[int] = typer.Option(None, "--beam-size", help="MODEL form: beam size for decoding."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="MODEL form: tokens per decoding batch."),
     hyp_out: Optional[str] = typer.Option(None, "--hyp-out", help="MODEL form: also save the translations here."),
+    length_penalty: Optional[float] = typer.Option(
+        None, "--length-penalty", "-a", help="MODEL form: length penalty alpha (default 0.6)."
+    ),
+    lp_form: Optional[str] = typer.Option(
+        None, "--lp-form", help="MODEL form: length-penalty form, gnmt (the paper, default) or hf, as txkit translate."
+    ),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="MODEL form: auto (default), txkit or ctranslate2, as txkit translate: auto is "
+        "CTranslate2 where it gives txkit's translations (--lp-form hf or --length-penalty 0, one model) and is "
+        "installed, else txkit.",
+    ),
 ):
     """Score translations against references: BLEU, chrF(++), TER with sacreBLEU signatures and 95% CIs."""
     from txkit import evaluation
@@ -72,8 +83,12 @@ def eval_command(
         raise TxkitError("give either --hyp, or MODEL with --src, not both")
     if hyp is None and (model is None or src is None):
         raise TxkitError("give --hyp HYP to score a file, or MODEL --src SRC to translate and score")
-    if hyp is not None and (beam_size is not None or max_tokens is not None or hyp_out is not None):
-        raise TxkitError("--beam-size, --max-tokens and --hyp-out only apply to the MODEL form")
+    model_form = dict(beam_size=beam_size, max_tokens=max_tokens, length_penalty=length_penalty, lp_form=lp_form,
+                      engine=engine)  # fmt: skip
+    if hyp is not None and (any(v is not None for v in model_form.values()) or hyp_out is not None):
+        raise TxkitError(
+            "--beam-size, --max-tokens, --length-penalty, --lp-form, --engine and --hyp-out only apply to the MODEL form"
+        )
     if bootstrap < 0:
         raise TxkitError(f"--bootstrap must be 0 or more, got {bootstrap}")
     # Outputs first: an unusable or clobbering path fails now, not after translating and scoring.
@@ -100,7 +115,7 @@ def eval_command(
     else:
         sources = evaluation.read_lines(src, "source")
         evaluation.check_same_length((src, sources), *named_refs)
-        hyps = _translate(models, sources, beam_size=beam_size, max_tokens=max_tokens)
+        hyps = _translate(models, sources, **model_form)
         if hyp_out is not None:
             _write_lines(hyp_out, hyps)
         system = {"model": model, "source": src, "path": hyp_out, "lines": len(hyps)}
@@ -128,12 +143,12 @@ def eval_command(
 
 
 def _translate(models: list[str], sources: list[str], **decode_opts) -> list[str]:
-    from txkit.decoding import DecodeOptions, Translator
-    from txkit.ensemble import load_ensemble
+    from txkit.engines import load_translator
+    from txkit.options import DecodeOptions
+    from txkit.runs import resolve_model
 
     options = DecodeOptions.from_dict({k: v for k, v in decode_opts.items() if v is not None})
-    model, src_tok, tgt_tok = load_ensemble(models, options.device, options.dtype)
-    hyps = Translator(model, src_tok, tgt_tok, options).translate(sources)
+    hyps = load_translator([resolve_model(m) for m in models], options).translate(sources)
     model = ", ".join(models)
     if len(hyps) != len(sources):
         raise TxkitError(f"{model} returned {len(hyps)} translations for {len(sources)} source lines")

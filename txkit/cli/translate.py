@@ -57,10 +57,14 @@ def translate_command(
     device: Optional[str] = _option("device", "--device"),
     dtype: str = typer.Option("auto", "--dtype", help=help_of(DecodeOptions, "dtype")),
     engine: str = _option("engine", "--engine", help=(
-        "txkit: txkit's own search. ctranslate2: CTranslate2 on the model converted once through txkit's Marian "
-        "export (cached beside the model folder, keyed on its weights); the same beam, length limit, n-best and "
-        "batch options, the transformers length-penalty form only (--lp-form hf): the paper's gnmt form and --sample are "
-        "refused. The default stays txkit: CTranslate2's speed-up was not measured on an idle machine."
+        "auto (the default): CTranslate2 when it is installed and these options give the same translations on it "
+        "as on txkit's engine (one local model folder, --lp-form hf or --length-penalty 0, no --sample, "
+        "--quantize none, float32 on the CPU, no --max-sentences), otherwise txkit (CTranslate2 is the faster "
+        "in benchmarks/bench_decode.py --engines). txkit: txkit's own search. ctranslate2: CTranslate2 on the "
+        "model converted once through txkit's Marian export (cached beside the model folder as "
+        "MODEL.ctranslate2/<weights hash>, or under $TXKIT_CACHE, else $XDG_CACHE_HOME/txkit, else ~/.cache/txkit "
+        "when that cannot be written); the same beam, length limit, n-best and --max-tokens; the paper's gnmt form, "
+        "--sample and --max-sentences are refused."
     )),  # fmt: skip
     quantize: str = _option("quantize", "--quantize", help=(
         "none, or int8: linear layers in int8 (txkit: torch's dynamic quantization, CPU only; ctranslate2: its "
