@@ -15,6 +15,10 @@ Steps, each in this order in one run:
                their own (the load generator, `--client-process`), the same one for both servers
   no batching  the same with `txkit serve --no-batching` (the search takes one sentence at a time)
 
+With 16 among the client counts, offline translation is also timed with batches of at most 16 sentences: 16
+clients sending one sentence each never put more than 16 sentences in the server's search, so this is about
+the most the server can reach there, whatever its HTTP side costs.
+
 Prints, per server and client count: answered sentences/s, p50 and p99 latency, answers that differ from the
 offline translation of their sentence (should be 0: a sentence's output does not depend on its batch) and
 failed requests; then the ratios the issue sets goals for: batching / no batching at 16 clients (goal >= 5x)
@@ -43,15 +47,17 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
 
-def offline(args, lines: list[str]) -> tuple[list[str], float]:
-    """`txkit translate`'s path on `lines`: (translations, sentences per second without the model load)."""
+def offline(args, lines: list[str], max_sentences: int | None = None) -> tuple[list[str], float]:
+    """`txkit translate`'s path on `lines`: (translations, sentences per second without the model load).
+    With `max_sentences`, its batches hold at most that many sentences (the ceiling below)."""
     import torch
 
     from txkit.decoding import DecodeOptions, Translator, load_model
 
     torch.set_num_threads(args.threads)
     model, src_tok, tgt_tok = load_model(args.model, "cpu", "fp32")
-    translator = Translator(model, src_tok, tgt_tok, DecodeOptions(beam_size=args.beam_size, max_tokens=args.max_tokens))
+    options = DecodeOptions(beam_size=args.beam_size, max_tokens=args.max_tokens, max_sentences=max_sentences)
+    translator = Translator(model, src_tok, tgt_tok, options)
     translator.translate(lines[:16])  # warm-up
     started = time.perf_counter()
     out = translator.translate(lines)
@@ -194,6 +200,10 @@ def main() -> None:
           flush=True)  # fmt: skip
     expected, offline_rate = offline(args, lines)
     print(f"offline txkit translate: {offline_rate:.1f} sent/s", flush=True)
+    ceiling = None
+    if 16 in args.clients:  # 16 clients never have more than 16 sentences in the server's search
+        ceiling = offline(args, lines, max_sentences=16)[1]
+        print(f"offline txkit translate in batches of at most 16 sentences: {ceiling:.1f} sent/s", flush=True)
 
     results: dict = {}
     for name, extra in (("batching", ()), ("no batching", ("--no-batching",))):
@@ -222,6 +232,9 @@ def main() -> None:
         b, u = results["batching", 16], results["no batching", 16]
         print(f"goals at 16 clients: batching / no batching {b['sent/s'] / u['sent/s']:.2f}x (goal >= 5); "
               f"batching / offline {b['sent/s'] / offline_rate:.2f} (goal >= 0.8)")  # fmt: skip
+        print(f"offline in batches of at most 16 sentences (what 16 clients can keep in the search at best): "
+              f"{ceiling:.1f} sent/s = {ceiling / offline_rate:.2f} of offline; batching at 16 clients reaches "
+              f"{b['sent/s'] / ceiling:.2f} of it")  # fmt: skip
     lost = sum(r["failed"] + r["wrong"] for r in results.values())
     print(f"requests lost or answered wrongly: {lost}")
 
