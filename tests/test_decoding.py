@@ -121,6 +121,51 @@ def test_search_continuous_gives_each_sentence_its_own_result(loaded, test_sourc
         assert [h.score for h in hyps] == pytest.approx([h.score for h in expected[key]], abs=1e-4)
 
 
+@pytest.mark.parametrize("options", [{}, {"sampling": True, "seed": 5, "nbest": 2}], ids=["beam", "sampling"])
+def test_continuous_search_with_staggered_sentences_skips_the_slots_they_cannot_see(loaded, test_sources, options):
+    """A server's load: up to 16 sentences in the search, two joining at a time as others finish, so they
+    started at different steps. Self-attention then runs in several windows (each run of groups from its own
+    earliest slot) and the slots of sentences that left are dropped; each sentence still gets exactly the
+    tokens `translate_hypotheses` gives it on its own batch."""
+    from txkit import step_decoder
+
+    lines = test_sources[100:170]
+    translator = Translator(*loaded, DecodeOptions(max_sentences=16, **options))
+    expected = translator.translate_hypotheses(lines)
+    waiting = [p for p in translator.pending(lines) if p is not None]
+    got: dict = {}
+    windows: list = []
+    dropped: list = []
+    original_windows = step_decoder.TxkitStepDecoder._attention_windows
+    original_regroup = step_decoder.TxkitStepDecoder._regroup
+
+    def spy_windows(decoder):
+        found = original_windows(decoder)
+        windows.append(found)
+        return found
+
+    def spy_regroup(decoder, kept, extra=0):
+        dead = original_regroup(decoder, kept, extra)
+        dropped.append(dead)
+        return dead
+
+    def feed(room: int):
+        taken = waiting[: min(room, 2)]
+        del waiting[: len(taken)]
+        return taken
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(step_decoder.TxkitStepDecoder, "_attention_windows", spy_windows)
+        patch.setattr(step_decoder.TxkitStepDecoder, "_regroup", spy_regroup)
+        translator.search_continuous(feed, lambda p, hyps: got.setdefault(p.key, hyps))
+    assert max(len(w) for w in windows) >= 2, "the staggered search never split its self-attention"
+    assert max(dropped) > 0, "no slot was ever dropped"
+    assert set(got) == set(range(len(lines)))
+    for key, hyps in got.items():
+        assert [h.tokens for h in hyps] == [h.tokens for h in expected[key]], lines[key]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in expected[key]], abs=1e-4)
+
+
 def test_beam_search_matches_generate_in_hf_form(loaded, test_sources):
     """txkit's search = `model.generate` with the same beam, Hugging Face length penalty and length limit."""
     model, src_tok, tgt_tok = loaded

@@ -18,6 +18,8 @@ after beams are reordered.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -100,6 +102,15 @@ class _LayerParams:
         return self.fc2(self.activation(self.fc1(x)))
 
 
+# Self-attention of sentences that joined at different steps (`TxkitStepDecoder._attention_windows`): at most
+# this many calls per layer, each over at least _WINDOW_MIN_GROUPS sentences, and a call only where it skips at
+# least _WINDOW_MIN_SAVING steps of the window before it (one call costs about as much as that many steps of a
+# few sentences' window).
+_WINDOW_CHUNKS = 4
+_WINDOW_MIN_GROUPS = 4
+_WINDOW_MIN_SAVING = 8
+
+
 class TxkitStepDecoder:
     """A `StepDecoder` for txkit's model that runs its decoder layers directly, one token at a time.
 
@@ -116,7 +127,9 @@ class TxkitStepDecoder:
       sentences leave. (The plain way, gathering every row's cache at every step, was ~19% of the time.)
     * Sentences can join mid-search (`add`, continuous batching): each row keeps its own position, a new
       group's ancestry starts empty at the current slot, and slots that no group reaches any more (before
-      the oldest group's first slot) are dropped when the buffer is full, so it stays bounded.
+      the oldest group's first slot) are dropped in the copy made when sentences leave, or when the buffer
+      is full, so it stays bounded. Each run of groups attends only from its own earliest slot
+      (`_attention_windows`), so young sentences do not pay for the oldest one's window.
     """
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -173,12 +186,39 @@ class TxkitStepDecoder:
         N, s, g = h.size(0), self.slots, self.group
         self.kv[:, i, 0, :, s : s + g] = self._rows_as_queries(p.k(h))
         self.kv[:, i, 1, :, s : s + g] = self._rows_as_queries(p.v(h))
-        mask = self.ancestry[:, None, :, : s + g]  # (G, 1, group, slots)
-        out = F.scaled_dot_product_attention(
-            self._rows_as_queries(p.q(h)), self.kv[:, i, 0, :, : s + g], self.kv[:, i, 1, :, : s + g],
-            attn_mask=mask,
-        )  # fmt: skip  # (G, H, group, Dh)
+        q = self._rows_as_queries(p.q(h))  # (G, H, group, Dh)
+        outs = []
+        for a, b, lo in self._windows:  # groups a:b attend over slots lo:s+g (views, no copies)
+            outs.append(F.scaled_dot_product_attention(
+                q[a:b], self.kv[a:b, i, 0, :, lo : s + g], self.kv[a:b, i, 1, :, lo : s + g],
+                attn_mask=self.ancestry[a:b, None, :, lo : s + g],  # (G', 1, group, slots)
+            ))  # fmt: skip  # (G', H, group, Dh)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return p.o(out.transpose(1, 2).reshape(N, -1))
+
+    def _attention_windows(self) -> list[tuple[int, int, int]]:
+        """The self-attention calls of a step: (first group, end group, first slot) each. A group attends only
+        to slots from its own start on, so slots before every group's start are skipped (no copy needed). In
+        continuous batching the groups are in the order they joined, oldest first, and a young group would
+        otherwise attend (masked) over the oldest one's whole window: the groups are cut into up to
+        _WINDOW_CHUNKS consecutive runs, each from its own earliest start. A run is cut off only when its
+        window is at least _WINDOW_MIN_SAVING steps shorter than the one before, so a batch whose sentences
+        started together (`txkit translate`'s) keeps its single call."""
+        G = self.start.numel()
+        starts = self.start.tolist()
+        if not G or starts[0] == starts[-1] == min(starts):
+            return [(0, G, starts[0] if G else 0)]
+        chunks = min(_WINDOW_CHUNKS, max(1, G // _WINDOW_MIN_GROUPS))
+        bounds = [round(c * G / chunks) for c in range(chunks + 1)]
+        windows: list[tuple[int, int, int]] = []
+        for a, b in itertools.pairwise(bounds):
+            lo = min(starts[a:b])
+            if windows and lo - windows[-1][2] < _WINDOW_MIN_SAVING * self.group:
+                previous = windows.pop()
+                windows.append((previous[0], b, min(previous[2], lo)))
+            else:
+                windows.append((a, b, lo))
+        return windows
 
     def _attend_encoder(self, p: "_LayerParams", h: torch.Tensor, i: int) -> torch.Tensor:
         """Cross-attention: the rows of each group are query positions over their sentence's keys/values."""
@@ -216,6 +256,7 @@ class TxkitStepDecoder:
             own = torch.full((g, g), float("-inf"), device=self.device).fill_diagonal_(0.0)
             self._own[g] = own
         self.ancestry[:, :, s : s + g] = own
+        self._windows = self._attention_windows()
         for i, p in enumerate(self.params):
             if self.pre_norm:  # x + f(LN(x))
                 x = x + self._attend_self(p, F.layer_norm(x, *p.self_norm), i)
@@ -241,24 +282,32 @@ class TxkitStepDecoder:
                 self.group = int(counts[0])  # whole groups of equal size: the sentences' states stay shared
             else:  # uneven groups (samples ending at different steps): one group per row
                 kept, self.group = groups, 1
-            self._regroup(kept)
+            ancestry = _drop_slots(ancestry, self._regroup(kept))
         self.ancestry = ancestry.view(n // self.group, self.group, ancestry.size(-1))
 
-    def _regroup(self, kept: torch.Tensor, extra: int = 0) -> None:
-        """Keep the per-group state of groups `kept` (in that order) and `extra` empty groups after them."""
+    def _regroup(self, kept: torch.Tensor, extra: int = 0) -> int:
+        """Keep the per-group state of groups `kept` (in that order) and `extra` empty groups after them.
+
+        The slots before every kept group's start (those of sentences that left) are dropped in the same copy:
+        returns how many, by which the caller shifts its ancestry masks (`_drop_slots`)."""
         self.cross = [(k.index_select(0, kept), v.index_select(0, kept)) for k, v in self.cross]
         self.encoder_mask = self.encoder_mask.index_select(0, kept)
         self.start = self.start.index_select(0, kept)
+        dead = int(self.start.min()) if kept.numel() else self.slots
+        self.start = self.start - dead
+        self.slots -= dead
         total = kept.numel() + extra
         spare = self._spare
         if spare is None or spare.size(0) < total or spare.shape[1:] != self.kv.shape[1:]:
             # the same capacity; room for sentences that join later (`add` grows `kv` into it without a copy)
             spare = self.kv.new_empty(total + total // 2 + 8, *self.kv.shape[1:])
         kv = spare[:total]  # copy the used slots
-        torch.index_select(self.kv[..., : self.slots, :], 0, kept, out=kv[: kept.numel(), ..., : self.slots, :])
+        used = self.kv[..., dead : dead + self.slots, :]
+        torch.index_select(used, 0, kept, out=kv[: kept.numel(), ..., : self.slots, :])
         if extra:
             kv[kept.numel() :, ..., : self.slots, :] = 0  # attended to (masked out) by the new rows: finite
         self.kv, self._kv_alloc, self._spare = kv, spare, self._kv_alloc
+        return dead
 
     def add(self, sources: list[list[int]], rows_per_sentence: int) -> None:
         """Continuous batching: append sentences (source token ids, </s> included) after the current rows,
@@ -278,8 +327,8 @@ class TxkitStepDecoder:
         if not N:  # nothing left from before: start the slots afresh
             self.slots = 0
         if N and r != self.group and self.group != 1:  # mixed group sizes: one group per row from now on
-            self._regroup(torch.arange(N // self.group, device=self.device).repeat_interleave(self.group))
-            self.ancestry = self.ancestry.view(N, 1, -1)
+            dead = self._regroup(torch.arange(N // self.group, device=self.device).repeat_interleave(self.group))
+            self.ancestry = _drop_slots(self.ancestry.view(N, 1, -1), dead)
             self.group = 1
         if not N:
             self.group = r
@@ -292,7 +341,7 @@ class TxkitStepDecoder:
             self.kv = self._kv_alloc[: G + added]  # `kv` is a prefix of its buffer: grow in place, no copy
             self.kv[G:, ..., : self.slots, :] = 0  # attended to (masked out) by the new rows: finite
         else:
-            self._regroup(torch.arange(G, device=self.device), extra=added)
+            self.ancestry = _drop_slots(self.ancestry, self._regroup(torch.arange(G, device=self.device), extra=added))
         S = max(self.encoder_mask.size(-1), longest)
 
         def widen(x: torch.Tensor, fill) -> torch.Tensor:  # pad dim -2 (source positions) to S
@@ -315,6 +364,14 @@ class TxkitStepDecoder:
         self.ancestry = torch.cat(
             [self.ancestry.view(G, self.group, cap), self.ancestry.new_full((added, self.group, cap), float("-inf"))]
         )
+
+
+def _drop_slots(ancestry: torch.Tensor, dead: int) -> torch.Tensor:
+    """An ancestry mask (..., cap) with its first `dead` slots dropped (`_regroup`): the rest move to the front,
+    the freed slots at the end are masked out."""
+    if not dead:
+        return ancestry
+    return torch.cat([ancestry[..., dead:], ancestry.new_full((*ancestry.shape[:-1], dead), float("-inf"))], dim=-1)
 
 
 TXKIT_MODEL_TYPE = "txkit"  # TxkitConfig.model_type; repeated here so that choosing a path needs no import
