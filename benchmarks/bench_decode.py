@@ -213,7 +213,9 @@ def engines_table(args, model_paths: list[str]) -> None:
     started = time.perf_counter()
     for model_path in model_paths:
         resolved = resolve_model(model_path)
-        name = Path(model_path).name if Path(model_path).exists() else model_path
+        # a run's model folder is RUN/model: the run's folder names it (two runs' rows must not share a label)
+        path = Path(model_path)
+        name = ("/".join(path.resolve().parts[-2:]) if path.name == "model" else path.name) if path.exists() else model_path
         rows += engine_rows(args, resolved, name, sources, refs, threads_list)
         if args.latency:
             latencies += first_sentence_latency(resolved, name, sources[0], threads_list[0], args.latency)
