@@ -215,7 +215,8 @@ def engines_table(args, model_paths: list[str]) -> None:
         resolved = resolve_model(model_path)
         # a run's model folder is RUN/model: the run's folder names it (two runs' rows must not share a label)
         path = Path(model_path)
-        name = ("/".join(path.resolve().parts[-2:]) if path.name == "model" else path.name) if path.exists() else model_path
+        name = path.name if path.name != "model" else "/".join(path.resolve().parts[-2:])
+        name = name if path.exists() else model_path
         rows += engine_rows(args, resolved, name, sources, refs, threads_list)
         if args.latency:
             latencies += first_sentence_latency(resolved, name, sources[0], threads_list[0], args.latency)
