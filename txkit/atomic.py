@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -101,8 +102,32 @@ def _install_handlers() -> None:
             signal.signal(signum, _on_sigterm)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only swap it, which
+    would briefly change it for every other thread); elsewhere swapped and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _final_mode(final: Path, default: int) -> int:
+    """The mode the finished output gets: the one it replaces keeps its mode; a new one gets what `open` or
+    `mkdir` would give it (default & ~umask). `tempfile` creates temporaries private (0600 / 0700), and a
+    model folder that only its writer can read cannot be served or shared by another account."""
+    with contextlib.suppress(OSError):
+        return final.stat().st_mode & 0o7777
+    return default & ~_umask()
+
+
 def temp_file(final: str | os.PathLike) -> Path:
-    """Create an empty, uniquely named temporary file next to `final` (registered for cleanup)."""
+    """Create an empty, uniquely named temporary file next to `final` (registered for cleanup; private until
+    `writing_path` gives it its final mode)."""
     final = Path(final)
     fd, name = tempfile.mkstemp(prefix=_prefix(final), suffix=".tmp", dir=final.parent)
     os.close(fd)
@@ -111,7 +136,8 @@ def temp_file(final: str | os.PathLike) -> Path:
 
 
 def temp_dir(final: str | os.PathLike) -> Path:
-    """Create an empty, uniquely named temporary folder next to `final` (registered for cleanup)."""
+    """Create an empty, uniquely named temporary folder next to `final` (registered for cleanup; private until
+    `building_dir` gives it its final mode)."""
     final = Path(final)
     name = tempfile.mkdtemp(prefix=_prefix(final), suffix=".tmp", dir=final.parent)
     _register(name)
@@ -166,6 +192,7 @@ def writing_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_file(final)
     try:
         yield tmp
+        os.chmod(tmp, _final_mode(final, 0o666))  # set when written: a read-only mode could stop the writer
         os.replace(tmp, final)
         _forget(str(tmp))
     finally:
@@ -266,9 +293,25 @@ def building_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise TxkitError(f"cannot write {final}: {exc.strerror or exc}") from None
     try:
         yield tmp
+        _open_up(tmp)
+        os.chmod(tmp, _final_mode(final, 0o777))  # set when built: a read-only mode could stop the builder
         replace_dir(tmp, final)
     finally:
         discard(tmp)
+
+
+def _open_up(folder: Path) -> None:
+    """Give the private files inside a finished folder the mode a new file gets (0666 & ~umask): writers that
+    create through a temporary of their own leave them 0600 (safetensors 0.8's `save_file`, so every
+    `save_pretrained`), and a model folder's weights must be readable wherever its folder is."""
+    mode = 0o666 & ~_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and mode != 0o600:
+                    os.chmod(path, mode)
 
 
 # ----------------------------------------------------------------------------- checking outputs early
