@@ -112,6 +112,17 @@ class TrainCorpus:
         return self.src_lang or data.src_lang, self.tgt_lang or data.tgt_lang
 
 
+def _entry_path(source: str, key: str, entry: dict, valid, example: str) -> str:
+    """A list entry's `path`, after refusing keys outside `valid` (both in one line naming `key`)."""
+    unknown = [k for k in entry if k not in valid]
+    if unknown:
+        raise TxkitError(f"{source}: {key}.{unknown[0]}: unknown key (valid: {', '.join(valid)})")
+    path = entry.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise TxkitError(f"{source}: {key}.path is required: the corpus spec (e.g. {example})")
+    return path
+
+
 def parse_train(value, source: str = "recipe"):
     """`data.train` checked and normalised: a corpus spec string as is, or a list of {path, weight, tag} dicts
     (every key present). Errors name the key (`data.train[1].weight`)."""
@@ -130,12 +141,7 @@ def parse_train(value, source: str = "recipe"):
         if not isinstance(entry, dict):
             raise TxkitError(f"{source}: {key} must be a mapping such as {{path: multi30k/train, weight: 1}}, "
                              f"not {entry!r}")  # fmt: skip
-        unknown = [k for k in entry if k not in _ENTRY_KEYS]
-        if unknown:
-            raise TxkitError(f"{source}: {key}.{unknown[0]}: unknown key (valid: {', '.join(_ENTRY_KEYS)})")
-        path = entry.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise TxkitError(f"{source}: {key}.path is required: the corpus spec (e.g. multi30k/train)")
+        path = _entry_path(source, key, entry, _ENTRY_KEYS, "multi30k/train")
         weight = entry.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
             raise TxkitError(f"{source}: {key}.weight must be a positive number, not {weight!r}")
@@ -223,12 +229,7 @@ def parse_tests(value, source: str = "recipe") -> list:
         if not isinstance(entry, dict):
             raise TxkitError(f"{source}: {key} must be a corpus spec or a mapping such as "
                              f"{{path: multi30k/test2016, tag: \"<2fr>\", tgt_lang: fr}}, not {entry!r}")  # fmt: skip
-        unknown = [k for k in entry if k not in _TEST_KEYS]
-        if unknown:
-            raise TxkitError(f"{source}: {key}.{unknown[0]}: unknown key (valid: {', '.join(_TEST_KEYS)})")
-        path = entry.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise TxkitError(f"{source}: {key}.path is required: the corpus spec (e.g. multi30k/test2016)")
+        path = _entry_path(source, key, entry, _TEST_KEYS, "multi30k/test2016")
         normal = {"path": path}
         for name in ("tag", "src_lang", "tgt_lang"):
             text = entry.get(name) or ""
