@@ -232,5 +232,5 @@ def test_the_distillation_recipe_names_the_tiny_teacher_and_a_student_of_half_it
     assert n_student <= n_teacher / 2, (n_student, n_teacher)
     text = path.read_text(encoding="utf-8")
     assert f"{n_student:,} parameters" in text and f"{n_teacher:,}" in text  # the comment states both counts
-    assert "--set distill.teacher=" in text and "UNMEASURED" in text
+    assert "--set distill.teacher=" in text and "34 min 9 s wall" in text  # measured: the comment says so
     assert (student.data.src_lang, student.data.tgt_lang) == (teacher.data.src_lang, teacher.data.tgt_lang)
