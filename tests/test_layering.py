@@ -25,7 +25,7 @@ STAGES: dict[str, list[str]] = {
                               "txkit.decoding", "txkit.ensemble"],
     "evaluation": ["txkit.evaluation", "txkit.metrics"],
     "sharing": ["txkit.hub", "txkit.export", "txkit.report", "txkit.serving", "txkit.engines"],
-    "pipeline": ["txkit.pipeline", "txkit.distill"],
+    "pipeline": ["txkit.pipeline_eval", "txkit.pipeline", "txkit.distill"],
     "cli": ["txkit.cli", "txkit.__main__"],
 }  # fmt: skip
 

@@ -204,11 +204,12 @@ def test_every_search_option_changes_what_a_translation_depends_on():
     import typing
 
     from txkit.options import DecodeOptions, SearchOptions
-    from txkit.pipeline import _Run, translate_inputs
+    from txkit.pipeline import RunMarkers
+    from txkit.pipeline_eval import translate_inputs
     from txkit.recipe import EvalSection, Recipe, load_recipe
 
     assert issubclass(EvalSection, SearchOptions) and issubclass(DecodeOptions, SearchOptions)
-    base = translate_inputs(_Run(Recipe(), Path("run"), print), "multi30k/test2016")
+    base = translate_inputs(RunMarkers(Recipe(), Path("run"), print), "multi30k/test2016")
     hints = typing.get_type_hints(SearchOptions)
     for f in dataclasses.fields(SearchOptions):
         tp, default = hints[f.name], getattr(SearchOptions(), f.name)
@@ -217,24 +218,25 @@ def test_every_search_option_changes_what_a_translation_depends_on():
         else:
             changed = not default if tp is bool else default + 1
         recipe = load_recipe(None, [f"eval.{f.name}={changed}"])
-        inputs = translate_inputs(_Run(recipe, Path("run"), print), "multi30k/test2016")
+        inputs = translate_inputs(RunMarkers(recipe, Path("run"), print), "multi30k/test2016")
         assert inputs != base, f"eval.{f.name} does not re-translate"
     recipe = load_recipe(None, ["eval.lowercase=true"])  # scoring, not searching: the translation stays
-    assert translate_inputs(_Run(recipe, Path("run"), print), "multi30k/test2016") == base
+    assert translate_inputs(RunMarkers(recipe, Path("run"), print), "multi30k/test2016") == base
 
 
 def test_finished_runs_stay_valid_under_the_multi_corpus_keys_at_their_defaults():
     """data.train's list form and data.eval_tag are newer than existing runs: at their defaults (a string, no tag)
     the training and translation inputs recorded in the stage markers are what they were, so a finished run is
     neither refused nor redone; set, they are recorded."""
-    from txkit.pipeline import _Run, _train_inputs, translate_inputs
+    from txkit.pipeline import RunMarkers, _train_inputs
+    from txkit.pipeline_eval import translate_inputs
     from txkit.recipe import load_recipe
 
-    plain = _Run(load_recipe(None), Path("run"), print)
+    plain = RunMarkers(load_recipe(None), Path("run"), print)
     assert _train_inputs(plain)["data.train"] == "multi30k/train"
     assert "data.eval_tag" not in _train_inputs(plain) and "data.eval_tag" not in translate_inputs(plain, "t")
     tagged = load_recipe(None, ['data.train=[{path: multi30k/train, tag: "<2de>"}]', "data.eval_tag=<2de>"])
-    run = _Run(tagged, Path("run"), print)
+    run = RunMarkers(tagged, Path("run"), print)
     assert _train_inputs(run)["data.eval_tag"] == "<2de>" and translate_inputs(run, "t")["data.eval_tag"] == "<2de>"
     assert _train_inputs(run)["data.train"][0]["tag"] == "<2de>"
 

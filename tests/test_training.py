@@ -261,7 +261,7 @@ def test_txkit_run_averages_what_eval_final_weights_says(reference_run, tmp_path
     trained weights with eval.final_weights: trained)."""
     import shutil
 
-    from txkit.pipeline import _Run, stage_average
+    from txkit.pipeline import RunMarkers, stage_average
 
     reference, tokenizer, variant = reference_run
     if variant != "ema":
@@ -269,7 +269,7 @@ def test_txkit_run_averages_what_eval_final_weights_says(reference_run, tmp_path
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
     overrides = _resume_overrides(tokenizer, "ema") + ["eval.average_last=2", f"eval.final_weights={final_weights}"]
-    run = _Run(load_recipe(RECIPE, overrides), run_dir, echo=lambda _: None)
+    run = RunMarkers(load_recipe(RECIPE, overrides), run_dir, echo=lambda _: None)
     run.fingerprints["train"] = "trained"
     stage_average(run)
     folder = run_dir / runs.CHECKPOINTS

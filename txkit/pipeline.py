@@ -24,7 +24,6 @@ the previous output or none, never a half-written one.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -36,16 +35,13 @@ from pathlib import Path
 from typing import Callable
 
 from txkit import atomic, runs
-from txkit.corpus_spec import EvalSet, eval_sets, parse_corpus_spec
 from txkit.errors import TxkitError
-from txkit.options import ScoreOptions, SearchOptions
-from txkit.recipe import Recipe, resolve_data_path, resolve_tokenizer_path
+from txkit.options import ScoreOptions
+from txkit.pipeline_eval import stage_card, stage_evaluate, stage_report, stage_translate
+from txkit.recipe import Recipe, resolve_tokenizer_path
 
 STAGES_DIR = runs.STAGES_DIR  # the run directory's names are runs.py's
-TRANSLATIONS_DIR = runs.TRANSLATIONS_DIR
-EVAL_DIR = runs.EVAL_DIR
 TRAINING_INFO = runs.TRAINING_INFO
-BOOTSTRAP_SAMPLES = 1000  # for the 95% confidence intervals of the test scores
 
 # Recipe keys that change how training runs but not the model it reaches (or that only stop it early).
 _TRAIN_KEYS_IGNORED = {
@@ -53,11 +49,6 @@ _TRAIN_KEYS_IGNORED = {
     "train.save_every_minutes", "train.keep_last", "train.eval_every_steps",
 }  # fmt: skip
 _TOKENIZER_KEYS = ("data.train", "data.src_lang", "data.tgt_lang", "data.hub_config", "data.max_sentences")
-# Every search option re-translates when it changes: the keys come from SearchOptions' fields, so a new
-# search key is noticed without a list to keep by hand.
-_DECODE_KEYS = tuple(f"eval.{f.name}" for f in dataclasses.fields(SearchOptions))
-# the engine keys count only when not their defaults, so runs made before they existed are not re-translated
-_ENGINE_DEFAULTS = {"eval.engine": "txkit", "eval.quantize": "none"}
 
 
 @dataclass
@@ -79,8 +70,8 @@ def _fingerprint(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class _Run:
-    """One `txkit run`: the recipe, the run directory, the stage markers and what was printed."""
+class RunMarkers:
+    """One `txkit run` (the stages here and in txkit.pipeline_eval): the recipe, the run directory, the stage markers and what was printed."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, echo: Callable[[str], None]):
         self.recipe = recipe
@@ -156,7 +147,7 @@ def _write_atomic(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------- stages
 
 
-def stage_data(run: _Run, fetch: bool = True) -> None:
+def stage_data(run: RunMarkers, fetch: bool = True) -> None:
     """Fetch missing corpus files (no marker: the files themselves say whether it is done)."""
     from txkit import fetch as fetching
     from txkit.recipe import check_data_files
@@ -176,7 +167,7 @@ def stage_data(run: _Run, fetch: bool = True) -> None:
     run.echo(f"     data: done in {time.monotonic() - started:.0f} s")
 
 
-def stage_tokenizer(run: _Run) -> None:
+def stage_tokenizer(run: RunMarkers) -> None:
     from txkit.prepare import build_recipe_tokenizer
 
     # tokenizer.dropout is how training samples segmentations, not part of the vocabulary (_train_inputs has it)
@@ -209,7 +200,7 @@ def _changed(old: dict, new: dict) -> str:
 _RECORDED_WHEN_ON = ("train.ema_decay", "tokenizer.dropout", "data.eval_tag")
 
 
-def _train_inputs(run: _Run) -> dict:
+def _train_inputs(run: RunMarkers) -> dict:
     keys = [k for k in run.flat if k.split(".")[0] in ("model", "data", "train") and k not in _TRAIN_KEYS_IGNORED]
     keys.append("tokenizer.dropout")
     # keys newer than existing runs count only when switched on, so that a finished run's record still matches
@@ -220,7 +211,7 @@ def _train_inputs(run: _Run) -> dict:
     return inputs
 
 
-def _refuse_changed_training(run: _Run, inputs: dict, outputs_gone: bool = False) -> None:
+def _refuse_changed_training(run: RunMarkers, inputs: dict, outputs_gone: bool = False) -> None:
     """A finished training whose inputs changed (or, `outputs_gone`, whose outputs are gone) is an error; raising
     train.max_steps alone continues it."""
     previous = run.read_marker("train")
@@ -236,7 +227,7 @@ def _refuse_changed_training(run: _Run, inputs: dict, outputs_gone: bool = False
         )
 
 
-def check_teacher(run: _Run):
+def check_teacher(run: RunMarkers):
     """(teacher model folder, the corpora it translates) of distill.teacher: checked before anything is built."""
     from txkit import distill
 
@@ -246,7 +237,7 @@ def check_teacher(run: _Run):
     return run.teacher
 
 
-def stage_distill(run: _Run) -> None:
+def stage_distill(run: RunMarkers) -> None:
     """Sequence-level distillation (distill.teacher): the teacher's translations of data.train's sources, made
     once per translation key (txkit.distill) and reused; the student then trains on them."""
     spec = run.recipe.distill.teacher
@@ -276,7 +267,7 @@ def stage_distill(run: _Run) -> None:
                translation=described)  # fmt: skip
 
 
-def stage_train(run: _Run) -> bool:
+def stage_train(run: RunMarkers) -> bool:
     """Train (or continue training) to train.max_steps; False when training stopped before it."""
     inputs = _train_inputs(run)
     if run.done("train", inputs):
@@ -330,7 +321,7 @@ def training_hooks():
     return TrainHooks(bleu=bleu, model_folder_saved=write_model_card)
 
 
-def _read_partial_wall_time(run: _Run) -> float:
+def _read_partial_wall_time(run: RunMarkers) -> float:
     path = run.run_dir / STAGES_DIR / runs.TRAIN_WALL_TIME
     try:
         return float(path.read_text())
@@ -338,14 +329,14 @@ def _read_partial_wall_time(run: _Run) -> float:
         return 0.0
 
 
-def _write_partial_wall_time(run: _Run, seconds: float) -> None:
+def _write_partial_wall_time(run: RunMarkers, seconds: float) -> None:
     """Training wall time summed over interrupted `txkit run`s (what the model card reports)."""
     path = run.run_dir / STAGES_DIR / runs.TRAIN_WALL_TIME
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, f"{seconds:.1f}\n")
 
 
-def _training_info(run: _Run, checkpoint: Path, wall_time_s: float | None) -> dict:
+def _training_info(run: RunMarkers, checkpoint: Path, wall_time_s: float | None) -> dict:
     """training_info.json for the model card: steps and tokens from the last checkpoint's trainer state."""
     from txkit.train_state import TrainState
 
@@ -370,7 +361,7 @@ def _hardware(world_size: int) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def stage_average(run: _Run) -> None:
+def stage_average(run: RunMarkers) -> None:
     from txkit.averaging import average_checkpoints, last_checkpoints
 
     n = run.recipe.eval.average_last
@@ -396,197 +387,6 @@ def stage_average(run: _Run) -> None:
     run.finish("average", inputs, [model_dir / "model.safetensors"], started)
 
 
-def corpus_name(spec: str) -> str:
-    """The short name of a test corpus: `multi30k/test2016` -> test2016, `hub:wmt/wmt14` -> wmt14-test."""
-    return parse_corpus_spec(spec).name
-
-
-def _test_sets(run: _Run) -> dict[str, EvalSet]:
-    """eval.test as the directions to score, by name (test2016; test2016.en-fr for a multilingual recipe)."""
-    return {t.name: t for t in eval_sets(run.recipe)}
-
-
-def _load_test(run: _Run, test: EvalSet):
-    from txkit.prepare import load_corpus
-
-    ds = load_corpus(run.recipe, test.path, "test", (test.src_lang, test.tgt_lang))
-    return list(ds["src"]), list(ds["tgt"])
-
-
-def translate_inputs(run: _Run, test: EvalSet | str) -> dict:
-    """What a test set's translation depends on: every search option, the test set (and its direction, for a
-    multilingual recipe) and the model."""
-    keys = {**run.keys(_ENGINE_DEFAULTS), "eval.engine": _test_engine(run)}  # auto: the engine it picks
-    engine = {k: v for k, v in keys.items() if v != _ENGINE_DEFAULTS[k]}
-    tag = {"data.eval_tag": run.recipe.data.eval_tag} if run.recipe.data.eval_tag else {}  # recorded only when set
-    spec = test if isinstance(test, str) else test.path
-    inputs = {**run.keys(_DECODE_KEYS), **engine, "test": spec, "model": run.fingerprints.get("average"), **tag}
-    if not isinstance(test, str) and test.directional:  # recorded only for multilingual recipes, as before
-        inputs["direction"] = [test.src_lang, test.tgt_lang, test.tag]
-    return inputs
-
-
-def _translation_file(run: _Run, test: EvalSet) -> Path:
-    return run.run_dir / TRANSLATIONS_DIR / f"{test.base}.{test.tgt_lang}"
-
-
-def _test_options(run: _Run):
-    from txkit.options import DecodeOptions
-
-    e = run.recipe.eval
-    return DecodeOptions(**e.search_options(), engine=e.engine, quantize=e.quantize)
-
-
-def _test_engine(run: _Run) -> str:
-    """The engine that translates the test sets (eval.engine auto: txkit.engines.choose_engine's pick)."""
-    from txkit.engines import choose_engine
-
-    return choose_engine(_test_options(run), [run.run_dir / runs.FINAL_MODEL])
-
-
-def stage_translate(run: _Run) -> None:
-    """Translate every test set with RUN/model; one marker per test set, so a finished one is kept."""
-    e = run.recipe.eval
-    model_dir = run.run_dir / runs.FINAL_MODEL
-    todo = {}
-    for name, test in _test_sets(run).items():
-        inputs = translate_inputs(run, test)
-        if not run.done(f"translate-{name}", inputs):
-            todo[name] = (test, inputs)
-    if not todo:
-        return
-    from txkit.engines import load_translator
-
-    translator = load_translator(model_dir, _test_options(run))
-    folder = run.run_dir / TRANSLATIONS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, (test, inputs) in todo.items():
-        out = _translation_file(run, test)
-        tagged = f", tag {test.tag}" if test.tag else ""
-        started = run.start(f"translate-{name}", f"{test.path} {test.src_lang}->{test.tgt_lang}{tagged} "
-                                                 f"(beam {e.beam_size}, alpha {e.length_penalty}) -> {out}")  # fmt: skip
-        sources, _ = _load_test(run, test)
-        if test.tag:  # a multilingual model: the tag picks the direction
-            from txkit.corpus_spec import tag_text
-
-            sources = [tag_text(test.tag, s) for s in sources]
-        hyps = translator.translate(sources)
-        _write_atomic(out, "".join(h + "\n" for h in hyps))
-        seconds = time.monotonic() - started
-        run.echo(f"     {len(hyps)} sentences in {seconds:.1f} s")
-        device = str(next(translator.model.parameters()).device) if hasattr(translator, "model") else "ctranslate2"
-        run.finish(f"translate-{name}", inputs, [out], started, lines=len(hyps), device=device)
-
-
-def stage_evaluate(run: _Run) -> dict[str, dict]:
-    """Score each translation: BLEU (cased; lowercased and the literature's tokenized BLEU as separate, labelled
-    entries) and chrF, with 95% CIs."""
-    from txkit.evaluation import build_report, read_lines, score, write_report
-
-    e = run.recipe.eval
-    reports = {}
-    folder = run.run_dir / EVAL_DIR
-    tests = _test_sets(run)
-    for name, test in tests.items():
-        out = folder / f"{name}.json"
-        inputs = {"eval.tokenize": e.tokenize, "bootstrap": BOOTSTRAP_SAMPLES, "test": test.path,
-                  "tokenized_bleu": "moses", "translation": run.fingerprints[f"translate-{name}"]}  # fmt: skip
-        if test.directional:
-            inputs["direction"] = [test.src_lang, test.tgt_lang, test.tag]
-        if run.done(f"evaluate-{name}", inputs):
-            reports[name] = json.loads(out.read_text(encoding="utf-8"))
-            continue
-        started = run.start(f"evaluate-{name}", f"BLEU, lowercased BLEU, tokenized BLEU, chrF -> {out}")
-        hyp_file = _translation_file(run, test)
-        hyps = read_lines(hyp_file)
-        _, refs = _load_test(run, test)
-        ref_path = parse_corpus_spec(resolve_data_path(test.path)).target_file(test.tgt_lang)
-        system = {"path": str(hyp_file), "model": str(run.run_dir / runs.FINAL_MODEL), "lines": len(hyps)}
-        options = ScoreOptions(metrics=("bleu", "chrf"), tokenize=e.tokenize, bootstrap=BOOTSTRAP_SAMPLES)
-        report = build_report(
-            hyps, [refs], system=system, references=[{"path": ref_path, "lines": len(refs)}], options=options
-        )
-        # The Multi30k literature reports BLEU on lowercased text: a separate entry, never instead of cased BLEU.
-        lowercased = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu",), lowercase=True))["bleu"]
-        lowercased["name"] = "BLEU (lowercased)"
-        # The literature's tokenized BLEU (lowercased, Moses-tokenized), labelled as such: a comparison figure.
-        tokenized = score(hyps, [refs], dataclasses.replace(options, metrics=("bleu_tokenized",),
-                                                             moses_lang=test.tgt_lang))["bleu_tokenized"]  # fmt: skip
-        scores = report["scores"]
-        report["scores"] = {"bleu": scores["bleu"], "bleu_lowercase": lowercased, "bleu_tokenized": tokenized,
-                            "chrf": scores["chrf"]}  # fmt: skip
-        corpus, base = parse_corpus_spec(test.path).collection, test.base
-        shown = f"{corpus} {base}" if corpus != base else base
-        if test.directional:  # the card and the report list each direction
-            shown += f" {test.src_lang}-{test.tgt_lang}"
-            report["languages"] = [test.src_lang, test.tgt_lang]
-            report["tag"] = test.tag
-        report["dataset"] = {"type": corpus, "name": shown}
-        folder.mkdir(parents=True, exist_ok=True)
-        write_report(out, report)
-        run.finish(f"evaluate-{name}", inputs, [out], started,
-                   scores={k: round(v["score"], 2) for k, v in report["scores"].items()})  # fmt: skip
-        reports[name] = report
-    _drop_stale_scores(run, set(tests))
-    return reports
-
-
-def _drop_stale_scores(run: _Run, current: set[str]) -> None:
-    """Score files `txkit run` wrote for test sets the recipe no longer scores (e.g. RUN/eval/test2016.json of a
-    multilingual run scored en->de only, now test2016.en-de.json): removed with their markers, so that the report
-    lists only what the recipe scores. Only files a marker records as this run's own output are touched."""
-    for marker in sorted((run.run_dir / STAGES_DIR).glob("evaluate-*.done")):
-        name = marker.name[len("evaluate-") : -len(".done")]
-        if name in current:
-            continue
-        record = run.read_marker(f"evaluate-{name}") or {}
-        for output in record.get("outputs", []):
-            path = run.run_dir / output
-            if path.parent == run.run_dir / EVAL_DIR and path.name == f"{name}.json" and path.is_file():
-                path.unlink()
-                run.echo(f"     removed {path} (its test set is no longer scored by the recipe)")
-        marker.unlink()
-
-
-def stage_card(run: _Run, reports: dict[str, dict]) -> None:
-    from txkit.hub import write_model_card
-
-    model_dir = run.run_dir / runs.FINAL_MODEL
-    inputs = {"model": run.fingerprints["average"],
-              "scores": {name: run.fingerprints[f"evaluate-{name}"] for name in reports}}  # fmt: skip
-    if run.done("card", inputs):
-        return
-    started = run.start("card", f"{model_dir / runs.MODEL_CARD}")
-    info_file = run.run_dir / TRAINING_INFO
-    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else None
-    path = write_model_card(model_dir, recipe=run.recipe, eval_report=list(reports.values()), training_info=info,
-                            model_name=model_name(run.recipe, run.run_dir))  # fmt: skip
-    run.finish("card", inputs, [path], started)
-
-
-def model_name(recipe: Recipe, run_dir: Path) -> str:
-    """recipes/multi30k-en-de/transformer-tiny.yaml -> multi30k-en-de-transformer-tiny (else the run's folder)."""
-    source = Path(recipe.source)
-    if source.suffix in (".yaml", ".yml") and source.parent.name:
-        return f"{source.parent.name}-{source.stem}"
-    return run_dir.resolve().name
-
-
-def stage_report(run: _Run) -> Path:
-    from txkit.report import MARKDOWN_NAME, PNG_NAME, write_run_report
-
-    log = run.run_dir / runs.LOG_FILE
-    stat = log.stat() if log.is_file() else None
-    inputs = {"log": [stat.st_size, stat.st_mtime_ns] if stat else None,
-              "scores": sorted((k, v) for k, v in run.fingerprints.items() if k.startswith("evaluate-"))}  # fmt: skip
-    if run.done("report", inputs):
-        return run.run_dir / MARKDOWN_NAME
-    started = run.start("report", f"{run.run_dir / PNG_NAME}, {run.run_dir / MARKDOWN_NAME}")
-    files = write_run_report(run.run_dir)
-    run.finish("report", inputs, [files.png, files.markdown], started)
-    return files.markdown
-
-
 # ----------------------------------------------------------------------------- the whole run
 
 
@@ -608,7 +408,7 @@ def run_pipeline(recipe: Recipe, run_dir: str | os.PathLike, *, fetch: bool = Tr
         (run_dir / STAGES_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TxkitError(f"cannot write to output directory {run_dir}: {exc.strerror or exc}") from None
-    run = _Run(recipe, run_dir, echo)
+    run = RunMarkers(recipe, run_dir, echo)
     result = PipelineResult(run_dir=run_dir, model_dir=run_dir / runs.FINAL_MODEL, complete=False, stages=run.stages)
     stage_data(run, fetch=fetch)
     if recipe.distill.teacher:
