@@ -198,6 +198,10 @@ CASES = [
     # --- txkit translate
     Case("translate-unknown-tag", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "--tag", "<2de>"],
          r"--tag <2de>: not a tag of .*m's tokenizer \(its tags: none: it was trained without tags\)"),
+    Case("translate-untrained-direction", lambda c, f: ["translate", str(run_copy(c, f)), "-i", str(text(c, f, "f.txt")), "--target-lang", "fr"],
+         r"--target-lang fr: .*run.* was not trained to translate into fr \(its target languages: de\)"),
+    Case("translate-target-lang-and-tag", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "--target-lang", "de", "--tag", "<2de>"],
+         r"--target-lang and --tag both pick the direction: give one of them"),
     Case("translate-output-is-input", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "-o", str(c / "f.txt")],
          r"--output .*f\.txt: is the same file as --input"),
     Case("translate-output-hardlink-of-input", lambda c, f: ["translate", str(model(c, f)), "-i", str(text(c, f, "f.txt")), "-o", str(hardlink(c / "f.txt", c / "g.txt"))],

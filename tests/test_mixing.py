@@ -262,12 +262,18 @@ def test_the_multilingual_recipe_builds_its_tagged_joint_vocabulary_and_trains(d
     tagged.write_text("<2fr> A man rides a bike.\n\n<2fr> Two dogs play in the snow.\n", encoding="utf-8")
     outputs = {}
     for name, extra in (("tag", ["--tag", "<2fr>", "-i", str(source)]), ("typed", ["-i", str(tagged)]),
-                        ("none", ["-i", str(source)])):  # fmt: skip
+                        ("none", ["-i", str(source)]), ("target-lang", ["--target-lang", "fr", "-i", str(source)])):  # fmt: skip
         code, out, err = run_cli(["translate", str(run), "--beam-size", "2", *extra], capsys)
         assert code == 0, err
         outputs[name] = out.splitlines()
     assert outputs["tag"] == outputs["typed"] and outputs["tag"][1] == ""
     assert outputs["tag"] != outputs["none"]  # the tag reaches the model
+    # --target-lang reads the run's recipe.yaml: data.train's corpus into fr has the tag <2fr>, and so on
+    assert outputs["target-lang"] == outputs["tag"]
+    from txkit.cli.translate import direction_tag
+    from txkit.runs import resolve_model
+
+    assert [direction_tag(lang, resolve_model(run)) for lang in ("de", "fr", "cs")] == ["<2de>", "<2fr>", "<2cs>"]
 
 
 def test_a_tagged_empty_source_is_still_dropped_as_empty(tokenizer_300):

@@ -86,30 +86,11 @@ def resolve_teacher(spec: str) -> Path:
     return folder
 
 
-def teacher_directions(folder: Path) -> list[tuple[str, str, str]] | None:
-    """(source, target, tag) of every corpus the teacher trained on, from the recipe.yaml saved with it (in the
-    model folder or its run directory); None when there is none to read."""
-    import yaml
-
-    for place in (folder, folder.parent, folder.parent.parent):
-        recipe = place / runs.RECIPE_FILE
-        if recipe.is_file() and (place == folder or runs.is_run_dir(place)):
-            try:
-                data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
-            except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
-                return None
-            src, tgt, train = data.get("src_lang"), data.get("tgt_lang"), data.get("train")
-            entries = train if isinstance(train, list) else [{}]
-            return list(dict.fromkeys((e.get("src_lang") or src, e.get("tgt_lang") or tgt, e.get("tag") or "")
-                                      for e in entries if isinstance(e, dict)))  # fmt: skip
-    return None
-
-
 def plan(recipe, teacher: Path, spec: str | None = None) -> list[DistillCorpus]:
     """The corpora the teacher translates, each in one of the teacher's directions: the same tag as the
     corpus's if the teacher has it, else its untagged direction, else its first for that language pair."""
     spec = spec or recipe.distill.teacher
-    known = teacher_directions(teacher)
+    known = runs.trained_directions(teacher)
     found = []
     for i, corpus in enumerate(train_corpora(recipe)):
         src, tgt = corpus.langs(recipe.data)

@@ -151,3 +151,23 @@ def read_log(path: str | os.PathLike) -> list[dict]:
                 raise TxkitError(f'{path} line {number}: "step" must be an integer, not {json.dumps(record["step"])}')
             records.append(record)
     return records
+
+
+def trained_directions(folder: Path) -> list[tuple[str, str, str]] | None:
+    """(source, target, tag) of every corpus a model trained on, from the recipe.yaml saved with it (in the model
+    folder or its run directory): a distillation teacher's directions, `txkit translate --target-lang`'s tag.
+    None when there is none to read."""
+    import yaml
+
+    for place in (folder, folder.parent, folder.parent.parent):
+        recipe = place / RECIPE_FILE
+        if recipe.is_file() and (place == folder or is_run_dir(place)):
+            try:
+                data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+            except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+                return None
+            src, tgt, train = data.get("src_lang"), data.get("tgt_lang"), data.get("train")
+            entries = train if isinstance(train, list) else [{}]
+            return list(dict.fromkeys((e.get("src_lang") or src, e.get("tgt_lang") or tgt, e.get("tag") or "")
+                                      for e in entries if isinstance(e, dict)))  # fmt: skip
+    return None

@@ -4,7 +4,8 @@
     txkit translate runs/multi30k -i test.en -o test.hyp.de
     txkit translate user/model --nbest 4 < test.en   # "LINE ||| translation ||| score", 4 lines per input
     txkit translate runs/a runs/b -i test.en         # an ensemble: log-probabilities averaged (txkit/ensemble.py)
-    txkit translate runs/en-xx --tag "<2fr>"          # a multilingual model: the tag picks the direction
+    txkit translate runs/en-xx --target-lang fr       # a multilingual model: the direction into French
+    txkit translate runs/en-xx --tag "<2fr>"          # the same, naming the tag itself
 
 Standard input is translated as it streams (each line as soon as it arrives when typed; in chunks when
 piped); a file given with -o is written under a temporary name and renamed when complete.
@@ -74,6 +75,10 @@ def translate_command(
         "", "--tag", help="Source tag put before every line, as the model was trained with (data.train's tags), "
         "e.g. '<2de>' for the direction into German of a multilingual model.",
     ),
+    target_lang: str = typer.Option(
+        "", "--target-lang", help="Target language of a multilingual model, e.g. 'fr': the tag it was trained with "
+        "for that direction (read from the recipe.yaml saved with the model) goes before every line, as with --tag.",
+    ),
     threads: Optional[int] = typer.Option(
         None, "--threads", help="CPU threads (default: chosen batch by batch between one per core and one fewer, whichever is faster "
         "now; or $TXKIT_THREADS / $OMP_NUM_THREADS)."
@@ -104,6 +109,10 @@ def translate_command(
         engine=engine, quantize=quantize,
     )  # fmt: skip
     options.check()
+    if target_lang:
+        if tag:
+            raise TxkitError("--target-lang and --tag both pick the direction: give one of them")
+        tag = direction_tag(target_lang, model_paths[0])
     from txkit.engines import load_translator
     from txkit.threads import ThreadGovernor
 
@@ -144,6 +153,37 @@ def _torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def direction_tag(lang: str, model: str) -> str:
+    """The source tag that makes `model` translate into `lang`: none when it was trained into `lang` without one
+    (a bilingual model; a back-translation mark is not a direction), else the one tag of its corpora into `lang`."""
+    from txkit.runs import RECIPE_FILE, trained_directions
+
+    folder = Path(model)
+    if not folder.exists():  # a Hub id: the recipe.yaml pushed with the model (from the Hub cache when there)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            folder = Path(hf_hub_download(model, RECIPE_FILE)).parent
+        except Exception as exc:  # not found, offline, no such repository: all mean "cannot tell"
+            raise TxkitError(f"--target-lang {lang}: cannot read {model}'s {RECIPE_FILE} ({type(exc).__name__}); "
+                             "name the direction's tag with --tag") from None  # fmt: skip
+    directions = trained_directions(folder)
+    if directions is None:
+        raise TxkitError(f"--target-lang {lang}: no {RECIPE_FILE} with {model} says which directions it was "
+                         "trained for; name the direction's tag with --tag")  # fmt: skip
+    if any(tgt == lang and not tag for _, tgt, tag in directions):
+        return ""
+    tags = sorted({tag for _, tgt, tag in directions if tgt == lang})
+    if len(tags) > 1:
+        raise TxkitError(f"--target-lang {lang}: {model} has several tags into {lang} ({', '.join(tags)}): "
+                         "choose one with --tag")  # fmt: skip
+    if not tags:
+        known = ", ".join(dict.fromkeys(tgt for _, tgt, _ in directions if tgt))
+        raise TxkitError(f"--target-lang {lang}: {model} was not trained to translate into {lang} (its target "
+                         f"languages: {known or 'none recorded'})")  # fmt: skip
+    return tags[0]
 
 
 def _check_tag(tag: str, src_tok, model: Path) -> None:
