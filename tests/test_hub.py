@@ -345,3 +345,36 @@ def test_push_refuses_a_marian_form_whose_logits_differ_and_a_model_marian_canno
         assert "modeling_txkit.py" in files and json.loads(files["config.json"])["model_type"] == "txkit"
         card = files["README.md"].decode()
         assert "cannot express it: normalize_before=true (pre-norm)" in card and "trust_remote_code=True" in card
+
+
+def test_target_lang_reads_the_directions_from_the_recipe_pushed_with_a_hub_model(tmp_path, monkeypatch):
+    """`txkit translate USER/NAME --target-lang xx` fetches the repository's recipe.yaml through the real client from
+    the stand-in Hub: a language the model was not trained into is one line listing the ones it was (before any
+    weights are downloaded); a repository without a recipe says so."""
+    import huggingface_hub.constants
+    from huggingface_hub import HfApi
+
+    token = "hf_" + secrets.token_hex(16)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)  # the stand-in speaks git-LFS
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the suite is offline; this server is local
+    recipe = "data:\n  src_lang: en\n  tgt_lang: de\n  train:\n" + "".join(
+        f"    - {{path: multi30k/train, tag: '<2{lang}>', tgt_lang: {lang}}}\n" for lang in ("de", "fr"))
+    source = tmp_path / "in.en"
+    source.write_text("A dog runs.\n", encoding="utf-8")
+    with HubServer(token) as server:
+        api = HfApi(endpoint=server.url, token=token)
+        for name, files in (("user/dirs", {"recipe.yaml": recipe.encode()}), ("user/bare", {"config.json": b"{}"})):
+            api.create_repo(name)
+            for path, data in files.items():
+                api.upload_file(path_or_fileobj=data, path_in_repo=path, repo_id=name)
+        env = clean_env(tmp_path, HF_ENDPOINT=server.url, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1")
+        for model, expected in (
+            ("user/dirs", "error: --target-lang cs: user/dirs was not trained to translate into cs (its target "
+                          "languages: de, fr)"),
+            ("user/bare", "error: --target-lang cs: user/bare: it has no recipe.yaml; name the direction's tag with --tag"),
+        ):  # fmt: skip
+            done = subprocess.run([sys.executable, "-m", "txkit", "translate", model, "--target-lang", "cs",
+                                   "-i", str(source)], env=env, capture_output=True, text=True, cwd=REPO)  # fmt: skip
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr[-2000:]
+            assert "Traceback" not in done.stderr

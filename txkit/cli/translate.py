@@ -162,13 +162,14 @@ def direction_tag(lang: str, model: str) -> str:
 
     folder = Path(model)
     if not folder.exists():  # a Hub id: the recipe.yaml pushed with the model (from the Hub cache when there)
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import errors, hf_hub_download
 
         try:
             folder = Path(hf_hub_download(model, RECIPE_FILE)).parent
         except Exception as exc:  # not found, offline, no such repository: all mean "cannot tell"
-            raise TxkitError(f"--target-lang {lang}: cannot read {model}'s {RECIPE_FILE} ({type(exc).__name__}); "
-                             "name the direction's tag with --tag") from None  # fmt: skip
+            missing = isinstance(exc, getattr(errors, "EntryNotFoundError", ()))
+            why = f"it has no {RECIPE_FILE}" if missing else f"cannot read its {RECIPE_FILE} ({type(exc).__name__})"
+            raise TxkitError(f"--target-lang {lang}: {model}: {why}; name the direction's tag with --tag") from None
     directions = trained_directions(folder)
     if directions is None:
         raise TxkitError(f"--target-lang {lang}: no {RECIPE_FILE} with {model} says which directions it was "
