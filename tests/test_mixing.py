@@ -291,3 +291,21 @@ def test_a_tagged_empty_source_is_still_dropped_as_empty(tokenizer_300):
     ids, report = tokenize_dataset(ds, tok, tok)
     assert report.empty == 1 and report.kept == 1
     assert ids["input_ids"][0][0] == tok.get_added_vocab()["<2de>"]
+
+
+def test_trained_directions_reads_txkit_recipes_and_ignores_other_yaml(tmp_path):
+    """runs.trained_directions (distillation's teacher check, translate --target-lang): every corpus's (source,
+    target, tag) from a txkit recipe.yaml; None, not a crash, for a recipe.yaml of some other shape."""
+    from txkit.runs import trained_directions
+
+    cases = {
+        "data:\n  src_lang: en\n  tgt_lang: de\n  train: multi30k/train\n": [("en", "de", "")],
+        "data:\n  src_lang: en\n  tgt_lang: de\n  train:\n    - {path: a, tag: '<2fr>', tgt_lang: fr}\n    - {path: b}\n":
+            [("en", "fr", "<2fr>"), ("en", "de", "")],
+        "data: just a string\n": None,
+        "- a list\n": None,
+        "data: [unclosed\n": None,
+    }  # fmt: skip
+    for text, expected in cases.items():
+        (tmp_path / "recipe.yaml").write_text(text, encoding="utf-8")
+        assert trained_directions(tmp_path) == expected, text

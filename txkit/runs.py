@@ -166,6 +166,8 @@ def trained_directions(folder: Path) -> list[tuple[str, str, str]] | None:
                 data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
             except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
                 return None
+            if not isinstance(data, dict):  # a recipe.yaml not written by txkit: nothing to read
+                return None
             src, tgt, train = data.get("src_lang"), data.get("tgt_lang"), data.get("train")
             entries = train if isinstance(train, list) else [{}]
             return list(dict.fromkeys((e.get("src_lang") or src, e.get("tgt_lang") or tgt, e.get("tag") or "")
