@@ -244,12 +244,11 @@ def engines_table(args, model_paths: list[str]) -> None:
 
 def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -> list[dict]:
     """Each engine at each thread count and precision on one model: a dict per row (speed, BLEU, agreement)."""
-    import ctranslate2
     import sacrebleu
 
     from txkit.engines import ctranslate2_model, load_translator
 
-    ct2_dir = ctranslate2_model(model_path)  # converted (and cached) before any timing
+    ctranslate2_model(model_path)  # converted (and cached) before any timing
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
@@ -259,8 +258,13 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                         quantize=quantize)  # fmt: skip
             ours = load_translator(model_path, DecodeOptions(**base, engine="txkit"), threads)
             theirs = load_translator(model_path, DecodeOptions(**base, engine="ctranslate2"), threads)
-            direct = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type="int8" if quantize == "int8"
-                                            else "float32", inter_threads=1, intra_threads=threads)  # fmt: skip
+            # CTranslate2 called directly on the very ctranslate2.Translator that `theirs` holds (the model loaded
+            # from the same folder, the same compute type and threads). Not a second Translator: once two
+            # ctranslate2.Translator objects in one process have both translated, each runs at about half speed
+            # (measured 2026-12-01 on transformer-small, 2 threads: 43 sent/s instead of 97, with 5 s of system
+            # time against 0.3: the idle one's thread team gets in the way), which made `--engine ctranslate2`
+            # look 0.49x of direct when it was the benchmark's second Translator that slowed it.
+            direct = theirs.translator
             # what a user of CTranslate2 calls: tokenizers' batch encode and decode
             encoder, decoder = ours.src_tok.backend_tokenizer, ours.tgt_tok.backend_tokenizer
             vocab = ours.tgt_tok.get_vocab()
@@ -296,6 +300,7 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                     same=sum(a == b for a, b in zip(outputs[engine], outputs[ENGINE_ROWS[0]])),
                 ))  # fmt: skip
                 print(f"  {name}: {engine}, {threads} thread(s), {precision}: {seconds:.2f} s", flush=True)
+            del paths, run_direct, ours, theirs, direct  # this cell's ctranslate2.Translator goes before the next's
     return rows
 
 

@@ -290,14 +290,11 @@ class CTranslate2Translator:
     def __init__(self, model_dir: str | Path, src_tok, tgt_tok, options, config, threads: int | None = None):
         import ctranslate2
 
-        from txkit.decoding import Translator
-
         check_ctranslate2_options(options)
         self.options = options
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
         self.max_positions = getattr(config, "max_position_embeddings", None) or 1024
         self.overlong: list[int] = []
-        self._prepare = Translator._prepare.__get__(self)
         # CTranslate2 reads and writes token strings (the Marian export renumbers ids, not tokens): id -> token
         # and token -> id tables, built once (the tokenizers' own lookups cost per token)
         self._source_names = src_tok.convert_ids_to_tokens(list(range(len(src_tok))))
@@ -307,9 +304,18 @@ class CTranslate2Translator:
         compute_type = "int8" if options.quantize == "int8" else "float32"
         import torch
 
+        threads = threads or torch.get_num_threads()
+        # On the CPU, `threads` workers of one thread each (CTranslate2 shares the weights between them), not one
+        # worker of `threads` OpenMP threads: CTranslate2's OpenMP calls go to the OpenMP runtime torch has loaded,
+        # and once torch has run anything in parallel in the process (a `txkit run` that trained, or just one
+        # matmul), that runtime counts more threads than cores and stops spinning at its barriers, and a
+        # two-thread worker slows down: on transformer-small, 2 threads, 1000 sentences took 13.4 s instead of
+        # 8.7 s, sixteen small searches 3.4 s instead of 0.8 s. Single-thread workers meet no barrier (8.7 s and
+        # 1.3 s in both cases), and the searches `_search` repeats run side by side (0.6 s).
+        self.workers = threads if device == "cpu" else 1
         self.translator = ctranslate2.Translator(
-            str(self.path), device=device, compute_type=compute_type, inter_threads=1,
-            intra_threads=threads or torch.get_num_threads(),
+            str(self.path), device=device, compute_type=compute_type, inter_threads=self.workers,
+            intra_threads=1 if device == "cpu" else threads,
         )  # fmt: skip
 
     # the Translator interface ----------------------------------------------------------------------
@@ -335,6 +341,17 @@ class CTranslate2Translator:
             done += len(chunk)
 
     # internals --------------------------------------------------------------------------------------
+
+    def _prepare(self, lines: list[str], first_line: int):
+        """txkit's own preparation of the lines (tokens, empty lines, overlong policy, per-sentence limits).
+
+        A method that calls Translator's, not Translator's bound to this object as an attribute: that attribute
+        made a reference cycle, so a dropped translator lived on, its CTranslate2 threads with it, until the
+        garbage collector ran, and a ctranslate2.Translator that has translated halves the speed of the next
+        one in the process (README, Performance)."""
+        from txkit.decoding import Translator
+
+        return Translator._prepare(self, lines, first_line)
 
     def _translate(self, lines: list[str], first_line: int) -> list[list[tuple[str, float]]]:
         from txkit.decoding import _one_line
@@ -385,6 +402,9 @@ class CTranslate2Translator:
         )  # fmt: skip
         found: list = [None] * len(tokens)
         again = list(range(len(tokens)))
+        if self.workers > 1:  # at least one batch per worker, where the budget would make fewer
+            share = -(-sum(len(t) for t in tokens) // self.workers)
+            options["max_batch_size"] = max(min(opts.max_tokens, share), max(len(t) for t in tokens))
         if visible:
             longest = max(limits)
             out = self.translator.translate_batch(tokens, max_decoding_length=longest, **options)
@@ -400,8 +420,11 @@ class CTranslate2Translator:
         groups: dict[int, list[int]] = {}  # length limit -> sentences
         for j in again:
             groups.setdefault(limits[j], []).append(j)
-        for limit, group in groups.items():
-            out = self.translator.translate_batch([tokens[j] for j in group], max_decoding_length=limit, **options)
+        # every limit's call submitted at once, so that the workers search them side by side
+        pending = [(group, self.translator.translate_batch([tokens[j] for j in group], max_decoding_length=limit,
+                                                           asynchronous=True, **options))
+                   for limit, group in groups.items()]  # fmt: skip
+        for group, out in pending:
             for j, result in zip(group, out):
-                found[j] = result
+                found[j] = result.result()
         return found
