@@ -19,7 +19,9 @@ and int8: sentences/s, target tokens/s, BLEU against the reference (sacreBLEU) a
 txkit's. --latency N adds the first sentence's latency of `txkit translate` reading one sentence on standard
 input (a fresh process: start, model load, first line out; best of N) for the default engine choice and each
 engine, with the CTranslate2 conversion cached, and once for the first call on a never-converted copy of the
-model (the conversion included). Defaults: 1000 lines of Multi30k test2016.en, one round (--repeat).
+model (the conversion included). Defaults: 1000 lines of Multi30k test2016.en, one round (--repeat). In each
+cell txkit's engine runs its rounds before the cell's CTranslate2 is loaded, then the two CTranslate2 paths
+alternate (a live ctranslate2.Translator that has translated slows torch's threads, see engine_rows).
 
 Translates the first N sentences of newstest2014.en with beam search and prints sentences and target tokens
 per second for four ways of decoding the same length-sorted batches (txkit's `length_sorted_batches`):
@@ -30,8 +32,8 @@ per second for four ways of decoding the same length-sorted batches (txkit's `le
   generate         `MarianMTModel.generate(num_beams, length_penalty, max_new_tokens=limit)` on the Marian
                    export of the same weights (`txkit.export.export_marian`), per batch
   ct2 fp32         CTranslate2 on the converted export (`txkit.export.convert_ctranslate2`), float32,
-                   `translate_batch(beam_size, length_penalty, max_decoding_length=limit)` per batch,
-                   inter_threads=1, intra_threads=--threads
+                   `translate_batch(beam_size, length_penalty, max_decoding_length=limit)` per batch, all
+                   submitted at once to --threads one-thread workers (on a GPU: one worker)
 
 The paths run in rounds (--repeat), each round in a rotated order, so a change in the machine's load hits all
 alike; each path's time is its best round (the least disturbed one), the median is printed beside it.
@@ -52,6 +54,7 @@ import random
 import statistics
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -166,14 +169,16 @@ def run_txkit(model, src_tok, tgt_tok, sources, batches, limits, options: Decode
 def run_ct2(translator, tok, sources, batches, limits, beam, alpha):
     """CTranslate2 per batch, on the tokens of the (renumbered) Marian tokenizer."""
     texts, tokens = [None] * len(sources), 0
+    submitted = []  # every batch submitted at once: the workers take them in turn
     for batch, limit in zip(batches, limits):
         ids = tok([sources[i] for i in batch])["input_ids"]
         source_tokens = [tok.convert_ids_to_tokens(x) for x in ids]
-        results = translator.translate_batch(
+        submitted.append(translator.translate_batch(
             source_tokens, beam_size=beam, length_penalty=alpha, max_decoding_length=limit,
-            max_batch_size=len(batch), return_scores=False,
-        )  # fmt: skip
-        out = [tok.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+            max_batch_size=len(batch), return_scores=False, asynchronous=True,
+        ))  # fmt: skip
+    for batch, results in zip(batches, submitted):
+        out = [tok.convert_tokens_to_ids(r.result().hypotheses[0]) for r in results]
         tokens += sum(len(x) for x in out)
         for i, text in zip(batch, tok.batch_decode(out, skip_special_tokens=True)):
             texts[i] = text
@@ -257,13 +262,25 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
             base = dict(beam_size=args.beam, length_penalty=args.alpha, lp_form="hf", max_tokens=args.max_tokens,
                         quantize=quantize)  # fmt: skip
             ours = load_translator(model_path, DecodeOptions(**base, engine="txkit"), threads)
+            times: dict[str, list] = {engine: [] for engine in ENGINE_ROWS}
+            outputs = {}
+
+            def timed(engine: str, run) -> None:
+                started = time.perf_counter()
+                outputs[engine] = run()
+                times[engine].append(time.perf_counter() - started)
+
+            # txkit's engine first, before this cell's CTranslate2 exists: a ctranslate2.Translator that has
+            # translated slows torch's OpenMP work in the process while it lives (the tiny model at 2 threads:
+            # 104 instead of 143-170 sentences/s); the previous cell's is gone (deleted below)
+            ours.translate(sources[:8])  # warm-up: allocator, kernels
+            for _ in range(args.repeat):
+                timed(ENGINE_ROWS[0], lambda ours=ours: ours.translate(sources))
             theirs = load_translator(model_path, DecodeOptions(**base, engine="ctranslate2"), threads)
-            # CTranslate2 called directly on the very ctranslate2.Translator that `theirs` holds (the model loaded
-            # from the same folder, the same compute type and threads). Not a second Translator: once two
-            # ctranslate2.Translator objects in one process have both translated, each runs at about half speed
-            # (measured 2026-12-01 on transformer-small, 2 threads: 43 sent/s instead of 97, with 5 s of system
-            # time against 0.3: the idle one's thread team gets in the way), which made `--engine ctranslate2`
-            # look 0.49x of direct when it was the benchmark's second Translator that slowed it.
+            # CTranslate2 called directly on the very ctranslate2.Translator that `theirs` holds: the same model,
+            # compute type and `threads` workers of one thread each (CTranslate2's documented setting for
+            # throughput on the CPU; txkit.engines.CTranslate2Translator says why not one worker of `threads`
+            # OpenMP threads: in a process where torch has run, such as this one, that is up to 2x slower).
             direct = theirs.translator
             # what a user of CTranslate2 calls: tokenizers' batch encode and decode
             encoder, decoder = ours.src_tok.backend_tokenizer, ours.tgt_tok.backend_tokenizer
@@ -277,21 +294,16 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                                              batch_type="tokens", min_decoding_length=0)  # fmt: skip
                 return decoder.decode_batch([[vocab[t] for t in r.hypotheses[0]] for r in out])
 
-            paths = {ENGINE_ROWS[0]: lambda ours=ours: ours.translate(sources),
-                     ENGINE_ROWS[1]: lambda theirs=theirs: theirs.translate(sources),
+            paths = {ENGINE_ROWS[1]: lambda theirs=theirs: theirs.translate(sources),
                      ENGINE_ROWS[2]: lambda run_direct=run_direct: run_direct(sources)}  # fmt: skip
-            for warm_up in (ours.translate, theirs.translate, run_direct):  # allocator, kernels, imports
+            for warm_up in (theirs.translate, run_direct):
                 warm_up(sources[:8])
-            times = {engine: [] for engine in paths}
-            outputs = {}
-            for round_ in range(args.repeat):
+            for round_ in range(args.repeat):  # the two CTranslate2 paths in rotated order
                 names = list(paths)
                 names = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for engine in names:
-                    started = time.perf_counter()
-                    outputs[engine] = paths[engine]()
-                    times[engine].append(time.perf_counter() - started)
-            for engine in paths:
+                    timed(engine, paths[engine])
+            for engine in ENGINE_ROWS:
                 seconds = min(times[engine])
                 tokens = sum(len(ids) for ids in ours.tgt_tok(outputs[engine], add_special_tokens=False)["input_ids"])
                 rows.append(dict(
@@ -300,7 +312,9 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                     same=sum(a == b for a, b in zip(outputs[engine], outputs[ENGINE_ROWS[0]])),
                 ))  # fmt: skip
                 print(f"  {name}: {engine}, {threads} thread(s), {precision}: {seconds:.2f} s", flush=True)
-            del paths, run_direct, ours, theirs, direct  # this cell's ctranslate2.Translator goes before the next's
+            gone = weakref.ref(direct)
+            del paths, run_direct, warm_up, ours, theirs, direct, timed  # this cell's ctranslate2.Translator with them
+            assert gone() is None, "a ctranslate2.Translator outlived its cell (it would slow the next cell's torch)"
     return rows
 
 
@@ -427,8 +441,9 @@ def main(argv=None) -> None:
         ct2 = ctranslate2.Translator(
             str(ct2_dir),
             device="cuda" if args.device.startswith("cuda") else "cpu",
-            inter_threads=1,
-            intra_threads=args.threads,
+            # on the CPU --threads workers of one thread each (see txkit.engines.CTranslate2Translator)
+            inter_threads=1 if args.device.startswith("cuda") else args.threads,
+            intra_threads=args.threads if args.device.startswith("cuda") else 1,
             compute_type={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[args.dtype],
         )
 
