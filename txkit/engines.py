@@ -306,12 +306,12 @@ class CTranslate2Translator:
 
         threads = threads or torch.get_num_threads()
         # On the CPU, `threads` workers of one thread each (CTranslate2 shares the weights between them), not one
-        # worker of `threads` OpenMP threads: CTranslate2's OpenMP calls go to the OpenMP runtime torch has loaded,
-        # and once torch has run anything in parallel in the process (a `txkit run` that trained, or just one
-        # matmul), that runtime counts more threads than cores and stops spinning at its barriers, and a
-        # two-thread worker slows down: on transformer-small, 2 threads, 1000 sentences took 13.4 s instead of
-        # 8.7 s, sixteen small searches 3.4 s instead of 0.8 s. Single-thread workers meet no barrier (8.7 s and
-        # 1.3 s in both cases), and the searches `_search` repeats run side by side (0.6 s).
+        # worker of `threads` OpenMP threads: CTranslate2's OpenMP calls bind to the OpenMP runtime torch has
+        # loaded (LD_DEBUG=bindings), and once torch has run anything in parallel in the process (a `txkit run`
+        # that trained, or just one matmul), a two-thread worker slows down, its threads put to sleep and woken
+        # at every barrier: on transformer-small, 2 threads, 1000 sentences took 13.4 s instead of 8.7 s, sixteen
+        # small searches 3.4 s instead of 0.8 s. Single-thread workers meet no barrier (8.2-8.7 s and 1.2-1.3 s
+        # either way), and the searches `_search` repeats run side by side (0.6 s).
         self.workers = threads if device == "cpu" else 1
         self.translator = ctranslate2.Translator(
             str(self.path), device=device, compute_type=compute_type, inter_threads=self.workers,
