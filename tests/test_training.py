@@ -250,8 +250,9 @@ def test_ema_weights_follow_their_formula_and_are_what_validation_saw(reference_
     _assert_same_weights(best, ema_at[12])
     name = next(n for n in trained_12 if n.endswith("fc1.weight"))
     assert not torch.equal(ema_at[12][name], trained_12[name])
-    # 0.9^4 of the EMA at step 8 carries over to step 12; the rest is a mix of the trained weights in between,
-    # so the EMA lies closer to the trained weights at 12 than the EMA at 8 did
+    # a share (the product of the decays of updates 9-12, each below 0.9 in the warm-up) of the EMA at step 8
+    # carries over to step 12; the rest is a mix of the trained weights in between, so the EMA lies closer to
+    # the trained weights at 12 than the EMA at 8 did
     assert (ema_at[12][name] - trained_12[name]).abs().mean() < (ema_at[8][name] - trained_12[name]).abs().mean()
 
 
@@ -293,13 +294,16 @@ def test_weight_ema_update_swap_and_reload(tmp_path):
                                                       encoder_layers=1, decoder_layers=1))  # fmt: skip
     ema = WeightEMA(model, 0.75)
     params = dict(model.named_parameters())
-    start = {n: p.detach().clone() for n, p in params.items()}
-    with torch.no_grad():
-        for p in params.values():
-            p.add_(1.0)
-    ema.update()
-    for n, p in params.items():
-        assert torch.allclose(ema.shadow[n], 0.75 * start[n] + 0.25 * p.detach(), atol=1e-6), n
+    # the decay warms up as Marian's: min(decay, (1 + t) / (10 + t)) at update t, the recipe's decay from t = 26
+    assert [ema.decay_at(t) for t in (1, 8, 25, 26, 1000)] == [2 / 11, 0.5, 26 / 35, 0.75, 0.75]
+    for step, decay in ((1, 2 / 11), (100, 0.75)):
+        start = {n: p.detach().clone() for n, p in ema.shadow.items()}
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(1.0)
+        ema.update(step)
+        for n, p in params.items():
+            assert torch.allclose(ema.shadow[n], decay * start[n] + (1 - decay) * p.detach(), atol=1e-6), (step, n)
     trained = {n: p.detach().clone() for n, p in params.items()}
     with ema.swapped_in():
         assert all(torch.equal(p, ema.shadow[n]) for n, p in params.items())

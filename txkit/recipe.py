@@ -145,8 +145,9 @@ class TrainSection:
     log_every_steps: int = _key(100, "log training loss, learning rate and throughput every N updates")
     stop_after_steps: int = _key(0, "debugging: stop after N updates as if interrupted (no final save); 0 = off")
     ema_decay: float | None = _key(
-        None, "keep an exponential moving average of the weights with this decay, e.g. 0.999, used for validation "
-        "and RUN/best (see eval.final_weights); null or 0 = off (the paper: off)"
+        None, "keep an exponential moving average of the weights with this decay, e.g. 0.999 (at update t the decay is "
+        "min(decay, (1 + t) / (10 + t)), as Marian's), used for validation and RUN/best (see eval.final_weights); "
+        "null or 0 = off (the paper: off)"
     )
 
 

@@ -287,7 +287,7 @@ class Trainer:
         self.scheduler.step()
         self.state.step += 1
         if self.ema is not None:
-            self.ema.update()
+            self.ema.update(self.state.step)  # the step decides the warm-up of the decay
         added = dict(loss=loss_total, nll=nll_total, tgt=n_tgt, src=n_src, steps=1, seconds=elapsed, flops=flops)
         for key, value in added.items():
             self.state.interval[key] += value
