@@ -55,9 +55,10 @@ class _LinearSmoothedNLL(torch.autograd.Function):
     The unfused way keeps an (N, V) fp32 logits tensor and walks it about fifteen times (log-sum-exp, its
     backward, the gather's and the column slice's zero-filled gradients, their sum): on a 2-core CPU a
     third of a transformer-tiny step (benchmarks/RESULTS.md). Here each chunk of rows is projected, its
-    log-sum-exp taken, and its logits turned in place into the gradient dL/dlogits = softmax - q (q the
-    smoothed target), which goes straight into the gradients of `hidden` and `weight`; no (N, V) tensor
-    exists and nothing but those two gradients is kept for backward. Kept libraries that do this
+    log-sum-exp taken, and its logits turned in place into exp(logits - max), which goes straight into the
+    gradients of `hidden` and `weight` (dL/dlogits = softmax - q, q the smoothed target, with the softmax's
+    row scale and q applied to the small products); no (N, V) tensor exists and nothing but those two
+    gradients is kept for backward. Kept libraries that do this
     (Liger-Kernel, cut-cross-entropy) are Triton kernels for GPUs only.
     """
 
@@ -73,31 +74,49 @@ class _LinearSmoothedNLL(torch.autograd.Function):
         nll_total = torch.zeros((), device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        c = epsilon / (vocab - 1)  # smoothed mass on each non-padding class
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.size(0), chunk_rows):
                 h = hidden[start : start + chunk_rows].to(dtype)  # (n, D)
                 y = labels[start : start + chunk_rows].unsqueeze(-1)  # (n, 1)
                 logits = (h @ w.T).float()  # (n, V)
                 logits[:, pad_token_id] = float("-inf")
-                lse = torch.logsumexp(logits, dim=-1)  # (n,)
-                nll = lse - logits.gather(1, y).squeeze(-1)
+                # log-sum-exp by hand, so that its exp is the softmax's numerator and no pass is repeated:
+                # four passes over the chunk (max, subtract, exp, sum) where logsumexp followed by
+                # exp(logits - lse) - c took seven (benchmarks/bench_loss.py)
+                top = logits.amax(-1, keepdim=True)  # (n, 1)
+                target_logit = logits.gather(1, y)  # (n, 1), before the chunk is overwritten
+                e = logits.sub_(top).exp_()  # (n, V) exp(logits - max), 0 at padding
+                total = e.sum(-1, keepdim=True)  # (n, 1)
+                lse = (top + total.log()).squeeze(-1)  # (n,)
+                nll = lse - target_logit.squeeze(-1)
                 nll_total += nll.sum()
                 if epsilon > 0:
                     mean_logit = (h.float() @ w_sum) / (vocab - 1)
                     loss += ((1.0 - epsilon) * nll + epsilon * (lse - mean_logit)).sum()
                 else:
                     loss += nll.sum()
-                if want_grad:  # logits -> softmax - q, in place
-                    g = logits.sub_(lse.unsqueeze(-1)).exp_()
+                if not want_grad:
+                    continue
+                # dL/dlogits = e / total - c (non-padding columns) - (1 - eps) at the reference, never
+                # materialised: the row scale 1 / total and the two constant terms are applied to the
+                # (n, D) and (V, D) products instead, which costs O((n + V) D) rather than passes over (n, V)
+                inv = total.reciprocal()  # (n, 1)
+                e = e.to(dtype)
+                if grad_hidden is not None:
+                    gh = (e @ w).float().mul_(inv)  # softmax @ w
+                    gh -= (1.0 - epsilon) * w[y.squeeze(-1)].float()
                     if epsilon > 0:
-                        g.sub_(epsilon / (vocab - 1))
-                        g[:, pad_token_id] = 0.0
-                    g.scatter_add_(1, y, g.new_full(y.shape, epsilon - 1.0))
-                    g = g.to(dtype)
-                    if grad_hidden is not None:
-                        grad_hidden[start : start + chunk_rows] = g @ w
-                    if grad_weight is not None:
-                        grad_weight += (g.T @ h).float()
+                        gh -= c * w_sum
+                    grad_hidden[start : start + chunk_rows] = gh.to(grad_hidden.dtype)
+                if grad_weight is not None:
+                    hf = h.float()
+                    grad_weight += (e.T @ (hf * inv).to(dtype)).float()  # softmax^T @ h
+                    grad_weight.index_add_(0, y.squeeze(-1), hf, alpha=-(1.0 - epsilon))
+                    if epsilon > 0:
+                        row = hf.sum(0)  # (D,): every non-padding row of the weight gets -c * sum of h
+                        grad_weight -= c * row
+                        grad_weight[pad_token_id] += c * row
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(nll_total)
