@@ -36,6 +36,21 @@ def test_without_dropout_it_is_the_tokenizers_own_segmentation(tok, lines):
     assert plain.encode(text + " ") == tok(text)["input_ids"]
 
 
+def test_it_follows_a_tokenizer_that_splits_punctuation(lines, tmp_path):
+    """The pre-tokenizer is the tokenizer's own, so split_punctuation's pieces are never merged across either."""
+    from txkit.tokenization import build_tokenizer
+
+    (tmp_path / "train.txt").write_text("\n".join(lines[:2000]) + "\n", encoding="utf-8")
+    build_tokenizer([tmp_path / "train.txt"], tmp_path / "tok", vocab_size=1000, split_punctuation=True,
+                    show_progress=False, stats=False)  # fmt: skip
+    split = load_tokenizer(tmp_path / "tok")
+    expected = [e.ids for e in split.backend_tokenizer.encode_batch_fast([line.strip() for line in lines])]
+    assert [BPEDropout(split, 0.0).encode(line) for line in lines] == expected
+    sampler, rng = BPEDropout(split, 0.5), sentence_rng(1, 0, 0, 0)
+    pieces = split.convert_ids_to_tokens(sampler.encode("Ein Hund, der rennt.", rng))
+    assert "," in pieces and pieces[-2:] == [".", "</s>"]  # punctuation stays its own piece under dropout too
+
+
 def test_dropout_is_seeded_per_sentence_and_keeps_the_text(tok, lines):
     sample = lines[:: len(lines) // 400]
     a, b = BPEDropout(tok, 0.1), BPEDropout(tok, 0.1)

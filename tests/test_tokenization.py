@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import head, run_cli
 from txkit.errors import TxkitError
 from txkit.tokenization import (
     BYTE_TOKENS,
+    METADATA_FILE,
     SPECIAL_TOKENS,
     TARGET_SUBDIR,
     build_tokenizer,
@@ -104,6 +106,46 @@ def test_unigram_with_byte_fallback(shared_data, tmp_path):
     tok = load_tokenizer(tmp_path / "tok")
     assert tok.unk_token_id not in tok("Žluťoučký kůň ☃")["input_ids"]
     assert is_round_trip(tok, "Žluťoučký kůň ☃")
+
+
+def _mixed(tok) -> list[str]:
+    """Vocabulary entries that join punctuation or symbols to letters or digits ("▁Hund.", "-schwarz")."""
+    import re
+
+    learned = [t for t in tok.get_vocab() if t not in SPECIAL_TOKENS and t not in BYTE_TOKENS]
+    return [t for t in learned if re.search(r"\w", t) and re.search(r"[^\w\s▁]", t)]
+
+
+def test_split_punctuation_keeps_punctuation_out_of_words(shared_data, tmp_path):
+    files = [head(shared_data / "multi30k" / f"train.{lang}", tmp_path / f"train.{lang}", 4000) for lang in ("en", "de")]
+    build_tokenizer(files, tmp_path / "plain", vocab_size=2000, show_progress=False, stats=False)
+    build_tokenizer(files, tmp_path / "split", vocab_size=2000, split_punctuation=True, show_progress=False, stats=False)
+    plain, split = load_tokenizer(tmp_path / "plain"), load_tokenizer(tmp_path / "split")
+    assert len(_mixed(plain)) > 100  # without the split, sentence-final words merge with their full stop
+    assert _mixed(split) == []
+    words = [w for w, _ in split.backend_tokenizer.pre_tokenizer.pre_tokenize_str("Ein Hund (braun-weiß) rennt... 5 $")]
+    assert words == ["▁Ein", "▁Hund", "▁(", "braun", "-", "weiß", ")", "▁rennt", "...", "▁5", "▁$"]
+    assert split.tokenize("Zwei Männer.")[-1] == "." and plain.tokenize("Zwei Männer.")[-1] != "."
+    # Still exact round trips on text the vocabulary was not trained on, and the setting is recorded.
+    for lang in ("en", "de"):
+        stats = tokenizer_stats(split, [shared_data / "multi30k" / f"test2016.{lang}"], max_lines=None)
+        assert stats.files[0].round_trip_rate == 1.0 and stats.files[0].unk == 0
+    assert is_round_trip(split, "« Salut ! » dit-il, l'air ravi (100 %) ☃")
+    assert json.loads((tmp_path / "split" / METADATA_FILE).read_text())["split_punctuation"] is True
+
+
+def test_lowercase_reads_and_writes_lowercase_only(shared_data, tmp_path):
+    files = [head(shared_data / "multi30k" / f"train.{lang}", tmp_path / f"train.{lang}", 2000) for lang in ("en", "de")]
+    report = build_tokenizer(files, tmp_path / "lc", vocab_size=1000, lowercase=True, show_progress=False)
+    tok = load_tokenizer(tmp_path / "lc")
+    learned = [t for t in tok.get_vocab() if t not in SPECIAL_TOKENS and t not in BYTE_TOKENS]
+    assert learned and all(t == t.lower() for t in learned)
+    assert tok("Ein HUND")["input_ids"] == tok("ein hund")["input_ids"]
+    assert tok.decode(tok("Zwei Männer\u00a0ÜBER Äpfeln")["input_ids"], skip_special_tokens=True) == "zwei männer\u00a0über äpfeln"
+    # Round trips are counted against the lowercased text.
+    assert is_round_trip(tok, "Ein Hund.")
+    assert all(f.round_trip_rate == 1.0 for side in report.sides for f in side.files)
+    assert json.loads((tmp_path / "lc" / METADATA_FILE).read_text())["lowercase"] is True
 
 
 def test_options_are_checked(tmp_path):

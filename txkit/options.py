@@ -149,6 +149,14 @@ class TokenizerOptions:
     limit_alphabet: int = setting(1000, "BPE: most distinct characters kept; rarer ones are spelled as bytes")
     normalization: str = setting("NFKC", "Unicode normalization: NFKC, NFC, NFKD, NFD or none")
     byte_fallback: bool = setting(True, "spell characters outside the vocabulary as UTF-8 bytes (no <unk>)")
+    lowercase: bool = setting(
+        False, "lowercase all text before segmenting it: the model reads and writes lowercase only (the Multi30k "
+        "literature's set-up; cased scores then mean little)"
+    )
+    split_punctuation: bool = setting(
+        False, "never merge punctuation and symbols with letters or digits (\"dog.\" is \"dog\" + \".\"), as Moses "
+        "tokenization before BPE does"
+    )
 
     def tokenizer_options(self) -> dict:
         """The TokenizerOptions fields of this object (also of the recipe's tokenizer section)."""

@@ -48,6 +48,10 @@ def build(
     byte_fallback: Annotated[
         bool, typer.Option("--byte-fallback/--no-byte-fallback", help=_help("byte_fallback"))
     ] = _DEFAULTS.byte_fallback,
+    lowercase: Annotated[bool, typer.Option("--lowercase/--keep-case", help=_help("lowercase"))] = _DEFAULTS.lowercase,
+    split_punctuation: Annotated[
+        bool, typer.Option("--split-punctuation/--no-split-punctuation", help=_help("split_punctuation"))
+    ] = _DEFAULTS.split_punctuation,
     errors: Annotated[str, typer.Option(help=_ERRORS_HELP)] = "strict",
     stats_lines: Annotated[int, typer.Option(help="Lines per file the statistics are computed on.")] = 100_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -66,6 +70,8 @@ def build(
         limit_alphabet=limit_alphabet,
         normalization=normalization,
         byte_fallback=byte_fallback,
+        lowercase=lowercase,
+        split_punctuation=split_punctuation,
         errors=errors,
         show_progress=not quiet,
         stats_lines=stats_lines,
