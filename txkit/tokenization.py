@@ -553,7 +553,7 @@ def _first_lines(path: Path, max_lines: int | None, errors: str) -> Iterator[lis
 def lowercases(tok) -> bool:
     """Whether the tokenizer lowercases its input (tokenizer.lowercase), so that it writes lowercase only."""
     normalizer = tok.backend_tokenizer.normalizer
-    return normalizer is not None and normalizer.normalize_str("AÄ") == "aä"
+    return normalizer is not None and normalizer.normalize_str("A") == "a"
 
 
 def is_round_trip(tok, text: str) -> bool:
