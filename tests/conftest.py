@@ -31,6 +31,18 @@ def _quiet_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """accelerate keeps one process-wide AcceleratorState that refuses a second mixed precision; txkit's CLI
+    trains once per process, the tests train many times in one, in float32 and in bf16. Forgotten after each
+    test (and so before the next one's fixtures), as accelerate's own tests do; the process state is kept."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        sys.modules["accelerate.state"].AcceleratorState._reset_state()
+
+
 def head(src: Path, dst: Path, n: int) -> Path:
     """The first n lines of a shared corpus file, written under a tmp folder (never the repo)."""
     import itertools

@@ -55,6 +55,8 @@ VARIANTS = {
                 "data.max_sentences=30"],
     "mixture-bpe-dropout": ["data.train=[{path: multi30k/train, weight: 3}, {path: multi30k/val, weight: 1}]",
                             "data.max_sentences=30", "tokenizer.dropout=0.1"],
+    # bf16 autocast on the CPU, with its written-out attention (txkit.training): resumes exactly too
+    "bf16": ["train.mixed_precision=bf16"],
 }
 
 
@@ -67,8 +69,11 @@ def _resume_overrides(tokenizer: Path, variant: str = "plain") -> list[str]:
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def reference_run(trained_run, tmp_path_factory, request):
     """An uninterrupted 12-update run, the yardstick of the resume tests (plain, with weight EMA, with BPE-dropout)."""
+    from accelerate.state import AcceleratorState
+
     tokenizer = trained_run[0] / "tokenizer"
     run_dir = tmp_path_factory.mktemp("reference") / "run"
+    AcceleratorState._reset_state()  # trained_run may have set up float32 just before, in this test's setup
     train(load_recipe(RECIPE, _resume_overrides(tokenizer, request.param)), run_dir)
     return run_dir, tokenizer, request.param
 
@@ -202,7 +207,7 @@ def test_stop_and_resume_gives_the_uninterrupted_run(reference_run, tmp_path):
     # the log reads as one run: same steps, same losses and learning rates
     mine, theirs = _train_records(run_dir), _train_records(reference)
     assert sorted(mine) == list(range(1, 13))
-    if variant != "plain" and variant != "ema":  # the resumed part crossed epochs, each segmented or drawn afresh
+    if variant not in ("plain", "ema", "bf16"):  # the resumed part crossed epochs, each segmented or drawn afresh
         assert mine[6]["train/epoch"] >= 1 and mine[12]["train/epoch"] >= 2
     for step in mine:
         assert mine[step]["train/loss"] == theirs[step]["train/loss"], step
@@ -511,3 +516,48 @@ def test_the_saved_generation_config_is_valid_for_any_beam(tokenizer_300, shared
     config = GenerationConfig.from_pretrained(saved)
     assert config.num_beams == beam_size
     assert config.length_penalty == (0.6 if beam_size > 1 else GenerationConfig().length_penalty)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_cpu_bf16_training_writes_attention_out_and_saves_no_such_choice(tokenizer_300, data_env, tmp_path,
+                                                                         monkeypatch, capfd, precision):
+    """torch's fused CPU attention has a slow bf16 backward, so CPU bf16 training steps call the written-out
+    attention instead (float32 keeps the fused one); the choice stays out of the checkpoint's config, so the
+    saved model loads with the default attention. On a CPU without bf16 instructions (made so here) bf16
+    training warns that it is emulated."""
+    import torch.nn.functional as F
+    from transformers import AutoConfig
+
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: False)
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    recipe = load_recipe(None, [
+        "model.preset=transformer-tiny", f"tokenizer.path={tokenizer_300}", "data.train=multi30k/train",
+        "data.valid=", "data.max_sentences=200", "train.max_tokens=2000", "train.save_every_minutes=0",
+        "train.log_every_steps=0", f"train.mixed_precision={precision}",
+    ])  # fmt: skip
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a count the user set turns the governor off anyway
+    monkeypatch.delenv("TXKIT_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a thread governor only exists with two threads or more
+    try:
+        trainer = build_trainer(recipe, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    try:
+        # bf16 products are not thread-count independent: a bf16 run keeps its count (no governor)
+        assert (trainer.governor is None) == (precision == "bf16")
+        trainer.governor = None  # the steps below keep the suite's one thread
+        assert trainer.train_step([next(iter(trainer.sampler))])
+        assert bool(calls) == (precision == "no")
+        saved = json.loads((trainer.save() / "config.json").read_text())
+    finally:
+        trainer.close()
+    emulated = "warning: train.mixed_precision=bf16 on a CPU without bf16 instructions" in capfd.readouterr().err
+    assert emulated == (precision == "bf16")
+    assert not [key for key in saved if "attn_implementation" in key], saved
+    loaded = AutoConfig.from_pretrained(tmp_path / "run" / runs.CHECKPOINTS / runs.checkpoint_name(1),
+                                        trust_remote_code=True)
+    assert loaded._attn_implementation != "eager"

@@ -155,7 +155,20 @@ class Trainer:
             from txkit.threads import ThreadGovernor
 
             make_thread_stable(self.unwrapped)
-            self.governor = ThreadGovernor.create()
+            # bf16 matrix products round differently with 1 and 2 threads at some shapes (measured: the weights
+            # after 4 steps differ), so a bf16 run keeps torch's thread count and stays exactly reproducible
+            self.governor = ThreadGovernor.create() if recipe.train.mixed_precision != "bf16" else None
+            if recipe.train.mixed_precision == "bf16":
+                # torch's fused CPU attention has a slow bf16 backward (README, Training on a CPU in bf16: 6x the
+                # written-out attention's on the tiny model), so CPU bf16 training writes attention out; the same
+                # arithmetic, and the config field is private (not saved with checkpoints).
+                self.unwrapped.config._attn_implementation = "eager"
+                if not _native_cpu_bf16():
+                    self._info(
+                        "warning: train.mixed_precision=bf16 on a CPU without bf16 instructions (AVX512-BF16 or "
+                        "AMX): torch emulates them, which is likely slower than float32 (--set "
+                        "train.mixed_precision=no)"
+                    )
         self.ema = None  # the moving average of the weights (train.ema_decay), from the weights as they are now
         if recipe.train.ema_decay:
             from txkit.ema import WeightEMA
@@ -532,3 +545,16 @@ class Trainer:
 
 def _shapes(batch: dict) -> str:
     return f"input_ids {tuple(batch['input_ids'].shape)}, labels {tuple(batch['labels'].shape)}"
+
+
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (x86 AVX512-BF16 or AMX); True where torch cannot
+    tell (other architectures, other torch builds), so that only a known emulation is warned about."""
+    import platform
+
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if platform.machine().lower() not in ("x86_64", "amd64") or None in checks:
+        return True
+    return any(check() for check in checks)
