@@ -152,13 +152,16 @@ class Trainer:
         self.governor = None
         if accelerator.device.type == "cpu":  # the thread count may change step by step (txkit/threads.py)
             from txkit.thread_stable import make_thread_stable
-            from txkit.threads import ThreadGovernor
+            from txkit.threads import ThreadGovernor, set_threads
 
             make_thread_stable(self.unwrapped)
-            # bf16 matrix products round differently with 1 and 2 threads at some shapes (measured: the weights
-            # after 4 steps differ), so a bf16 run keeps torch's thread count and stays exactly reproducible
-            self.governor = ThreadGovernor.create() if recipe.train.mixed_precision != "bf16" else None
-            if recipe.train.mixed_precision == "bf16":
+            if recipe.train.mixed_precision != "bf16":
+                self.governor = ThreadGovernor.create()
+            else:
+                # bf16 matrix products round differently with 1 and 2 threads at some shapes (measured: the
+                # weights after 4 steps differ), so a bf16 run keeps one count (the user's, else torch's) and
+                # stays exactly reproducible
+                set_threads()
                 # torch's fused CPU attention has a slow bf16 backward (README, Training on a CPU in bf16: 6x the
                 # written-out attention's on the tiny model), so CPU bf16 training writes attention out; the same
                 # arithmetic, and the config field is private (not saved with checkpoints).
