@@ -16,7 +16,9 @@ for each model, txkit's own engine (`txkit translate --engine txkit`'s Translato
 length into --max-tokens token batches, one length limit: the longest source + 50; detokenized with tokenizers'
 batch decode), all in the hf length-penalty form (the one CTranslate2 has), at each --threads count, float32
 and int8: sentences/s, target tokens/s, BLEU against the reference (sacreBLEU) and how many translations equal
-txkit's. --latency N adds the first sentence's latency of `txkit translate` reading one sentence on standard
+txkit's. `--precisions fp32,int8,bf16` adds txkit's engine with bf16 weights and compute (`--dtype bf16`; fast
+where the CPU has AVX512-BF16 or AMX), compared with CTranslate2's int8 (it has no bf16 on a CPU) and, in
+"= txkit", with txkit's float32 translations. --latency N adds the first sentence's latency of `txkit translate` reading one sentence on standard
 input (a fresh process: start, model load, first line out; best of N) for the default engine choice and each
 engine, with the CTranslate2 conversion cached, and once for the first call on a never-converted copy of the
 model (the conversion included). Defaults: 1000 lines of Multi30k test2016.en, one round (--repeat). In each
@@ -234,9 +236,12 @@ def engines_table(args, model_paths: list[str]) -> None:
     print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     direct = {(r["model"], r["threads"], r["precision"]): r["sps"] for r in rows if r["engine"] == ENGINE_ROWS[2]}
     for r in rows:
-        ratio = r["sps"] / direct[(r["model"], r["threads"], r["precision"])]
+        # bf16 (txkit alone) against CTranslate2's fastest CPU precision, int8, where the table has it
+        against = "int8" if r["precision"] == "bf16" else r["precision"]
+        known = direct.get((r["model"], r["threads"], against))
+        ratio = f"{r['sps'] / known:.2f}x" + (" (vs int8)" if against != r["precision"] else "") if known else "-"
         print(f"| {r['model']} | {r['engine']} | {r['threads']} | {r['precision']} | {r['sps']:.1f} | {r['tps']:.0f} | "
-              f"{r['bleu']:.2f} | {r['same']}/{len(sources)} | {ratio:.2f}x |")  # fmt: skip
+              f"{r['bleu']:.2f} | {r['same']}/{len(sources)} | {ratio} |")  # fmt: skip
     if latencies:
         print(f"\nFirst sentence's latency: seconds from starting `txkit translate MODEL --threads {threads_list[0]}` "
               f"(a fresh process, one sentence on standard input) to its first output line, "
@@ -249,19 +254,18 @@ def engines_table(args, model_paths: list[str]) -> None:
 
 def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -> list[dict]:
     """Each engine at each thread count and precision on one model: a dict per row (speed, BLEU, agreement)."""
-    import sacrebleu
-
     from txkit.engines import ctranslate2_model, load_translator
 
     ctranslate2_model(model_path)  # converted (and cached) before any timing
-    rows = []
+    rows, fp32 = [], None
     for threads in threads_list:
         torch.set_num_threads(threads)
-        for precision in ("fp32", "int8"):
+        for precision in args.precisions:
             quantize = "int8" if precision == "int8" else "none"
             base = dict(beam_size=args.beam, length_penalty=args.alpha, lp_form="hf", max_tokens=args.max_tokens,
                         quantize=quantize)  # fmt: skip
-            ours = load_translator(model_path, DecodeOptions(**base, engine="txkit"), threads)
+            dtype = "bf16" if precision == "bf16" else "fp32"
+            ours = load_translator(model_path, DecodeOptions(**base, engine="txkit", dtype=dtype), threads)
             times: dict[str, list] = {engine: [] for engine in ENGINE_ROWS}
             outputs = {}
 
@@ -276,6 +280,14 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
             ours.translate(sources[:8])  # warm-up: allocator, kernels
             for _ in range(args.repeat):
                 timed(ENGINE_ROWS[0], lambda ours=ours: ours.translate(sources))
+            if precision == "fp32":
+                fp32 = outputs[ENGINE_ROWS[0]]
+            if precision == "bf16":  # CTranslate2 computes in float32 or int8 on a CPU: txkit's row alone, its
+                # "= txkit" counted against txkit's float32 translations
+                rows.append(_row(args, name, ENGINE_ROWS[0], threads, precision, times, outputs, ours, refs, fp32))
+                print(f"  {name}: txkit, {threads} thread(s), bf16: {min(times[ENGINE_ROWS[0]]):.2f} s", flush=True)
+                del ours, timed
+                continue
             theirs = load_translator(model_path, DecodeOptions(**base, engine="ctranslate2"), threads)
             # CTranslate2 called directly on the very ctranslate2.Translator that `theirs` holds: the same model,
             # compute type and `threads` workers of one thread each (CTranslate2's documented setting for
@@ -304,18 +316,26 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                 for engine in names:
                     timed(engine, paths[engine])
             for engine in ENGINE_ROWS:
-                seconds = min(times[engine])
-                tokens = sum(len(ids) for ids in ours.tgt_tok(outputs[engine], add_special_tokens=False)["input_ids"])
-                rows.append(dict(
-                    model=name, engine=engine, threads=threads, precision=precision, sps=len(sources) / seconds,
-                    tps=tokens / seconds, bleu=sacrebleu.corpus_bleu(outputs[engine], [refs]).score,
-                    same=sum(a == b for a, b in zip(outputs[engine], outputs[ENGINE_ROWS[0]])),
-                ))  # fmt: skip
-                print(f"  {name}: {engine}, {threads} thread(s), {precision}: {seconds:.2f} s", flush=True)
+                rows.append(_row(args, name, engine, threads, precision, times, outputs, ours, refs))
+                print(f"  {name}: {engine}, {threads} thread(s), {precision}: {min(times[engine]):.2f} s", flush=True)
             gone = weakref.ref(direct)
             del paths, run_direct, warm_up, ours, theirs, direct, timed  # this cell's ctranslate2.Translator with them
             assert gone() is None, "a ctranslate2.Translator outlived its cell (it would slow the next cell's torch)"
     return rows
+
+
+def _row(args, name, engine, threads, precision, times, outputs, ours, refs, baseline=None) -> dict:
+    """One engine's row of the table: its best round's speed, BLEU and agreement with txkit's translations (those
+    of this precision, or `baseline`)."""
+    import sacrebleu
+
+    seconds = min(times[engine])
+    tokens = sum(len(ids) for ids in ours.tgt_tok(outputs[engine], add_special_tokens=False)["input_ids"])
+    return dict(
+        model=name, engine=engine, threads=threads, precision=precision, sps=len(outputs[engine]) / seconds,
+        tps=tokens / seconds, bleu=sacrebleu.corpus_bleu(outputs[engine], [refs]).score,
+        same=sum(a == b for a, b in zip(outputs[engine], baseline or outputs[ENGINE_ROWS[0]])),
+    )  # fmt: skip
 
 
 def first_sentence_latency(model_path: str, name: str, sentence: str, threads: int, tries: int) -> list[tuple]:
@@ -383,6 +403,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-tokens", type=int, default=4096, help="batch budget in source tokens")
     parser.add_argument("--threads", default="1", help="CPU threads for torch and CTranslate2 (--engines: a list, 1,2)")
     parser.add_argument("--engines", action="store_true", help="the engines x threads x precision table instead")
+    parser.add_argument("--precisions", default="fp32,int8",
+                        help="--engines: fp32, int8 and/or bf16 (txkit alone: CTranslate2 has no bf16 on a CPU)")
     parser.add_argument("--source", default="multi30k/test2016.en", help="--engines: source file (in shared data)")
     parser.add_argument("--reference", help="--engines: reference file (default: the source's with --target-lang)")
     parser.add_argument("--target-lang", default="de")
@@ -400,6 +422,9 @@ def main(argv=None) -> None:
     models = [m for option in args.model for m in option.split(",") if m]
     args.repeat = args.repeat or (1 if args.engines else 3)
     args.n = args.n or (1000 if args.engines else 500)
+    args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if any(p not in ("fp32", "int8", "bf16") for p in args.precisions):
+        parser.error(f"--precisions {','.join(args.precisions)}: choose from fp32, int8, bf16")
     if args.engines:
         engines_table(args, models or [str(build_model(args))])
         return
