@@ -18,7 +18,8 @@ batch decode), all in the hf length-penalty form (the one CTranslate2 has), at e
 and int8: sentences/s, target tokens/s, BLEU against the reference (sacreBLEU) and how many translations equal
 txkit's. `--precisions fp32,int8,bf16` adds txkit's engine with bf16 weights and compute (`--dtype bf16`; fast
 where the CPU has AVX512-BF16 or AMX), compared with CTranslate2's int8 (it has no bf16 on a CPU) and, in
-"= txkit", with txkit's float32 translations. --latency N adds the first sentence's latency of `txkit translate` reading one sentence on standard
+"= txkit", with txkit's float32 translations at the same thread count (list fp32 before bf16). --latency N adds
+the first sentence's latency of `txkit translate` reading one sentence on standard
 input (a fresh process: start, model load, first line out; best of N) for the default engine choice and each
 engine, with the CTranslate2 conversion cached, and once for the first call on a never-converted copy of the
 model (the conversion included). Defaults: 1000 lines of Multi30k test2016.en, one round (--repeat). In each
@@ -240,8 +241,9 @@ def engines_table(args, model_paths: list[str]) -> None:
         against = "int8" if r["precision"] == "bf16" else r["precision"]
         known = direct.get((r["model"], r["threads"], against))
         ratio = f"{r['sps'] / known:.2f}x" + (" (vs int8)" if against != r["precision"] else "") if known else "-"
+        same = "-" if r["same"] is None else f"{r['same']}/{len(sources)}"
         print(f"| {r['model']} | {r['engine']} | {r['threads']} | {r['precision']} | {r['sps']:.1f} | {r['tps']:.0f} | "
-              f"{r['bleu']:.2f} | {r['same']}/{len(sources)} | {ratio} |")  # fmt: skip
+              f"{r['bleu']:.2f} | {same} | {ratio} |")  # fmt: skip
     if latencies:
         print(f"\nFirst sentence's latency: seconds from starting `txkit translate MODEL --threads {threads_list[0]}` "
               f"(a fresh process, one sentence on standard input) to its first output line, "
@@ -257,9 +259,10 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
     from txkit.engines import ctranslate2_model, load_translator
 
     ctranslate2_model(model_path)  # converted (and cached) before any timing
-    rows, fp32 = [], None
+    rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
+        fp32 = None  # txkit's float32 translations at this thread count, for the bf16 row's "= txkit"
         for precision in args.precisions:
             quantize = "int8" if precision == "int8" else "none"
             base = dict(beam_size=args.beam, length_penalty=args.alpha, lp_form="hf", max_tokens=args.max_tokens,
@@ -284,7 +287,7 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                 fp32 = outputs[ENGINE_ROWS[0]]
             if precision == "bf16":  # CTranslate2 computes in float32 or int8 on a CPU: txkit's row alone, its
                 # "= txkit" counted against txkit's float32 translations
-                rows.append(_row(args, name, ENGINE_ROWS[0], threads, precision, times, outputs, ours, refs, fp32))
+                rows.append(_row(name, ENGINE_ROWS[0], threads, precision, times, outputs, ours, refs, fp32))
                 print(f"  {name}: txkit, {threads} thread(s), bf16: {min(times[ENGINE_ROWS[0]]):.2f} s", flush=True)
                 del ours, timed
                 continue
@@ -316,7 +319,7 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
                 for engine in names:
                     timed(engine, paths[engine])
             for engine in ENGINE_ROWS:
-                rows.append(_row(args, name, engine, threads, precision, times, outputs, ours, refs))
+                rows.append(_row(name, engine, threads, precision, times, outputs, ours, refs))
                 print(f"  {name}: {engine}, {threads} thread(s), {precision}: {min(times[engine]):.2f} s", flush=True)
             gone = weakref.ref(direct)
             del paths, run_direct, warm_up, ours, theirs, direct, timed  # this cell's ctranslate2.Translator with them
@@ -324,9 +327,9 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
     return rows
 
 
-def _row(args, name, engine, threads, precision, times, outputs, ours, refs, baseline=None) -> dict:
+def _row(name, engine, threads, precision, times, outputs, ours, refs, baseline=None) -> dict:
     """One engine's row of the table: its best round's speed, BLEU and agreement with txkit's translations (those
-    of this precision, or `baseline`)."""
+    of this precision, or `baseline`; bf16 without float32 ones: None)."""
     import sacrebleu
 
     seconds = min(times[engine])
@@ -334,7 +337,8 @@ def _row(args, name, engine, threads, precision, times, outputs, ours, refs, bas
     return dict(
         model=name, engine=engine, threads=threads, precision=precision, sps=len(outputs[engine]) / seconds,
         tps=tokens / seconds, bleu=sacrebleu.corpus_bleu(outputs[engine], [refs]).score,
-        same=sum(a == b for a, b in zip(outputs[engine], baseline or outputs[ENGINE_ROWS[0]])),
+        same=None if precision == "bf16" and baseline is None
+        else sum(a == b for a, b in zip(outputs[engine], outputs[ENGINE_ROWS[0]] if baseline is None else baseline)),
     )  # fmt: skip
 
 
