@@ -14,7 +14,8 @@ for each model, txkit's own engine (`txkit translate --engine txkit`'s Translato
 `--engine ctranslate2` through txkit, and CTranslate2 called directly the way its documentation recommends
 (tokenizers' batch encode to token strings, one `translate_batch` over all sentences, which sorts them by
 length into --max-tokens token batches, one length limit: the longest source + 50; detokenized with tokenizers'
-batch decode), all in the hf length-penalty form (the one CTranslate2 has), at each --threads count, float32
+batch decode; beam search with `patience=txkit.engines.CT2_PATIENCE`, as txkit's CTranslate2 engine runs it, the
+setting that gives txkit's translations; --ct2-patience 1 for CTranslate2's default), all in the hf length-penalty form (the one CTranslate2 has), at each --threads count, float32
 and int8: sentences/s, target tokens/s, BLEU against the reference (sacreBLEU) and how many translations equal
 txkit's. `--precisions fp32,int8,bf16` adds txkit's engine with bf16 weights and compute (`--dtype bf16`; fast
 where the CPU has AVX512-BF16 or AMX), compared with CTranslate2's int8 (it has no bf16 on a CPU) and, in
@@ -35,7 +36,7 @@ per second for four ways of decoding the same length-sorted batches (txkit's `le
   generate         `MarianMTModel.generate(num_beams, length_penalty, max_new_tokens=limit)` on the Marian
                    export of the same weights (`txkit.export.export_marian`), per batch
   ct2 fp32         CTranslate2 on the converted export (`txkit.export.convert_ctranslate2`), float32,
-                   `translate_batch(beam_size, length_penalty, max_decoding_length=limit)` per batch, all
+                   `translate_batch(beam_size, length_penalty, patience, max_decoding_length=limit)` per batch, all
                    submitted at once to --threads one-thread workers (on a GPU: one worker)
 
 The paths run in rounds (--repeat), each round in a rotated order, so a change in the machine's load hits all
@@ -177,7 +178,7 @@ def run_ct2(translator, tok, sources, batches, limits, beam, alpha):
         ids = tok([sources[i] for i in batch])["input_ids"]
         source_tokens = [tok.convert_ids_to_tokens(x) for x in ids]
         submitted.append(translator.translate_batch(
-            source_tokens, beam_size=beam, length_penalty=alpha, max_decoding_length=limit,
+            source_tokens, beam_size=beam, length_penalty=alpha, max_decoding_length=limit, patience=PATIENCE,
             max_batch_size=len(batch), return_scores=False, asynchronous=True,
         ))  # fmt: skip
     for batch, results in zip(batches, submitted):
@@ -200,6 +201,10 @@ def profile_txkit(run, out_path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- engines x threads x precision
+
+from txkit.engines import CT2_PATIENCE  # noqa: E402
+
+PATIENCE = CT2_PATIENCE  # of the direct CTranslate2 calls (--ct2-patience)
 
 ENGINE_ROWS = ("txkit", "txkit --engine ctranslate2", "ctranslate2 direct")
 
@@ -229,7 +234,7 @@ def engines_table(args, model_paths: list[str]) -> None:
         if args.latency:
             latencies += first_sentence_latency(resolved, name, sources[0], threads_list[0], args.latency)
     print(f"\n{len(sources)} sentences of {source.name} (BLEU against {reference.name}, sacreBLEU), beam {args.beam}, "
-          f"alpha {args.alpha} (hf form, the one CTranslate2 has), --max-tokens {args.max_tokens}, best of "
+          f"alpha {args.alpha} (hf form, the one CTranslate2 has), CTranslate2 direct with patience {PATIENCE}, --max-tokens {args.max_tokens}, best of "
           f"{args.repeat} round(s); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, ctranslate2 {ctranslate2.__version__}; "
           f"{time.perf_counter() - started:.0f} s\n")  # fmt: skip
@@ -304,7 +309,7 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
             def run_direct(lines, direct=direct, encoder=encoder, decoder=decoder, vocab=vocab):
                 tokens = [e.tokens for e in encoder.encode_batch(lines)]
                 limit = max(len(t) for t in tokens) + 50
-                out = direct.translate_batch(tokens, beam_size=args.beam, length_penalty=args.alpha,
+                out = direct.translate_batch(tokens, beam_size=args.beam, length_penalty=args.alpha, patience=PATIENCE,
                                              max_decoding_length=limit, max_batch_size=args.max_tokens,
                                              batch_type="tokens", min_decoding_length=0)  # fmt: skip
                 return decoder.decode_batch([[vocab[t] for t in r.hypotheses[0]] for r in out])
@@ -419,10 +424,16 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", metavar="FILE", help="profile one txkit paper run; write the table to FILE")
     parser.add_argument("--train-steps", type=int, default=0, help="briefly train the built model (0: random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ct2-patience", type=int, default=None,
+                        help="patience of the direct CTranslate2 calls (default: txkit.engines.CT2_PATIENCE, as "
+                             "txkit's CTranslate2 engine; 1 is CTranslate2's own default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: every path runs there")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and compute")
     parser.add_argument("--work-dir", default="/tmp/txkit-bench", help="where built tokenizer/models are cached")
     args = parser.parse_args(argv)
+    global PATIENCE
+    if args.ct2_patience is not None:
+        PATIENCE = args.ct2_patience
     models = [m for option in args.model for m in option.split(",") if m]
     args.repeat = args.repeat or (1 if args.engines else 3)
     args.n = args.n or (1000 if args.engines else 500)
