@@ -15,9 +15,9 @@ for each model, txkit's own engine (`txkit translate --engine txkit`'s Translato
 (tokenizers' batch encode to token strings, one `translate_batch` over all sentences, which sorts them by
 length into --max-tokens token batches, one length limit: the longest source + 50; detokenized with tokenizers'
 batch decode; beam search with `patience=txkit.engines.CT2_PATIENCE`, as txkit's CTranslate2 engine runs it, the
-setting that gives txkit's translations; --ct2-patience 1 for CTranslate2's default), all in the hf length-penalty form (the one CTranslate2 has), at each --threads count, float32
-and int8: sentences/s, target tokens/s, BLEU against the reference (sacreBLEU) and how many translations equal
-txkit's. `--precisions fp32,int8,bf16` adds txkit's engine with bf16 weights and compute (`--dtype bf16`; fast
+setting that gives txkit's translations; --ct2-patience 1 for CTranslate2's default), all in the hf length-penalty
+form (the one CTranslate2 has), at each --threads count, float32 and int8: sentences/s, target tokens/s, BLEU
+against the reference (sacreBLEU) and how many translations equal txkit's. `--precisions fp32,int8,bf16` adds txkit's engine with bf16 weights and compute (`--dtype bf16`; fast
 where the CPU has AVX512-BF16 or AMX), compared with CTranslate2's int8 (it has no bf16 on a CPU) and, in
 "= txkit", with txkit's float32 translations at the same thread count (list fp32 before bf16). --latency N adds
 the first sentence's latency of `txkit translate` reading one sentence on standard
@@ -234,7 +234,8 @@ def engines_table(args, model_paths: list[str]) -> None:
         if args.latency:
             latencies += first_sentence_latency(resolved, name, sources[0], threads_list[0], args.latency)
     print(f"\n{len(sources)} sentences of {source.name} (BLEU against {reference.name}, sacreBLEU), beam {args.beam}, "
-          f"alpha {args.alpha} (hf form, the one CTranslate2 has), CTranslate2 direct with patience {PATIENCE}, --max-tokens {args.max_tokens}, best of "
+          f"alpha {args.alpha} (hf form, the one CTranslate2 has), CTranslate2 direct with patience {PATIENCE}, "
+          f"--max-tokens {args.max_tokens}, best of "
           f"{args.repeat} round(s); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, ctranslate2 {ctranslate2.__version__}; "
           f"{time.perf_counter() - started:.0f} s\n")  # fmt: skip
