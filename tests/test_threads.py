@@ -61,6 +61,21 @@ def test_training_steps_do_not_depend_on_the_thread_count(tokenizer_300, shared_
     assert one == two == mixed
 
 
+def test_importing_txkit_asks_mkl_for_thread_count_independent_products():
+    """MKL splits a matrix product's summed dimension between threads on some CPUs (an Intel Xeon with AMX: the
+    two tests around this one fail there without it); `import txkit` sets its strict reproducibility mode
+    before MKL's first call, and leaves a mode the user chose."""
+    import subprocess
+    import sys
+
+    code = "import os, txkit; print(os.environ['MKL_CBWR'])"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "AUTO,STRICT"  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "MKL_CBWR": "COMPATIBLE"}, capture_output=True,
+                          text=True, check=True).stdout.strip() == "COMPATIBLE"  # fmt: skip
+
+
 def test_thread_stable_layer_norm_is_layer_norm(threads):
     """The replacement has nn.LayerNorm's forward and input gradient bitwise, and its weight and bias
     gradients up to the order of summation, with any thread count; its own gradients are the same bits

@@ -5,7 +5,9 @@ Measured on torch 2.13's CPU build (x86, MKL): a transformer training step's for
 gradient are bitwise the same with 1 and 2 threads except the LayerNorm weight and bias gradients. Those are
 sums over all token rows, and ATen's LayerNorm backward splits that sum into one partial sum per thread, so
 the rounding follows the thread count. (The Linear layers' weight gradients, also sums over tokens, are
-matrix products that MKL does not split along the summed dimension at these sizes.) This module replaces that
+matrix products that MKL does not split along the summed dimension at these sizes on the AMD EPYC this was
+measured on; on an Intel Xeon with AMX it does, unless MKL's strict reproducibility mode is on, which
+`import txkit` sets: MKL_CBWR=AUTO,STRICT, see txkit/__init__.py.) This module replaces that
 one reduction:
 
 * the input gradient comes from ATen's own LayerNorm backward, asked for the input gradient only (computed
