@@ -297,7 +297,8 @@ class CTranslate2Translator:
     tokens handed to CTranslate2 as strings (the Marian export renumbers ids, not tokens). All sentences go to
     one `translate_batch` call, which sorts them by length into `max_tokens`-token batches; CTranslate2 has one
     `max_decoding_length` per call, so the few whose own, smaller length limit could have changed their result
-    are searched again with it (`_search`). Beam search runs with patience `CT2_PATIENCE` (see there). Sampling is refused (`check_ctranslate2_options`)."""
+    are searched again with it (`_search`). Beam search runs with patience `CT2_PATIENCE` (see there). Sampling
+    is refused (`check_ctranslate2_options`)."""
 
     def __init__(self, model_dir: str | Path, src_tok, tgt_tok, options, config, threads: int | None = None):
         import ctranslate2
