@@ -14,14 +14,14 @@ for each model, txkit's own engine (`txkit translate --engine txkit`'s Translato
 `--engine ctranslate2` through txkit, and CTranslate2 called directly the way its documentation recommends
 (tokenizers' batch encode to token strings, one `translate_batch` over all sentences, which sorts them by
 length into --max-tokens token batches, one length limit: the longest source + 50; detokenized with tokenizers'
-batch decode; beam search with `patience=txkit.engines.CT2_PATIENCE`, as txkit's CTranslate2 engine runs it, the
-setting that gives txkit's translations; --ct2-patience 1 for CTranslate2's default), all in the hf length-penalty
-form (the one CTranslate2 has), at each --threads count, float32 and int8: sentences/s, target tokens/s, BLEU
-against the reference (sacreBLEU) and how many translations equal txkit's. `--precisions fp32,int8,bf16` adds txkit's engine with bf16 weights and compute (`--dtype bf16`; fast
-where the CPU has AVX512-BF16 or AMX), compared with CTranslate2's int8 (it has no bf16 on a CPU) and, in
-"= txkit", with txkit's float32 translations at the same thread count (list fp32 before bf16). --latency N adds
-the first sentence's latency of `txkit translate` reading one sentence on standard
-input (a fresh process: start, model load, first line out; best of N) for the default engine choice and each
+batch decode; beam search with `patience=txkit.engines.CT2_PATIENCE`, as txkit's CTranslate2 engine runs it;
+--ct2-patience N times the direct calls at another patience), all in the hf length-penalty form (the one
+CTranslate2 has), at each --threads count, float32 and int8: sentences/s, target tokens/s, BLEU against the
+reference (sacreBLEU) and how many translations equal txkit's. `--precisions fp32,int8,bf16` adds txkit's engine
+with bf16 weights and compute (`--dtype bf16`; fast where the CPU has AVX512-BF16 or AMX), compared with
+CTranslate2's int8 (it has no bf16 on a CPU) and, in "= txkit", with txkit's float32 translations at the same
+thread count (list fp32 before bf16). --latency N adds the first sentence's latency of `txkit translate` reading
+one sentence on standard input (a fresh process: start, model load, first line out; best of N) for the default engine choice and each
 engine, with the CTranslate2 conversion cached, and once for the first call on a never-converted copy of the
 model (the conversion included). Defaults: 1000 lines of Multi30k test2016.en, one round (--repeat). In each
 cell txkit's engine runs its rounds before the cell's CTranslate2 is loaded, then the two CTranslate2 paths
