@@ -67,9 +67,10 @@ def test_ctranslate2_honours_each_sentences_own_limit_within_one_batch(trained_m
     limits = translator._prepare(sources, 0).max_lengths
     ours = [translator.detokenize(h) for h in hyps]
     # the premise: several limits in the batch, binding for some sentences (the best hypothesis ran to its
-    # limit) and not for others
-    cut = [len(h[0].tokens) >= limit for h, limit in zip(hyps, limits)]
-    assert len(set(limits)) > 5 and len(sources) // 10 < sum(cut) < len(sources) * 9 // 10
+    # limit) and not for others, at least 10 of each (how many depends on the test model, which trains
+    # differently on different CPUs: greedy search on an AMD EPYC cut 180 of 200)
+    cut = sum(len(h[0].tokens) >= limit for h, limit in zip(hyps, limits))
+    assert len(set(limits)) > 5 and cut >= 10 and len(sources) - cut >= 10
     theirs = load_translator(trained_model, DecodeOptions(engine="ctranslate2", **opts), threads)
     assert theirs.workers == threads
     got = theirs.translate_nbest(sources)
