@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from txkit.decoding import DecodeOptions, Translator, length_sorted_batches, load_model  # noqa: E402
+from txkit.engines import CT2_PATIENCE  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PATHS = ("txkit paper", "txkit hf-form", "generate", "ct2 fp32")
@@ -170,7 +171,7 @@ def run_txkit(model, src_tok, tgt_tok, sources, batches, limits, options: Decode
     return texts, tokens
 
 
-def run_ct2(translator, tok, sources, batches, limits, beam, alpha):
+def run_ct2(translator, tok, sources, batches, limits, beam, alpha, patience):
     """CTranslate2 per batch, on the tokens of the (renumbered) Marian tokenizer."""
     texts, tokens = [None] * len(sources), 0
     submitted = []  # every batch submitted at once: the workers take them in turn
@@ -178,7 +179,7 @@ def run_ct2(translator, tok, sources, batches, limits, beam, alpha):
         ids = tok([sources[i] for i in batch])["input_ids"]
         source_tokens = [tok.convert_ids_to_tokens(x) for x in ids]
         submitted.append(translator.translate_batch(
-            source_tokens, beam_size=beam, length_penalty=alpha, max_decoding_length=limit, patience=PATIENCE,
+            source_tokens, beam_size=beam, length_penalty=alpha, max_decoding_length=limit, patience=patience,
             max_batch_size=len(batch), return_scores=False, asynchronous=True,
         ))  # fmt: skip
     for batch, results in zip(batches, submitted):
@@ -201,10 +202,6 @@ def profile_txkit(run, out_path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- engines x threads x precision
-
-from txkit.engines import CT2_PATIENCE  # noqa: E402
-
-PATIENCE = CT2_PATIENCE  # of the direct CTranslate2 calls (--ct2-patience)
 
 ENGINE_ROWS = ("txkit", "txkit --engine ctranslate2", "ctranslate2 direct")
 
@@ -234,7 +231,7 @@ def engines_table(args, model_paths: list[str]) -> None:
         if args.latency:
             latencies += first_sentence_latency(resolved, name, sources[0], threads_list[0], args.latency)
     print(f"\n{len(sources)} sentences of {source.name} (BLEU against {reference.name}, sacreBLEU), beam {args.beam}, "
-          f"alpha {args.alpha} (hf form, the one CTranslate2 has), CTranslate2 direct with patience {PATIENCE}, "
+          f"alpha {args.alpha} (hf form, the one CTranslate2 has), CTranslate2 direct with patience {args.ct2_patience}, "
           f"--max-tokens {args.max_tokens}, best of "
           f"{args.repeat} round(s); {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, ctranslate2 {ctranslate2.__version__}; "
@@ -310,7 +307,7 @@ def engine_rows(args, model_path: str, name: str, sources, refs, threads_list) -
             def run_direct(lines, direct=direct, encoder=encoder, decoder=decoder, vocab=vocab):
                 tokens = [e.tokens for e in encoder.encode_batch(lines)]
                 limit = max(len(t) for t in tokens) + 50
-                out = direct.translate_batch(tokens, beam_size=args.beam, length_penalty=args.alpha, patience=PATIENCE,
+                out = direct.translate_batch(tokens, beam_size=args.beam, length_penalty=args.alpha, patience=args.ct2_patience,
                                              max_decoding_length=limit, max_batch_size=args.max_tokens,
                                              batch_type="tokens", min_decoding_length=0)  # fmt: skip
                 return decoder.decode_batch([[vocab[t] for t in r.hypotheses[0]] for r in out])
@@ -425,16 +422,13 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", metavar="FILE", help="profile one txkit paper run; write the table to FILE")
     parser.add_argument("--train-steps", type=int, default=0, help="briefly train the built model (0: random)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ct2-patience", type=int, default=None,
+    parser.add_argument("--ct2-patience", type=int, default=CT2_PATIENCE,
                         help="patience of the direct CTranslate2 calls (default: txkit.engines.CT2_PATIENCE, as "
                              "txkit's CTranslate2 engine; 1 is CTranslate2's own default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: every path runs there")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and compute")
     parser.add_argument("--work-dir", default="/tmp/txkit-bench", help="where built tokenizer/models are cached")
     args = parser.parse_args(argv)
-    global PATIENCE
-    if args.ct2_patience is not None:
-        PATIENCE = args.ct2_patience
     models = [m for option in args.model for m in option.split(",") if m]
     args.repeat = args.repeat or (1 if args.engines else 3)
     args.n = args.n or (1000 if args.engines else 500)
@@ -500,7 +494,7 @@ def main(argv=None) -> None:
         "txkit paper": lambda b, lim: run_txkit(model, src_tok, tgt_tok, sources, b, None, paper),
         "txkit hf-form": lambda b, lim: run_txkit(model, src_tok, tgt_tok, sources, b, lim, hf),
         "generate": lambda b, lim: run_generate(marian, marian_tok, sources, b, lim, args.beam, args.alpha),
-        "ct2 fp32": lambda b, lim: run_ct2(ct2, marian_tok, sources, b, lim, args.beam, args.alpha),
+        "ct2 fp32": lambda b, lim: run_ct2(ct2, marian_tok, sources, b, lim, args.beam, args.alpha, args.ct2_patience),
     }
     runs = {p: runs[p] for p in paths}
 
