@@ -263,18 +263,29 @@ def test_training_forward_with_fused_loss_equals_the_logits_path():
 
 def test_cpu_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
     torch.manual_seed(0)
-    x = torch.ones(200_000, requires_grad=True)
+    x = torch.ones(200_001, requires_grad=True)  # not a multiple of the four values a 64-bit draw gives
     y = dropout(x, 0.3, training=True)
     kept = y.ne(0)
     assert abs(kept.float().mean().item() - 0.7) < 0.005
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7), rtol=1e-5, atol=0)  # p to 2^-17
+    assert abs(y.detach().mean().item() - 1.0) < 0.01  # the expectation is kept
+    # each of the four 16-bit parts of a draw is used whole (one biased part would show as a rate off by 1/8)
+    for part in range(4):
+        assert abs(kept[part::4].float().mean().item() - 0.7) < 0.01, part
+    # and neighbours are independent: both kept 0.49 of the time
+    assert abs((kept[:-1] & kept[1:]).float().mean().item() - 0.49) < 0.01
     y.sum().backward()  # the gradient flows through the kept values only, rescaled the same way
     torch.testing.assert_close(x.grad, y.detach())
     assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0, training=True) is x
     torch.manual_seed(1)
     a = dropout(x, 0.3, training=True)
+    assert not torch.equal(a, dropout(x, 0.3, training=True))  # a new mask each call
     torch.manual_seed(1)
     assert torch.equal(a, dropout(x, 0.3, training=True))  # seeded like the rest of training
+    half = torch.ones(3, 1000, dtype=torch.bfloat16)  # autocast's activations: the mask in their dtype
+    out = dropout(half, 0.1, training=True)
+    assert out.dtype == torch.bfloat16 and out.shape == half.shape
+    assert abs(out.eq(0).float().mean().item() - 0.1) < 0.03
 
 
 def test_loss_normalised_by_num_items_in_batch():

@@ -524,7 +524,8 @@ def test_cpu_bf16_training_writes_attention_out_and_saves_no_such_choice(tokeniz
     """torch's fused CPU attention has a slow bf16 backward, so CPU bf16 training steps call the written-out
     attention instead (float32 keeps the fused one); the choice stays out of the checkpoint's config, so the
     saved model loads with the default attention. On a CPU without bf16 instructions (made so here) bf16
-    training warns that it is emulated."""
+    training warns that it is emulated. Both train with the fused AdamW; only float32 (whose thread count may
+    change) with the thread-count-independent LayerNorm backward."""
     import torch.nn.functional as F
     from transformers import AutoConfig
 
@@ -551,8 +552,13 @@ def test_cpu_bf16_training_writes_attention_out_and_saves_no_such_choice(tokeniz
     finally:
         torch.set_num_threads(threads)
     try:
-        # bf16 products are not thread-count independent: a bf16 run keeps its count (no governor)
+        # bf16 products are not thread-count independent: a bf16 run keeps its count (no governor), so it needs
+        # no thread-count-independent LayerNorm backward (txkit.thread_stable) and keeps torch's faster one
         assert (trainer.governor is None) == (precision == "bf16")
+        norms = [m for m in trainer.unwrapped.modules() if isinstance(m, torch.nn.LayerNorm)]
+        assert norms and all(("forward" in vars(m)) == (precision == "no") for m in norms)
+        # and on a CPU, torch's fused AdamW: one kernel instead of a Python loop over the parameters
+        assert all(group["fused"] for group in trainer.optimizer.optimizer.param_groups)
         trainer.governor = None  # the steps below keep the suite's one thread
         assert trainer.train_step([next(iter(trainer.sampler))])
         assert bool(calls) == (precision == "no")

@@ -65,16 +65,20 @@ def schedule_kwargs(train: TrainSection, d_model: int) -> dict:
     )
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainSection) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, train: TrainSection, fused: bool = False) -> torch.optim.Optimizer:
     """Adam(beta1, beta2, eps) as in the paper. With `weight_decay` > 0, decoupled decay (AdamW) on the
-    matrices (weights and the embedding), never on biases and LayerNorm parameters; with 0, AdamW is Adam."""
+    matrices (weights and the embedding), never on biases and LayerNorm parameters; with 0, AdamW is Adam.
+
+    fused: torch's one-kernel AdamW, the trainer's choice on CPUs, where torch's default is a Python loop over
+    the parameters (transformer-tiny's 169 tensors: 8.4 ms an update against 2.2 fused on 2 cores, a 3% faster
+    training step; README, Training on a CPU in bf16)."""
     decay, no_decay = [], []
     for param in model.parameters():  # tied parameters appear once
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The schedule sets each group's lr before every update (LambdaLR with base lr 1.0).
-    return torch.optim.AdamW(groups, lr=1.0, betas=tuple(train.adam_betas), eps=train.adam_eps)
+    return torch.optim.AdamW(groups, lr=1.0, betas=tuple(train.adam_betas), eps=train.adam_eps, fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainSection, d_model: int):

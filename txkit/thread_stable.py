@@ -17,8 +17,9 @@ one reduction:
 
 The forward pass and the input gradient are bitwise `nn.LayerNorm`'s; the weight and bias gradients equal
 its up to the order of summation (tests/test_threads.py). The model definition is untouched (the Hub file
-stays plain `nn.LayerNorm`); the trainer switches its LayerNorm modules to this backward on CPU only. Cost:
-the backward recomputes the normalised input (measured in README, Performance).
+stays plain `nn.LayerNorm`); the trainer switches its LayerNorm modules to this backward in float32 CPU runs only
+(a bf16 run keeps one thread count, where torch's own backward is reproducible and faster). Cost: the backward
+recomputes the normalised input (measured in README, Performance).
 """
 
 from __future__ import annotations

@@ -150,17 +150,21 @@ class Trainer:
         self.config = self.unwrapped.config
         self.n_params = sum(p.numel() for p in self.unwrapped.parameters())
         self.governor = None
-        if accelerator.device.type == "cpu":  # the thread count may change step by step (txkit/threads.py)
-            from txkit.thread_stable import make_thread_stable
+        if accelerator.device.type == "cpu":
             from txkit.threads import ThreadGovernor, set_threads
 
-            make_thread_stable(self.unwrapped)
             if recipe.train.mixed_precision != "bf16":
+                # the thread count may change step by step (txkit/threads.py), so the LayerNorm gradients
+                # must not depend on it
+                from txkit.thread_stable import make_thread_stable
+
+                make_thread_stable(self.unwrapped)
                 self.governor = ThreadGovernor.create()
             else:
                 # bf16 matrix products round differently with 1 and 2 threads at some shapes (measured: the
                 # weights after 4 steps differ), so a bf16 run keeps one count (the user's, else torch's) and
-                # stays exactly reproducible
+                # stays exactly reproducible; with the count fixed, torch's own LayerNorm backward is
+                # reproducible too, and faster than txkit.thread_stable's (4% of a tiny bf16 step)
                 set_threads()
                 # torch's fused CPU attention has a slow bf16 backward (README, Training on a CPU in bf16: 6x the
                 # written-out attention's on the tiny model), so CPU bf16 training writes attention out; the same

@@ -78,14 +78,22 @@ def sinusoidal_positions(num_positions: int, d_model: int) -> torch.Tensor:
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """`F.dropout`, with its mask drawn by `rand` on CPUs: torch's CPU `bernoulli_` is ~2.6x slower than
-    `rand` (4.7 vs 1.8 ms per 0.5M values on 2 cores), which made dropout a fifth of a CPU training step.
-    The mask is the same distribution from the same generator; GPUs keep torch's fused kernel."""
+    """`F.dropout`, with a faster mask on CPUs. torch's CPU generator (mt19937) draws one number per call, and
+    `bernoulli_` or `rand` spend a call on every element (`rand_like` on a bf16 activation of 262k values: 1.04
+    ms on 2 cores); here each 64-bit draw gives four 16-bit numbers, and an element is dropped when its number
+    is among the round(p * 65536) lowest (0.23 ms for the same tensor's draws; the whole dropout 2x faster,
+    README, Training on a CPU in bf16). The drop probability is p to within 2^-17 (0.2: 0.199997), and the
+    kept values are scaled by the inverse of the exact keep probability, so the expectation is x. The same
+    generator, so seeds and saved generator states still decide it; GPUs keep torch's fused kernel."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or not 0.0 < p < 1.0:
         return F.dropout(x, p=p, training=True)
-    return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)  # all 64 bits
+    dropped = min(max(round(p * 65536), 1), 65535)  # of the 65536 values of an int16
+    keep = words.view(torch.int16)[:n].view(x.shape) >= dropped - 32768
+    return x * keep.to(x.dtype).mul_(65536 / (65536 - dropped))
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
