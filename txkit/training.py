@@ -164,7 +164,7 @@ class Trainer:
                 # bf16 matrix products round differently with 1 and 2 threads at some shapes (measured: the
                 # weights after 4 steps differ), so a bf16 run keeps one count (the user's, else torch's) and
                 # stays exactly reproducible; with the count fixed, torch's own LayerNorm backward is
-                # reproducible too, and faster than txkit.thread_stable's (4% of a tiny bf16 step)
+                # reproducible too, and faster than txkit.thread_stable's (5% of a tiny bf16 step)
                 set_threads()
                 # torch's fused CPU attention has a slow bf16 backward (README, Training on a CPU in bf16: 6x the
                 # written-out attention's on the tiny model), so CPU bf16 training writes attention out; the same
