@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -51,18 +50,17 @@ def main() -> None:
 
     import torch
     from accelerate.state import AcceleratorState
+    from bench_precision import cpu_description  # this folder is on sys.path when a script in it runs
 
     from txkit.modeling import modeling_txkit
     from txkit.recipe import load_recipe
     from txkit.thread_stable import make_thread_stable
     from txkit.train_setup import build_trainer
-    from txkit.training import _native_cpu_bf16
 
     if torch.cuda.is_available():
         raise SystemExit("bench_cpu_step.py measures the CPU step")
     os.environ["TXKIT_DATA"] = str(args.data)
-    print(f"device: {platform.processor() or platform.machine()} CPU, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, bf16 instructions: {'yes' if _native_cpu_bf16() else 'no (emulated)'}")
+    print(cpu_description())
     now_dropout = modeling_txkit.dropout
     variants = {  # name: (dropout, fused AdamW, thread-stable LayerNorm)
         "before": (rand_dropout, False, True),

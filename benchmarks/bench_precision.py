@@ -27,6 +27,16 @@ import time
 from pathlib import Path
 
 
+def cpu_description() -> str:
+    """The line both CPU step benchmarks start with: the CPU, torch, its thread count and bf16 support."""
+    import torch
+
+    from txkit.training import _native_cpu_bf16
+
+    return (f"device: {platform.processor() or platform.machine()} CPU, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"threads {torch.get_num_threads()}, bf16 instructions: {'yes' if _native_cpu_bf16() else 'no (emulated)'}")
+
+
 def main() -> None:
     repo = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,13 +55,11 @@ def main() -> None:
 
     from txkit.recipe import load_recipe
     from txkit.train_setup import build_trainer
-    from txkit.training import _native_cpu_bf16
 
     if torch.cuda.is_available():
         raise SystemExit("bench_precision.py measures the CPU step; on a GPU use bench_train.py --precision bf16")
     os.environ["TXKIT_DATA"] = str(args.data)
-    print(f"device: {platform.processor() or platform.machine()} CPU, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, bf16 instructions: {'yes' if _native_cpu_bf16() else 'no (emulated)'}")
+    print(cpu_description())
 
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
