@@ -109,11 +109,14 @@ _cli_cache: dict = {}
 
 
 def cli_translate(model: Path, source: Path, tmp_path: Path, *options: str) -> list:
-    """`txkit translate MODEL -i SOURCE -o OUT OPTIONS`: its lines (n-best: (line, text, score) triples)."""
+    """`txkit translate MODEL -i SOURCE -o OUT --engine txkit OPTIONS`: its lines (n-best: (line, text, score)
+    triples). The server decodes with txkit's engine; `--engine auto` may pick CTranslate2, whose search stops by
+    another rule (tests/test_engines.py)."""
     key = (str(model), str(source), options)
     if key not in _cli_cache:
         out = tmp_path / f"out-{len(_cli_cache)}.txt"
-        code, _, err = run_cli(["translate", str(model), "-i", str(source), "-o", str(out), "--device", "cpu", *options])
+        code, _, err = run_cli(["translate", str(model), "-i", str(source), "-o", str(out), "--device", "cpu",
+                                "--engine", "txkit", *options])  # fmt: skip
         assert code == 0, err
         lines = out.read_text(encoding="utf-8").split("\n")[:-1]
         if "--nbest" in options:
