@@ -40,8 +40,8 @@ CT2_DIR_SUFFIX = ".ctranslate2"
 # the one that gives txkit's translations (README, Engines). Trained models, test2016, beam 4, alpha 0.6: the tiny
 # en-de model of 9000 steps 1000 of 1000 at patience 2 (981 at CTranslate2's default of 1, txkit's the
 # better-scored in all 19 that differed; alpha 1.0: 1000 against 967), the 10400-step en-de models of two seeds
-# and en-fr 1000 / 999 / 1000 (989 / 985 / 967 at patience 1), at 12-18% of CTranslate2's speed, which stays
-# above txkit's engine's. On the test suite's weak models (200 steps, five of them) both patiences differ on up
+# and en-fr 1000 / 999 / 1000 (989 / 985 / 967 at patience 1). It costs CTranslate2 12-18% of its speed, which
+# stays above txkit's engine's. On the test suite's weak models (200 steps, five of them) both patiences differ on up
 # to a few sentences in 200 (patience 1: 190-200, patience 2: 195-200 at alpha 1.0).
 CT2_PATIENCE = 2
 
