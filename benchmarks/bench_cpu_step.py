@@ -11,7 +11,9 @@ Variants, each adding one change to the one above it:
   loop over the parameter tensors), the thread-count-independent LayerNorm backward (txkit.thread_stable);
 * + dropout: masks from 64-bit draws, four elements a draw (txkit.modeling.modeling_txkit.dropout);
 * + fused AdamW: torch's one-kernel AdamW (txkit.schedule.build_optimizer(fused=True));
-* + torch's LayerNorm backward: what `txkit train` runs now in bf16 on a CPU, where the thread count is fixed.
+* + torch's LayerNorm backward: the step from 2026-12-07 to 2026-12-08 in bf16 on a CPU (the thread count fixed);
+* + fused projections: the queries, keys and values of one input as one matrix product in training
+  (`TxkitAttention.fuse_projections`), what `txkit train` runs now.
 
 Prints each variant's median step, target tokens per second and its speed against `before`. Record the numbers
 with the hardware and date.
@@ -62,15 +64,16 @@ def main() -> None:
     os.environ["TXKIT_DATA"] = str(args.data)
     print(cpu_description())
     now_dropout = modeling_txkit.dropout
-    variants = {  # name: (dropout, fused AdamW, thread-stable LayerNorm)
-        "before": (rand_dropout, False, True),
-        "+ dropout": (now_dropout, False, True),
-        "+ fused AdamW": (now_dropout, True, True),
-        "+ torch LayerNorm (now)": (now_dropout, True, False),
+    variants = {  # name: (dropout, fused AdamW, thread-stable LayerNorm, fused projections)
+        "before": (rand_dropout, False, True, False),
+        "+ dropout": (now_dropout, False, True, False),
+        "+ fused AdamW": (now_dropout, True, True, False),
+        "+ torch LayerNorm": (now_dropout, True, False, False),
+        "+ fused projections (now)": (now_dropout, True, False, True),
     }
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
-        for name, (_, fused, stable) in variants.items():
+        for name, (_, fused, stable, _) in variants.items():
             AcceleratorState._reset_state()  # accelerate's state is process-wide: one per trainer
             recipe = load_recipe(args.recipe, [
                 f"tokenizer.path={tmp}/tok", "data.valid=", f"data.max_sentences={args.sentences}",
@@ -93,20 +96,25 @@ def main() -> None:
             for i, batch in enumerate(batches):
                 for name, trainer in trainers.items():
                     modeling_txkit.dropout = variants[name][0]  # the model's layers look it up at each call
+                    modeling_txkit.TxkitAttention.fuse_projections = variants[name][3]
                     start = time.perf_counter()
                     assert trainer.train_step([batch])
                     if i >= args.warmup:
                         times[name].append(time.perf_counter() - start)
         finally:
             modeling_txkit.dropout = now_dropout
+            modeling_txkit.TxkitAttention.fuse_projections = True
             for trainer in trainers.values():
                 trainer.close()
 
     before = sum(times["before"])
-    print(f"{'':24} {'median s':>9} {'tgt tok/s':>10} {'vs before':>10}")
+    print(f"{'':26} {'median s':>9} {'tgt tok/s':>10} {'vs before':>10} {'vs the one above':>17}")
+    above = before
     for name, seconds in times.items():
-        print(f"{name:24} {statistics.median(seconds):9.4f} {tgt_tok / sum(seconds):10,.0f} {before / sum(seconds):9.3f}x")
-
+        total = sum(seconds)
+        print(f"{name:26} {statistics.median(seconds):9.4f} {tgt_tok / total:10,.0f} {before / total:9.3f}x "
+              f"{above / total:16.3f}x")
+        above = total
 
 if __name__ == "__main__":
     main()

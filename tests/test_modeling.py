@@ -261,6 +261,70 @@ def test_training_forward_with_fused_loss_equals_the_logits_path():
             torch.testing.assert_close(fused_grads[name], grad, **tol, msg=lambda m: f"{name}: {m}")
 
 
+def _training_loss_and_grads(model, src, tgt, autocast: bool = False):
+    model.train()  # dropout 0: training mode only selects the training code paths
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=src, labels=tgt).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def test_fused_projections_in_training_equal_the_separate_ones(monkeypatch):
+    """Training projects queries, keys and values of one input with one matrix product (`_fused`): the same
+    loss and gradients as the three separate projections, in float32 and under bf16 autocast."""
+    src, tgt = torch.randint(4, 60, (3, 7)), torch.randint(4, 60, (3, 5))
+    src[2, 4:], tgt[1, 3:] = 0, 0  # padding on both sides
+    fused_calls = []
+    fused = modeling_txkit.TxkitAttention._fused
+    monkeypatch.setattr(modeling_txkit.TxkitAttention, "_fused", lambda self, *a: fused_calls.append(1) or fused(self, *a))
+    for autocast, tol in ((False, {}), (True, {"atol": 2e-2, "rtol": 2e-2})):
+        model = tiny_model(seed=4, label_smoothing=0.1)
+        fused_calls.clear()
+        loss, grads = _training_loss_and_grads(model, src, tgt, autocast)
+        assert len(fused_calls) == 2 * 2 + 2  # encoder and decoder self-attention, decoder cross-attention
+        monkeypatch.setattr(modeling_txkit.TxkitAttention, "fuse_projections", False)
+        fused_calls.clear()
+        plain_loss, plain_grads = _training_loss_and_grads(model, src, tgt, autocast)
+        assert not fused_calls
+        monkeypatch.setattr(modeling_txkit.TxkitAttention, "fuse_projections", True)
+        torch.testing.assert_close(loss, plain_loss, **tol)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(grads[name], grad, **tol, msg=lambda m: f"{name}: {m}")
+            assert grad.abs().sum() > 0 or "embed" in name, name  # every projection's gradient is compared
+
+
+def test_fused_projections_leave_hooked_or_replaced_layers_to_their_own_forward():
+    """An adapter (a forward hook, or a subclass of nn.Linear in place of a projection, as PEFT and quantizers
+    install) must see its own forward called in training: the fused product would bypass it."""
+    src, tgt = torch.randint(4, 60, (2, 6)), torch.randint(4, 60, (2, 5))
+    model = tiny_model(seed=5)
+    base, _ = _training_loss_and_grads(model, src, tgt)
+    cross = model.model.decoder.layers[0].encoder_attn
+    hook = cross.v_proj.register_forward_hook(lambda module, args, out: out * 0.0)
+    hooked, _ = _training_loss_and_grads(model, src, tgt)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(hooked, model(input_ids=src, labels=tgt).loss)  # the separate projections' loss
+    assert not torch.allclose(hooked, base)
+    hook.remove()
+
+    class Zeroed(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 0.0
+
+    attn = model.model.encoder.layers[1].self_attn
+    replaced = Zeroed(attn.k_proj.in_features, attn.k_proj.out_features)
+    replaced.load_state_dict(attn.k_proj.state_dict())
+    attn.k_proj = replaced
+    zeroed, _ = _training_loss_and_grads(model, src, tgt)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(zeroed, model(input_ids=src, labels=tgt).loss)
+    assert not torch.allclose(zeroed, base)
+
+
 def test_cpu_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
     torch.manual_seed(0)
     x = torch.ones(200_001, requires_grad=True)  # not a multiple of the four values a 64-bit draw gives
