@@ -143,7 +143,7 @@ class TxkitAttention(nn.Module):
         """The projections of `x` by `layers` as one (D, k*D) product in place of k (D, D) ones, or None where a
         layer is not a plain `nn.Linear` without hooks (a PEFT adapter, a quantized layer): those must run their
         own forward. One read of `x`, one autocast cast of it instead of k, and in the backward one product and
-        no sum of k gradients of `x`: 1.03x on the bf16 CPU step of the en-de tiny recipe
+        no sum of k gradients of `x`: 1.02-1.03x on the bf16 CPU step of the en-de tiny recipe
         (benchmarks/bench_cpu_step.py). The parameters stay separate, as saved."""
         for layer in layers:
             if type(layer) is not nn.Linear or layer._forward_hooks or layer._forward_pre_hooks:
