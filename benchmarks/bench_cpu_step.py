@@ -11,7 +11,7 @@ Variants, each adding one change to the one above it:
   loop over the parameter tensors), the thread-count-independent LayerNorm backward (txkit.thread_stable);
 * + dropout: masks from 64-bit draws, four elements a draw (txkit.modeling.modeling_txkit.dropout);
 * + fused AdamW: torch's one-kernel AdamW (txkit.schedule.build_optimizer(fused=True));
-* + torch's LayerNorm backward: the step from 2026-12-07 to 2026-12-08 in bf16 on a CPU (the thread count fixed);
+* + torch's LayerNorm backward: the bf16 CPU step of 2026-12-07's evening (its thread count fixed);
 * + fused projections: the queries, keys and values of one input as one matrix product in training
   (`TxkitAttention.fuse_projections`), what `txkit train` runs now.
 
@@ -115,6 +115,7 @@ def main() -> None:
         print(f"{name:26} {statistics.median(seconds):9.4f} {tgt_tok / total:10,.0f} {before / total:9.3f}x "
               f"{above / total:16.3f}x")
         above = total
+
 
 if __name__ == "__main__":
     main()
