@@ -213,13 +213,17 @@ def test_nbest_output_format(trained_model, loaded, tmp_path):
     rows = [line.split(" ||| ") for line in output.read_text(encoding="utf-8").splitlines()]
     assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     best = Translator(*loaded, DecodeOptions()).translate(lines)
+    nbest = Translator(*loaded, DecodeOptions(nbest=3))
+    hypotheses, strings = nbest.translate_hypotheses(lines), nbest.translate_nbest(lines)
     for n in range(3):
         group = rows[3 * n : 3 * n + 3]
         scores = [float(r[2]) for r in group]
         assert scores == sorted(scores, reverse=True)
         assert group[0][1] == best[n]
+        assert [r[1] for r in group] == [text for text, _ in strings[n]]
         if lines[n]:
-            assert len({r[1] for r in group}) == 3 and all(s < 0 for s in scores)
+            # three different token sequences; two may read the same once detokenized ("t." against "t" ".")
+            assert len({tuple(h.tokens) for h in hypotheses[n]}) == 3 and all(s < 0 for s in scores)
         else:
             assert [r[1] for r in group] == ["", "", ""]
 
