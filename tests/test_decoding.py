@@ -214,7 +214,8 @@ def test_nbest_output_format(trained_model, loaded, tmp_path):
     assert [int(r[0]) for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     best = Translator(*loaded, DecodeOptions()).translate(lines)
     nbest = Translator(*loaded, DecodeOptions(nbest=3))
-    hypotheses, strings = nbest.translate_hypotheses(lines), nbest.translate_nbest(lines)
+    hypotheses = nbest.translate_hypotheses(lines)
+    strings = [nbest.detokenize(hyps) for hyps in hypotheses]  # what translate_nbest gives, without a second search
     for n in range(3):
         group = rows[3 * n : 3 * n + 3]
         scores = [float(r[2]) for r in group]
