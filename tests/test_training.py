@@ -18,6 +18,7 @@ import torch
 from conftest import run_cli
 from txkit import runs
 from txkit.averaging import load_weights
+from txkit.batching import TokenBatchSampler
 from txkit.errors import TxkitError
 from txkit.pipeline import training_hooks
 from txkit.recipe import load_recipe
@@ -57,6 +58,8 @@ VARIANTS = {
                             "data.max_sentences=30", "tokenizer.dropout=0.1"],
     # bf16 autocast on the CPU, with its written-out attention (txkit.training): resumes exactly too
     "bf16": ["train.mixed_precision=bf16"],
+    # batches padded to their longest pair only (not to a multiple of 8): other batches, resumed exactly too
+    "pad-1": ["train.pad_to_multiple_of=1"],
 }
 
 
@@ -207,7 +210,7 @@ def test_stop_and_resume_gives_the_uninterrupted_run(reference_run, tmp_path):
     # the log reads as one run: same steps, same losses and learning rates
     mine, theirs = _train_records(run_dir), _train_records(reference)
     assert sorted(mine) == list(range(1, 13))
-    if variant not in ("plain", "ema", "bf16"):  # the resumed part crossed epochs, each segmented or drawn afresh
+    if variant not in ("plain", "ema", "bf16", "pad-1"):  # the resumed part crossed epochs, each segmented or drawn afresh
         assert mine[6]["train/epoch"] >= 1 and mine[12]["train/epoch"] >= 2
     for step in mine:
         assert mine[step]["train/loss"] == theirs[step]["train/loss"], step
@@ -332,6 +335,49 @@ def test_early_stopping_after_patience_validations(trained_run, tmp_path):
     best = json.loads((tmp_path / "run" / runs.BEST / "val_metrics.json").read_text())
     assert best["step"] == 1 and best["val/bleu"] == result.best_score
     assert runs.latest_checkpoint(tmp_path / "run").name == "checkpoint-00000003"  # the final state is saved
+
+
+# ----------------------------------------------------------------------------- padding multiple
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_batches_are_padded_to_the_recipes_multiple_and_fill_max_tokens(trained_run, tmp_path, multiple):
+    """train.pad_to_multiple_of sets the width of every batch the model sees, in training and validation; the
+    sampler packs by that width, so with 1 an epoch has fewer, fuller batches within the same max_tokens."""
+    tokenizer = trained_run[0] / "tokenizer"
+    overrides = [f"tokenizer.path={tokenizer}", f"train.pad_to_multiple_of={multiple}"]
+    trainer = build_trainer(load_recipe(RECIPE, overrides), tmp_path / "run")
+    try:
+        seen = []  # (input_ids, labels) shapes and the batch's longest source and target
+        hook = trainer.unwrapped.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append((kwargs["input_ids"].shape, kwargs["labels"].shape,
+                                                      int(kwargs["attention_mask"].sum(1).max()),
+                                                      int(kwargs["labels"].ne(-100).sum(1).max()))),
+            with_kwargs=True,
+        )  # fmt: skip
+        batches = list(trainer.sampler)
+        for idx in batches[:6]:
+            assert trainer.train_step([idx])
+        trainer.validate()
+        hook.remove()
+        assert len(seen) == 6 + len(trainer.valid_batches)
+        for (b, s), (b2, t), longest_src, longest_tgt in seen:
+            assert b == b2 and max(s, t) * b <= max(trainer.recipe.train.max_tokens, s, t)
+            assert s == -(-longest_src // multiple) * multiple and t == -(-longest_tgt // multiple) * multiple
+        if multiple == 1:
+            assert any(s % 8 for (_, s), *_ in seen)  # widths that 8 would have rounded up
+        # the epoch's batches hold every pair once; fewer of them when less of each batch is padding
+        pairs = sorted(i for idx in batches for i in idx)
+        assert pairs == list(range(len(trainer.pairs)))
+        eight = TokenBatchSampler(trainer.pairs.src_lengths, trainer.pairs.tgt_lengths, 384, seed=1)
+        assert (len(batches) < len(eight)) if multiple == 1 else (len(batches) == len(eight))
+    finally:
+        trainer.close()
+
+
+def test_pad_to_multiple_of_below_one_is_a_recipe_error(capsys, tmp_path, data_env):
+    err = _cli_error(capsys, RECIPE, "--set", "train.pad_to_multiple_of=0", "-o", tmp_path / "run")
+    assert err == f"error: {RECIPE}: train.pad_to_multiple_of must be at least 1"
 
 
 # ----------------------------------------------------------------------------- a non-finite step

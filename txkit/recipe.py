@@ -122,6 +122,10 @@ class TrainSection:
     max_steps: int = _key(100000, "number of parameter updates (paper base: 100k, big: 300k)")
     max_epochs: int = _key(0, "stop after this many passes over the data; 0 = no limit")
     max_tokens: int = _key(4096, "tokens per batch per process (max of source and target, padding included)")
+    pad_to_multiple_of: int = _key(
+        8, "pad each batch's source and target length up to a multiple of this: 8 suits GPU matrix units; "
+        "1 packs ~19% more real tokens into Multi30k's max_tokens on a CPU, where it costs nothing"
+    )
     accumulation: int = _key(1, "batches accumulated per update (fairseq's update_freq)")
     lr_schedule: Literal[SCHEDULES] = _key(
         "noam", "noam = the paper's d_model^-0.5*min(step^-0.5, step*warmup^-1.5); others warm up to `lr`"
@@ -459,7 +463,7 @@ def validate(recipe: Recipe) -> None:
         if not ok:
             raise TxkitError(f"{from_where}: {message}")
 
-    for key in ("max_steps", "max_tokens", "accumulation"):
+    for key in ("max_steps", "max_tokens", "pad_to_multiple_of", "accumulation"):
         need(getattr(t, key) >= 1, f"train.{key} must be at least 1")
     for key in ("max_epochs", "warmup_steps", "save_every_steps", "keep_last", "eval_every_steps", "patience",
                 "stop_after_steps", "log_every_steps"):

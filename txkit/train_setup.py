@@ -136,7 +136,9 @@ class TrainingSetup:
                 )
         self._info(f"data.train: {report}")
         self.pairs = TokenizedPairs(train_ids)
-        shards = dict(seed=r.train.seed, num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True)
+        multiple = r.train.pad_to_multiple_of
+        shards = dict(seed=r.train.seed, num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=True,
+                      pad_to_multiple_of=multiple)  # fmt: skip
         mixture = self._mixture(corpora, raw_sizes) if is_mixture(corpora) else None
         if r.tokenizer.dropout:  # BPE-dropout: each epoch's batches come from that epoch's segmentation
             from txkit.subword_sampling import SampledBatchSampler, SampledPairs
@@ -146,6 +148,7 @@ class TrainingSetup:
             self.pairs = SampledPairs(
                 self.pairs, [src_all[i] for i in rows], [tgt_all[i] for i in rows], self.src_tok, self.tgt_tok,
                 r.tokenizer.dropout, seed=r.train.seed, max_len=d.max_len, max_tokens=r.train.max_tokens,
+                pad_to_multiple_of=multiple,
             )  # fmt: skip
             if mixture is not None:
                 self.sampler = make_mixed_sampler(mixture, self.pairs.base.src_lengths, self.pairs.base.tgt_lengths,
@@ -163,8 +166,8 @@ class TrainingSetup:
             self.valid_pairs = TokenizedPairs(valid_ids)
             longest = int(max(self.valid_pairs.src_lengths.max(), self.valid_pairs.tgt_lengths.max()))
             valid_sampler = TokenBatchSampler(
-                self.valid_pairs.src_lengths, self.valid_pairs.tgt_lengths, max(r.train.max_tokens, longest + 8),
-                num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=False,
+                self.valid_pairs.src_lengths, self.valid_pairs.tgt_lengths, max(r.train.max_tokens, longest + multiple),
+                num_shards=acc.num_processes, shard_index=acc.process_index, shuffle=False, pad_to_multiple_of=multiple,
             )  # fmt: skip
             self.valid_batches = list(valid_sampler)
 

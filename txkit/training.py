@@ -259,7 +259,7 @@ class Trainer:
         import torch
 
         acc, t = self.accelerator, self.recipe.train
-        batches = [self.pairs.collate(idx, self.config.pad_token_id) for idx in micro_batches]
+        batches = [self.pairs.collate(idx, self.config.pad_token_id, t.pad_to_multiple_of) for idx in micro_batches]
         flops = 0.0
         if self.mfu_peak:
             lengths = [(self.pairs.src_lengths[i], self.pairs.tgt_lengths[i]) for i in micro_batches]
@@ -476,7 +476,7 @@ class Trainer:
         self.model.eval()
         with torch.no_grad():
             for idx in self.valid_batches:
-                batch = self.valid_pairs.collate(idx, self.config.pad_token_id)
+                batch = self.valid_pairs.collate(idx, self.config.pad_token_id, r.train.pad_to_multiple_of)
                 loss_sum, nll_sum = self._forward_sums(batch)
                 sums += torch.stack([loss_sum.double(), nll_sum.double(), sums.new_tensor(batch["num_tgt_tokens"])])
         loss, nll, tokens = acc.reduce(sums, reduction="sum").tolist()
