@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=repo / "recipes" / "multi30k-en-de" / "transformer-tiny.yaml")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=8, help="untimed steps first")
-    parser.add_argument("--sentences", type=int, default=29000, help="training pairs to batch and learn BPE from (29000: all of Multi30k, batched as a run batches them)")
+    parser.add_argument("--sentences", type=int, default=29000,
+                        help="training pairs to batch and learn BPE from (29000: all of Multi30k, as a run batches)")
     args = parser.parse_args()
 
     import torch
