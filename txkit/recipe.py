@@ -123,8 +123,8 @@ class TrainSection:
     max_epochs: int = _key(0, "stop after this many passes over the data; 0 = no limit")
     max_tokens: int = _key(4096, "tokens per batch per process (max of source and target, padding included)")
     pad_to_multiple_of: int = _key(
-        8, "pad each batch's source and target length up to a multiple of this: 8 suits GPU matrix units; "
-        "1 packs ~19% more real tokens into Multi30k's max_tokens on a CPU, where it costs nothing"
+        8, "pad each batch's source and target length up to a multiple of this: 8 suits GPU matrix units; 1 fits "
+        "~20% more Multi30k tokens into max_tokens, for a ~7% longer bf16 CPU step (benchmarks/bench_padding.py)"
     )
     accumulation: int = _key(1, "batches accumulated per update (fairseq's update_freq)")
     lr_schedule: Literal[SCHEDULES] = _key(
