@@ -1,9 +1,10 @@
 """Padding batches to a multiple of 8 against padding them to their longest pair only, on a CPU: the bf16 training
 step of a recipe with `train.pad_to_multiple_of` 8 (the default) and 1, side by side in one process (the two
-trainers step in turn, so that a change in the machine's load hits both alike).
+trainers step in turn, so that a change in the machine's load hits both alike; with --blocks each steps half of
+its batches alone, then the other, twice, so that neither steps on memory the other just left).
 
     python benchmarks/bench_padding.py [--recipe recipes/multi30k-en-de/transformer-tiny.yaml] [--steps 60]
-                                       [--warmup 8] [--sentences 29000] [--data ../shared/data]
+                                       [--warmup 8] [--sentences 29000] [--data ../shared/data] [--blocks]
 
 The two settings batch the same pairs differently (the sampler packs by padded width), so each steps its own
 batches: the first `warmup + steps` of its epochs. Prints, for each, the real target tokens a batch holds, the
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=repo / "recipes" / "multi30k-en-de" / "transformer-tiny.yaml")
     parser.add_argument("--steps", type=int, default=60, help="timed steps per setting")
     parser.add_argument("--warmup", type=int, default=8, help="untimed steps first")
+    parser.add_argument("--blocks", action="store_true",
+                        help="step each setting's batches in a block of its own (8, 1, 8, 1), not in turn")
     parser.add_argument("--sentences", type=int, default=29000,
                         help="training pairs to batch and learn BPE from (29000: all of Multi30k, as a run batches)")
     args = parser.parse_args()
@@ -64,13 +67,24 @@ def main() -> None:
                 batches[multiple] += list(trainer.sampler)
             del batches[multiple][args.warmup + args.steps :]
         times = {m: [] for m in multiples}
+
+        def step(multiple: int, i: int) -> None:
+            start = time.perf_counter()
+            assert trainers[multiple].train_step([batches[multiple][i]])
+            if i >= args.warmup:
+                times[multiple].append(time.perf_counter() - start)
+
+        half = args.warmup + args.steps // 2
         try:
-            for i in range(args.warmup + args.steps):
-                for multiple, trainer in trainers.items():
-                    start = time.perf_counter()
-                    assert trainer.train_step([batches[multiple][i]])
-                    if i >= args.warmup:
-                        times[multiple].append(time.perf_counter() - start)
+            if args.blocks:  # each block: warmup steps (or the second half of the timed ones) of one setting alone
+                for first, last in ((0, half), (half, args.warmup + args.steps)):
+                    for multiple in multiples:
+                        for i in range(first, last):
+                            step(multiple, i)
+            else:
+                for i in range(args.warmup + args.steps):
+                    for multiple in multiples:
+                        step(multiple, i)
         finally:
             for trainer in trainers.values():
                 trainer.close()
