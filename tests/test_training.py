@@ -210,7 +210,7 @@ def test_stop_and_resume_gives_the_uninterrupted_run(reference_run, tmp_path):
     # the log reads as one run: same steps, same losses and learning rates
     mine, theirs = _train_records(run_dir), _train_records(reference)
     assert sorted(mine) == list(range(1, 13))
-    if variant not in ("plain", "ema", "bf16", "pad-1"):  # the resumed part crossed epochs, each segmented or drawn afresh
+    if variant not in ("plain", "ema", "bf16", "pad-1"):  # the resumed part crossed epochs, segmented or drawn afresh
         assert mine[6]["train/epoch"] >= 1 and mine[12]["train/epoch"] >= 2
     for step in mine:
         assert mine[step]["train/loss"] == theirs[step]["train/loss"], step
@@ -369,7 +369,8 @@ def test_batches_are_padded_to_the_recipes_multiple_and_fill_max_tokens(trained_
         # the epoch's batches hold every pair once; fewer of them when less of each batch is padding
         pairs = sorted(i for idx in batches for i in idx)
         assert pairs == list(range(len(trainer.pairs)))
-        eight = TokenBatchSampler(trainer.pairs.src_lengths, trainer.pairs.tgt_lengths, 384, seed=1)
+        max_tokens = trainer.recipe.train.max_tokens
+        eight = TokenBatchSampler(trainer.pairs.src_lengths, trainer.pairs.tgt_lengths, max_tokens, seed=1)
         assert (len(batches) < len(eight)) if multiple == 1 else (len(batches) == len(eight))
     finally:
         trainer.close()
