@@ -96,10 +96,8 @@ def main() -> None:
         timed = batches[multiple][args.warmup :]
         pairs = trainer.pairs
         tgt = sum(int(pairs.tgt_lengths[b].sum()) for b in timed)
-        cells = 0
-        for b in timed:
-            width = max(int(pairs.src_lengths[b].max()), int(pairs.tgt_lengths[b].max()))
-            cells += len(b) * (-(-width // multiple) * multiple)
+        widths = trainer.sampler.widths  # each pair's padded width, as the sampler packed it
+        cells = sum(len(b) * int(widths[b].max()) for b in timed)
         rows[multiple] = (statistics.median(times[multiple]), tgt / sum(times[multiple]))
         print(f"{multiple:>18} {tgt / len(timed):14,.0f} {cells / len(timed):12,.0f} {rows[multiple][0]:9.4f} "
               f"{rows[multiple][1]:10,.0f}")
