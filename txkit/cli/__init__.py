@@ -65,9 +65,11 @@ for _name in _COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    from txkit.memory import keep_freed_memory
     from txkit.threads import prepare_environment
 
     prepare_environment()  # before torch is imported: how its threads wait (txkit/threads.py)
+    keep_freed_memory()  # a step's freed tensors stay for the next one, not page-faulted in again (txkit/memory.py)
     try:
         app(args=argv, prog_name="txkit")
     except TxkitError as exc:
