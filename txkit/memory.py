@@ -4,9 +4,9 @@ torch's CPU tensors come from the C library's malloc. glibc serves a large reque
 above 128 KiB, then above the largest block freed so far, up to 32 MiB) and gives the top of its heap back to
 the kernel whenever more than twice that lies free there. A training step allocates and frees tens of
 megabytes of activations and logits, so each step maps fresh memory again, and every 4 KiB page of it costs a
-page fault and the kernel zeroing it: on the 2-core machine ~11,000 faults a step of the tiny recipe, 14% of
+page fault and the kernel zeroing it: on the 2-core machine ~10,200 faults a step of the tiny recipe, 13-15% of
 its time (benchmarks/bench_malloc.py). Raising both thresholds to their largest keeps what a step frees for the
-next one, which needs the same again: ~800 faults a step. The cost is that the process keeps its peak heap
+next one, which needs the same again: ~12 faults a step. The cost is that the process keeps its peak heap
 until it exits, which a training run or a translation server reaches every batch anyway.
 
 `mallopt` is glibc's own switch for this (the environment variables MALLOC_MMAP_THRESHOLD_ and
