@@ -73,3 +73,11 @@ def test_switched_off_by_the_environment(value):
 def test_nothing_to_do_off_linux(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert keep_freed_memory({}) is False
+
+
+def test_a_bad_value_is_one_line_naming_the_variable():
+    environ = os.environ | {"TXKIT_KEEP_FREED_MEMORY": "maybe"}
+    out = subprocess.run([sys.executable, "-m", "txkit", "--version"], env=environ, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == ["error: TXKIT_KEEP_FREED_MEMORY='maybe': expected 1 (keep freed memory, "
+                                               "the default) or 0"]  # fmt: skip

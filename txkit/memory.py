@@ -34,9 +34,15 @@ TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: the heap's top is given back
 
 def keep_freed_memory(environ=os.environ) -> bool:
     """Make glibc's malloc keep freed memory for reuse (see the module docstring). Returns whether it did:
-    False off glibc, or when $TXKIT_KEEP_FREED_MEMORY is 0 / no / false / off."""
-    if environ.get(ENV, "").strip().lower() in ("0", "no", "false", "off"):
+    False off glibc, or when $TXKIT_KEEP_FREED_MEMORY is 0 / no / false / off; another value than those or
+    1 / yes / true / on is a TxkitError."""
+    value = environ.get(ENV, "").strip().lower()
+    if value in ("0", "no", "false", "off"):
         return False
+    if value not in ("", "1", "yes", "true", "on"):
+        from txkit.errors import TxkitError
+
+        raise TxkitError(f"{ENV}={environ[ENV]!r}: expected 1 (keep freed memory, the default) or 0")
     if not sys.platform.startswith("linux"):
         return False
     try:

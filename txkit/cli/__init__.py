@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     from txkit.threads import prepare_environment
 
     prepare_environment()  # before torch is imported: how its threads wait (txkit/threads.py)
-    keep_freed_memory()  # a step's freed tensors stay for the next one, not page-faulted in again (txkit/memory.py)
     try:
+        keep_freed_memory()  # a step's freed tensors stay for the next one, not page-faulted in again (txkit/memory.py)
         app(args=argv, prog_name="txkit")
     except TxkitError as exc:
         typer.echo(f"error: {exc}", err=True)
